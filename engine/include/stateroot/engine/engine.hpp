@@ -1,0 +1,131 @@
+// Engine: height-versioned state with a state root per height.
+//
+// One writer (Engine) commits the changes of each height as one atomic write: the
+// value versions, the change index, the new tree nodes, the superseded-node list, the
+// height record (root, block hash) and the new tip. Any number of Views read committed
+// heights through snapshots, concurrently with the writer.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "stateroot/engine/changes.hpp"
+#include "stateroot/engine/hash.hpp"
+#include "stateroot/engine/proof.hpp"
+#include "stateroot/engine/schema.hpp"
+#include "stateroot/engine/tree.hpp"
+#include "stateroot/storage/store.hpp"
+
+namespace stateroot::engine {
+
+struct EngineOptions {
+    // Storage settings (the defaults of StoreOptions).
+    storage::StoreOptions store;
+    // Open an existing database only; fail with kNotFound if there is none (default false).
+    bool must_exist = false;
+    // Open for reading only, beside a possible writer in another process; apply() and
+    // rollback() then fail (default false).
+    bool read_only = false;
+};
+
+struct CommitResult {
+    std::uint64_t height = 0;
+    Hash root;
+    // True if the height was already committed with the same changes: nothing written.
+    bool already_committed = false;
+    std::uint64_t live_keys = 0;
+    TreeStats tree;
+    std::size_t rows = 0;   // rows in the height's write
+    std::size_t bytes = 0;  // bytes of keys and values in the height's write
+};
+
+// A height's changes as stored: puts carry their value, deletes none.
+struct StoredChange {
+    Bytes key;
+    std::optional<Bytes> value;
+};
+
+// A consistent read-only view of the committed heights, as of its creation. Cheap to
+// create. Not thread-safe: use one per thread (each holds its own node cache).
+class View {
+public:
+    std::optional<std::uint64_t> tip() const { return tip_; }
+    std::optional<std::uint64_t> first() const { return first_; }
+
+    // The record of `height`; kNotFound naming the heights that exist.
+    Result<schema::HeightRecord> record(std::uint64_t height) const;
+    Result<Hash> root(std::uint64_t height) const;
+    // The value of `key` as of `height` (one seek); nullopt if absent then.
+    Result<std::optional<Bytes>> get(ByteView key, std::uint64_t height) const;
+    // A proof of presence or absence of `key` at `height`.
+    Result<Proof> prove(ByteView key, std::uint64_t height);
+    // The changes committed at `height`, in path order.
+    Result<std::vector<StoredChange>> changes(std::uint64_t height) const;
+    // The root at `height` recomputed from scratch from the stored values (the audit
+    // path: reads every value version, uses no tree node).
+    Result<Hash> recompute_root(std::uint64_t height) const;
+
+private:
+    friend class Engine;
+    View(const storage::Store& store, std::shared_ptr<const storage::Snapshot> snapshot);
+    Status check_height(std::uint64_t height) const;
+
+    const storage::Store& store_;
+    std::shared_ptr<const storage::Snapshot> snapshot_;
+    std::optional<std::uint64_t> tip_;
+    std::optional<std::uint64_t> first_;
+    std::unique_ptr<NodeReader> nodes_;
+};
+
+class Engine {
+public:
+    // Opens or creates the database in `dir`. kBusy if another writer has it open;
+    // kCorruption or kInvalidArgument if the directory is not a stateroot database of
+    // this format version.
+    static Result<std::unique_ptr<Engine>> open(const std::string& dir, const EngineOptions& options = {});
+    ~Engine();
+
+    // Commits `changes` as the next height (tip + 1, or any height on an empty
+    // database). If the height is already committed, returns its root without writing
+    // when the changes are identical, kConflict otherwise. A gap, a height below the
+    // first, or a limit exceeded is kInvalidArgument. On any error nothing is written
+    // and the engine stays at its tip.
+    Result<CommitResult> apply(const Changes& changes);
+
+    // Removes every height above `height` in one atomic write; with nullopt or a height
+    // below the first, the database becomes empty. A height at or above the tip is a no-op.
+    Status rollback(std::optional<std::uint64_t> height);
+
+    std::optional<std::uint64_t> tip() const { return tip_; }
+    std::optional<std::uint64_t> first() const { return first_; }
+    std::uint64_t live_keys() const { return live_keys_; }
+    const Hash& root() const { return tree_->root_hash(); }
+
+    // A view of the committed state now. Thread-safe.
+    Result<View> view() const;
+
+    storage::Store& store() { return *store_; }
+    // Nodes of the current tree held in memory.
+    std::size_t resident_nodes() const { return tree_->resident_nodes(); }
+
+private:
+    Engine() = default;
+    Status load();
+    Result<CommitResult> check_committed(const Changes& changes, const Hash& digest);
+
+    std::unique_ptr<storage::Store> store_;
+    std::unique_ptr<NodeReader> nodes_;
+    std::unique_ptr<Tree> tree_;
+    std::optional<std::uint64_t> tip_;
+    std::optional<std::uint64_t> first_;
+    std::uint64_t end_chunk_ = 0;
+    std::uint64_t live_keys_ = 0;
+};
+
+// "heights 3..10 exist" / "the database is empty": for error messages.
+std::string describe_heights(std::optional<std::uint64_t> first, std::optional<std::uint64_t> tip);
+
+}  // namespace stateroot::engine

@@ -1,0 +1,101 @@
+// Persistent tree nodes: records packed into chunks of kChunkNodes, written once per
+// height and never modified (docs/schema.md, "node chunks").
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "stateroot/engine/hash.hpp"
+#include "stateroot/engine/schema.hpp"
+#include "stateroot/storage/store.hpp"
+
+namespace stateroot::engine {
+
+using schema::kNoNode;
+using schema::NodeId;
+
+// A decoded node record.
+struct NodeRecord {
+    bool leaf = false;
+    // The node's hash as its parent sees it: for a leaf, its leaf hash (which does not
+    // depend on where it sits); for a branch, the hash of the subtree at its slot (its
+    // parent's depth + 1, or 0 for the root), i.e. including any one-sided levels above
+    // its split depth.
+    Hash hash;
+    // Leaves.
+    Hash path;
+    Hash value_hash;
+    // Branches: the depth of the bit on which the subtree splits, and its two subtrees.
+    int depth = 0;
+    NodeId child[2] = {kNoNode, kNoNode};
+};
+
+// Accumulates the records written at one height into chunk rows. Ids are assigned in
+// order, children before parents. Not thread-safe.
+class ChunkWriter {
+public:
+    // Ids start at the first id of `first_chunk`.
+    explicit ChunkWriter(std::uint64_t first_chunk);
+
+    NodeId add_leaf(const Hash& path, const Hash& value_hash);
+    NodeId add_branch(int depth, const Hash& top, NodeId left, NodeId right);
+
+    std::size_t nodes() const { return count_; }
+    std::uint64_t first_chunk() const { return first_chunk_; }
+    // One past the last chunk holding a record (== first_chunk() if none).
+    std::uint64_t end_chunk() const;
+    // Adds one put per chunk to `batch`.
+    void write_to(storage::WriteBatch& batch) const;
+    // Drops all records, keeping the first chunk.
+    void clear();
+
+private:
+    NodeId next_id() const { return first_chunk_ * schema::kChunkNodes + count_; }
+    void begin_record();
+
+    std::uint64_t first_chunk_;
+    std::size_t count_ = 0;
+    // Per chunk: record offsets (relative to the record area) and the records.
+    struct Chunk {
+        std::vector<std::uint16_t> offsets;
+        Bytes records;
+    };
+    std::vector<Chunk> chunks_;
+};
+
+// Reads node records by id, through a snapshot or the latest state, keeping the last
+// few chunks it read. Not thread-safe: use one per thread. Chunks are immutable while
+// they exist, but a rollback deletes them and later heights reuse their numbers, so a
+// reader of the latest state must be reset() after a rollback.
+class NodeReader {
+public:
+    explicit NodeReader(const storage::Store& store,
+                        std::shared_ptr<const storage::Snapshot> snapshot = {});
+
+    // The record of `id`; kCorruption if it is missing or does not decode.
+    Result<NodeRecord> read(NodeId id);
+    // Number of records read so far (each a storage read or a cached chunk lookup).
+    std::uint64_t reads() const { return reads_; }
+    // Chunk rows fetched from the store so far.
+    std::uint64_t chunk_fetches() const { return fetches_; }
+    void reset();
+
+private:
+    Result<const Bytes*> chunk(std::uint64_t number);
+
+    const storage::Store& store_;
+    std::shared_ptr<const storage::Snapshot> snapshot_;
+    static constexpr std::size_t kCachedChunks = 32;
+    struct Cached {
+        std::uint64_t number = ~std::uint64_t{0};
+        Bytes data;
+        std::uint64_t used = 0;
+    };
+    std::vector<Cached> cache_;
+    std::uint64_t clock_ = 0;
+    std::uint64_t reads_ = 0;
+    std::uint64_t fetches_ = 0;
+};
+
+}  // namespace stateroot::engine

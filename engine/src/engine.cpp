@@ -1,0 +1,385 @@
+#include "stateroot/engine/engine.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <filesystem>
+
+#include "stateroot/engine/root_builder.hpp"
+
+namespace stateroot::engine {
+
+namespace fs = std::filesystem;
+
+std::string describe_heights(std::optional<std::uint64_t> first, std::optional<std::uint64_t> tip) {
+    if (!tip) return "the database is empty";
+    if (*first == *tip) return fmt::format("only height {} exists", *tip);
+    return fmt::format("heights {}..{} exist", *first, *tip);
+}
+
+namespace {
+
+Bytes be64(std::uint64_t v) {
+    Bytes b;
+    put_be64(b, v);
+    return b;
+}
+
+Result<std::optional<std::uint64_t>> read_meta_height(const storage::Store& store, std::string_view name,
+                                                      const std::shared_ptr<const storage::Snapshot>& snap) {
+    auto v = store.get(schema::meta_key(name), snap);
+    if (!v) return std::unexpected(v.error());
+    if (!*v) return std::optional<std::uint64_t>();
+    if ((*v)->size() != 8) {
+        return make_error(ErrorCode::kCorruption, fmt::format("corrupt meta row \"{}\"", name));
+    }
+    return std::optional<std::uint64_t>(get_be64((*v)->data()));
+}
+
+Result<schema::HeightRecord> read_record(const storage::Store& store, std::uint64_t height,
+                                         const std::shared_ptr<const storage::Snapshot>& snap) {
+    auto v = store.get(schema::height_key(height), snap);
+    if (!v) return std::unexpected(v.error());
+    if (!*v) {
+        return make_error(ErrorCode::kCorruption, fmt::format("height record {} is missing", height));
+    }
+    return schema::decode_height_record(**v, height);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------- Engine
+
+Result<std::unique_ptr<Engine>> Engine::open(const std::string& dir, const EngineOptions& options) {
+    std::error_code ec;
+    if (fs::is_directory(dir, ec) && !fs::is_empty(dir, ec) && !fs::exists(fs::path(dir) / "CURRENT", ec)) {
+        return make_error(ErrorCode::kInvalidArgument,
+                          fmt::format("{} is not a stateroot database (it holds other files)", dir));
+    }
+    storage::StoreOptions so = options.store;
+    so.create_if_missing = !options.must_exist && !options.read_only;
+    so.read_only = options.read_only;
+    so.seek_prefix_length = schema::kValueSeekPrefix;
+    auto store = storage::Store::open(dir, so);
+    if (!store) return std::unexpected(store.error());
+
+    std::unique_ptr<Engine> e(new Engine());
+    e->store_ = std::move(*store);
+    auto format = e->store_->get(schema::meta_key(schema::kMetaFormat));
+    if (!format) return std::unexpected(format.error());
+    if (*format) {
+        if (Status s = schema::check_format(**format); !s) return with_context(s.error(), dir);
+    } else {
+        auto it = e->store_->iterator();
+        it->seek({});
+        if (it->valid() || options.read_only) {
+            return make_error(ErrorCode::kInvalidArgument,
+                              fmt::format("{} is not a stateroot database (no format row)", dir));
+        }
+        storage::WriteBatch batch;
+        batch.put(schema::meta_key(schema::kMetaFormat), schema::format_value());
+        if (Status s = e->store_->write(batch); !s) return std::unexpected(s.error());
+    }
+    e->nodes_ = std::make_unique<NodeReader>(*e->store_);
+    e->tree_ = std::make_unique<Tree>(*e->nodes_);
+    if (Status s = e->load(); !s) return std::unexpected(s.error());
+    return e;
+}
+
+Engine::~Engine() = default;
+
+Status Engine::load() {
+    auto tip = read_meta_height(*store_, schema::kMetaTip, nullptr);
+    if (!tip) return std::unexpected(tip.error());
+    auto first = read_meta_height(*store_, schema::kMetaFirst, nullptr);
+    if (!first) return std::unexpected(first.error());
+    if (tip->has_value() != first->has_value()) {
+        return make_error(ErrorCode::kCorruption, "meta rows \"tip\" and \"first\" disagree");
+    }
+    tip_ = *tip;
+    first_ = *first;
+    nodes_->reset();
+    if (!tip_) {
+        end_chunk_ = 0;
+        live_keys_ = 0;
+        tree_->reset(kNoNode, kZeroHash);
+        return {};
+    }
+    auto rec = read_record(*store_, *tip_, nullptr);
+    if (!rec) return std::unexpected(rec.error());
+    end_chunk_ = rec->end_chunk;
+    live_keys_ = rec->live_keys;
+    tree_->reset(rec->root_id, rec->root);
+    return {};
+}
+
+Result<CommitResult> Engine::check_committed(const Changes& changes, const Hash& digest) {
+    auto rec = read_record(*store_, changes.height, nullptr);
+    if (!rec) return std::unexpected(rec.error());
+    const bool hash_differs = changes.block_hash && rec->block_hash && *changes.block_hash != *rec->block_hash;
+    if (rec->digest != digest || hash_differs) {
+        return make_error(ErrorCode::kConflict,
+                          fmt::format("height {} is already committed with different {}; to replace "
+                                      "it, roll back first (stateroot rollback --height {})",
+                                      changes.height, hash_differs ? "block hash" : "changes",
+                                      static_cast<std::int64_t>(changes.height) - 1));
+    }
+    CommitResult r;
+    r.height = changes.height;
+    r.root = rec->root;
+    r.already_committed = true;
+    r.live_keys = rec->live_keys;
+    return r;
+}
+
+Result<CommitResult> Engine::apply(const Changes& changes) {
+    auto normal = normalize(changes);
+    if (!normal) return std::unexpected(normal.error());
+    const std::uint64_t h = changes.height;
+    if (tip_ && h <= *tip_) {
+        if (h < *first_) {
+            return make_error(ErrorCode::kInvalidArgument,
+                              fmt::format("height {} is below the first committed height {}", h, *first_));
+        }
+        return check_committed(changes, changes_digest(*normal));
+    }
+    if (tip_ && h != *tip_ + 1) {
+        return make_error(ErrorCode::kInvalidArgument,
+                          fmt::format("height gap: the next height is {}, got {}", *tip_ + 1, h));
+    }
+    if (h == ~std::uint64_t{0}) {
+        return make_error(ErrorCode::kInvalidArgument, "height 18446744073709551615 is out of range");
+    }
+
+    std::vector<TreeChange> tree_changes(normal->size());
+    std::vector<schema::ChangeEntry> index(normal->size());
+    storage::WriteBatch batch;
+    for (std::size_t i = 0; i < normal->size(); ++i) {
+        const NormalChange& c = (*normal)[i];
+        tree_changes[i] = {c.path, c.value == nullptr, c.value_hash};
+        index[i] = {c.value != nullptr, *c.key};
+        batch.put(schema::value_key(c.path, h),
+                  schema::encode_value_row(c.value ? std::optional<ByteView>(*c.value) : std::nullopt));
+    }
+
+    ChunkWriter writer(end_chunk_);
+    auto update = tree_->apply(tree_changes, writer);
+    if (!update) return std::unexpected(update.error());
+
+    schema::HeightRecord rec;
+    rec.root = update->root_hash;
+    rec.root_id = update->root_id;
+    rec.first_chunk = writer.first_chunk();
+    rec.end_chunk = writer.end_chunk();
+    rec.live_keys = static_cast<std::uint64_t>(static_cast<std::int64_t>(live_keys_) + update->live_key_delta);
+    rec.digest = changes_digest(*normal);
+    rec.block_hash = changes.block_hash;
+
+    batch.put(schema::changes_key(h), schema::encode_change_index(index));
+    writer.write_to(batch);
+    if (!update->stale_ids.empty()) batch.put(schema::stale_key(h), schema::encode_stale(update->stale_ids));
+    batch.put(schema::height_key(h), schema::encode(rec));
+    batch.put(schema::meta_key(schema::kMetaTip), be64(h));
+    if (!first_) batch.put(schema::meta_key(schema::kMetaFirst), be64(h));
+
+    if (Status s = store_->write(batch); !s) {
+        tree_->abort(std::move(*update));
+        return with_context(s.error(), fmt::format("height {}", h));
+    }
+    CommitResult r;
+    r.height = h;
+    r.root = rec.root;
+    r.live_keys = rec.live_keys;
+    r.tree = update->stats;
+    r.rows = batch.rows();
+    r.bytes = batch.bytes();
+    tree_->commit(std::move(*update));
+    tip_ = h;
+    if (!first_) first_ = h;
+    end_chunk_ = rec.end_chunk;
+    live_keys_ = rec.live_keys;
+    return r;
+}
+
+Status Engine::rollback(std::optional<std::uint64_t> height) {
+    if (!tip_ || (height && *height >= *tip_)) return {};
+    const bool to_empty = !height || *height < *first_;
+    const std::uint64_t lowest = to_empty ? *first_ : *height + 1;
+    storage::WriteBatch batch;
+    for (std::uint64_t t = *tip_;; --t) {
+        auto rec = read_record(*store_, t, nullptr);
+        if (!rec) return std::unexpected(rec.error());
+        auto idx_row = store_->get(schema::changes_key(t));
+        if (!idx_row) return std::unexpected(idx_row.error());
+        if (!*idx_row) {
+            return make_error(ErrorCode::kCorruption, fmt::format("change index of height {} is missing", t));
+        }
+        auto index = schema::decode_change_index(**idx_row, t);
+        if (!index) return std::unexpected(index.error());
+        for (const schema::ChangeEntry& e : *index) batch.del(schema::value_key(sha256(e.key), t));
+        for (std::uint64_t c = rec->first_chunk; c < rec->end_chunk; ++c) batch.del(schema::node_chunk_key(c));
+        batch.del(schema::changes_key(t));
+        batch.del(schema::stale_key(t));
+        batch.del(schema::height_key(t));
+        if (t == lowest) break;
+    }
+    if (to_empty) {
+        batch.del(schema::meta_key(schema::kMetaTip));
+        batch.del(schema::meta_key(schema::kMetaFirst));
+    } else {
+        batch.put(schema::meta_key(schema::kMetaTip), be64(*height));
+    }
+    if (Status s = store_->write(batch); !s) return with_context(s.error(), "rollback");
+    return load();
+}
+
+Result<View> Engine::view() const {
+    View v(*store_, store_->snapshot());
+    auto tip = read_meta_height(*store_, schema::kMetaTip, v.snapshot_);
+    if (!tip) return std::unexpected(tip.error());
+    auto first = read_meta_height(*store_, schema::kMetaFirst, v.snapshot_);
+    if (!first) return std::unexpected(first.error());
+    v.tip_ = *tip;
+    v.first_ = *first;
+    return v;
+}
+
+// ------------------------------------------------------------------------------ View
+
+View::View(const storage::Store& store, std::shared_ptr<const storage::Snapshot> snapshot)
+    : store_(store), snapshot_(std::move(snapshot)),
+      nodes_(std::make_unique<NodeReader>(store, snapshot_)) {}
+
+Status View::check_height(std::uint64_t height) const {
+    if (!tip_ || height < *first_ || height > *tip_) {
+        return make_error(ErrorCode::kNotFound,
+                          fmt::format("height {} not found ({})", height, describe_heights(first_, tip_)));
+    }
+    return {};
+}
+
+Result<schema::HeightRecord> View::record(std::uint64_t height) const {
+    if (Status s = check_height(height); !s) return std::unexpected(s.error());
+    return read_record(store_, height, snapshot_);
+}
+
+Result<Hash> View::root(std::uint64_t height) const {
+    auto rec = record(height);
+    if (!rec) return std::unexpected(rec.error());
+    return rec->root;
+}
+
+Result<std::optional<Bytes>> View::get(ByteView key, std::uint64_t height) const {
+    if (Status s = check_key_size(key); !s) return std::unexpected(s.error());
+    if (Status s = check_height(height); !s) return std::unexpected(s.error());
+    const Bytes seek = schema::value_key(sha256(key), height);
+    storage::IteratorOptions io;
+    io.snapshot = snapshot_;
+    io.same_prefix = true;
+    auto it = store_.iterator(io);
+    it->seek(seek);
+    if (!it->valid()) {
+        if (Status s = it->status(); !s) return std::unexpected(s.error());
+        return std::optional<Bytes>();
+    }
+    const ByteView k = it->key();
+    if (k.size() != schema::kValueKeySize ||
+        !std::equal(seek.begin(), seek.begin() + schema::kValueSeekPrefix, k.begin())) {
+        return std::optional<Bytes>();
+    }
+    auto row = schema::decode_value_row(it->value());
+    if (!row) return with_context(row.error(), fmt::format("key {}", key_for_message(key)));
+    if (!*row) return std::optional<Bytes>();
+    return std::optional<Bytes>(Bytes((*row)->begin(), (*row)->end()));
+}
+
+Result<Proof> View::prove(ByteView key, std::uint64_t height) {
+    if (Status s = check_key_size(key); !s) return std::unexpected(s.error());
+    auto rec = record(height);
+    if (!rec) return std::unexpected(rec.error());
+    Proof p;
+    p.height = height;
+    p.root = rec->root;
+    p.key.assign(key.begin(), key.end());
+    p.path = sha256(key);
+    auto nodes = prove_path(*nodes_, rec->root_id, p.path);
+    if (!nodes) return std::unexpected(nodes.error());
+    if (nodes->value_hash) {
+        auto value = get(key, height);
+        if (!value) return std::unexpected(value.error());
+        if (!*value || sha256(**value) != *nodes->value_hash) {
+            return make_error(ErrorCode::kCorruption,
+                              fmt::format("the tree and the values disagree on key {} at height {}",
+                                          key_for_message(key), height));
+        }
+        p.value = std::move(**value);
+    }
+    p.side_nodes = std::move(nodes->side_nodes);
+    p.non_membership_leaf = std::move(nodes->non_membership_leaf);
+    p.sibling_data = std::move(nodes->sibling_data);
+    return p;
+}
+
+Result<std::vector<StoredChange>> View::changes(std::uint64_t height) const {
+    if (Status s = check_height(height); !s) return std::unexpected(s.error());
+    auto row = store_.get(schema::changes_key(height), snapshot_);
+    if (!row) return std::unexpected(row.error());
+    if (!*row) {
+        return make_error(ErrorCode::kCorruption, fmt::format("change index of height {} is missing", height));
+    }
+    auto index = schema::decode_change_index(**row, height);
+    if (!index) return std::unexpected(index.error());
+    std::vector<StoredChange> out;
+    out.reserve(index->size());
+    for (schema::ChangeEntry& e : *index) {
+        StoredChange c{std::move(e.key), std::nullopt};
+        if (e.put) {
+            auto v = store_.get(schema::value_key(sha256(c.key), height), snapshot_);
+            if (!v) return std::unexpected(v.error());
+            const auto decoded = *v ? schema::decode_value_row(**v) : Result<std::optional<ByteView>>();
+            if (!*v || !decoded || !*decoded) {
+                return make_error(ErrorCode::kCorruption,
+                                  fmt::format("value of key {} at height {} is missing",
+                                              key_for_message(c.key), height));
+            }
+            c.value = Bytes((*decoded)->begin(), (*decoded)->end());
+        }
+        out.push_back(std::move(c));
+    }
+    return out;
+}
+
+Result<Hash> View::recompute_root(std::uint64_t height) const {
+    if (Status s = check_height(height); !s) return std::unexpected(s.error());
+    storage::IteratorOptions io;
+    io.snapshot = snapshot_;
+    io.fill_cache = false;
+    io.upper_bound = Bytes{static_cast<std::uint8_t>(schema::kValue + 1)};
+    auto it = store_.iterator(io);
+    RootBuilder builder;
+    // Versions of a path come newest first; the first at or below `height` decides.
+    bool have_path = false;
+    bool decided = false;
+    Hash path;
+    for (it->seek(Bytes{schema::kValue}); it->valid(); it->next()) {
+        const ByteView k = it->key();
+        if (k.size() != schema::kValueKeySize) {
+            return make_error(ErrorCode::kCorruption, "value key of the wrong size");
+        }
+        const Hash p = Hash::from(k.subspan(1, 32));
+        if (!have_path || p != path) {
+            path = p;
+            have_path = true;
+            decided = false;
+        }
+        if (decided || schema::value_key_height(k) > height) continue;
+        decided = true;
+        auto row = schema::decode_value_row(it->value());
+        if (!row) return std::unexpected(row.error());
+        if (*row) builder.add(path, sha256(**row));
+    }
+    if (Status s = it->status(); !s) return std::unexpected(s.error());
+    return builder.finish();
+}
+
+}  // namespace stateroot::engine

@@ -1,0 +1,140 @@
+#include "stateroot/engine/node_store.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace stateroot::engine {
+
+namespace {
+constexpr std::uint8_t kLeafRecord = 0;
+constexpr std::uint8_t kBranchRecord = 1;
+}  // namespace
+
+ChunkWriter::ChunkWriter(std::uint64_t first_chunk) : first_chunk_(first_chunk) {}
+
+std::uint64_t ChunkWriter::end_chunk() const { return first_chunk_ + chunks_.size(); }
+
+void ChunkWriter::begin_record() {
+    if (count_ % schema::kChunkNodes == 0) chunks_.emplace_back();
+    Chunk& c = chunks_.back();
+    c.offsets.push_back(static_cast<std::uint16_t>(c.records.size()));
+}
+
+NodeId ChunkWriter::add_leaf(const Hash& path, const Hash& value_hash) {
+    const NodeId id = next_id();
+    begin_record();
+    Bytes& r = chunks_.back().records;
+    r.push_back(kLeafRecord);
+    r.insert(r.end(), path.bytes.begin(), path.bytes.end());
+    r.insert(r.end(), value_hash.bytes.begin(), value_hash.bytes.end());
+    ++count_;
+    return id;
+}
+
+NodeId ChunkWriter::add_branch(int depth, const Hash& top, NodeId left, NodeId right) {
+    const NodeId id = next_id();
+    begin_record();
+    Bytes& r = chunks_.back().records;
+    r.push_back(kBranchRecord);
+    r.push_back(static_cast<std::uint8_t>(depth));
+    r.insert(r.end(), top.bytes.begin(), top.bytes.end());
+    // Children are always written before their parents, so the deltas are positive.
+    put_varint(r, id - left);
+    put_varint(r, id - right);
+    ++count_;
+    return id;
+}
+
+void ChunkWriter::write_to(storage::WriteBatch& batch) const {
+    Bytes row;
+    for (std::size_t i = 0; i < chunks_.size(); ++i) {
+        const Chunk& c = chunks_[i];
+        row.clear();
+        row.reserve(2 + 2 * c.offsets.size() + c.records.size());
+        row.push_back(static_cast<std::uint8_t>(c.offsets.size() >> 8));
+        row.push_back(static_cast<std::uint8_t>(c.offsets.size()));
+        for (std::uint16_t off : c.offsets) {
+            row.push_back(static_cast<std::uint8_t>(off >> 8));
+            row.push_back(static_cast<std::uint8_t>(off));
+        }
+        row.insert(row.end(), c.records.begin(), c.records.end());
+        batch.put(schema::node_chunk_key(first_chunk_ + i), row);
+    }
+}
+
+void ChunkWriter::clear() {
+    chunks_.clear();
+    count_ = 0;
+}
+
+NodeReader::NodeReader(const storage::Store& store, std::shared_ptr<const storage::Snapshot> snapshot)
+    : store_(store), snapshot_(std::move(snapshot)), cache_(kCachedChunks) {}
+
+void NodeReader::reset() {
+    for (Cached& c : cache_) c = Cached{};
+}
+
+Result<const Bytes*> NodeReader::chunk(std::uint64_t number) {
+    ++clock_;
+    Cached* victim = &cache_[0];
+    for (Cached& c : cache_) {
+        if (c.number == number) {
+            c.used = clock_;
+            return &c.data;
+        }
+        if (c.used < victim->used) victim = &c;
+    }
+    auto row = store_.get(schema::node_chunk_key(number), snapshot_);
+    if (!row) return std::unexpected(row.error());
+    if (!*row) {
+        return make_error(ErrorCode::kCorruption, fmt::format("node chunk {} is missing", number));
+    }
+    ++fetches_;
+    victim->number = number;
+    victim->data = std::move(**row);
+    victim->used = clock_;
+    return &victim->data;
+}
+
+Result<NodeRecord> NodeReader::read(NodeId id) {
+    ++reads_;
+    const std::uint64_t number = id / schema::kChunkNodes;
+    const std::size_t index = id % schema::kChunkNodes;
+    auto data = chunk(number);
+    if (!data) return std::unexpected(data.error());
+    const Bytes& c = **data;
+    auto bad = [&] {
+        return make_error(ErrorCode::kCorruption, fmt::format("corrupt node {} in chunk {}", id, number));
+    };
+    if (c.size() < 2) return bad();
+    const std::size_t count = std::size_t{c[0]} << 8 | c[1];
+    const std::size_t area = 2 + 2 * count;
+    if (index >= count || c.size() < area) return bad();
+    const std::size_t off = area + (std::size_t{c[2 + 2 * index]} << 8 | c[3 + 2 * index]);
+    if (off >= c.size()) return bad();
+    const ByteView rec{c.data() + off, c.size() - off};
+
+    NodeRecord n;
+    if (rec[0] == kLeafRecord) {
+        if (rec.size() < 65) return bad();
+        n.leaf = true;
+        n.path = Hash::from(rec.subspan(1, 32));
+        n.value_hash = Hash::from(rec.subspan(33, 32));
+        n.hash = leaf_hash(n.path, n.value_hash);
+        return n;
+    }
+    if (rec[0] != kBranchRecord || rec.size() < 34) return bad();
+    n.depth = rec[1];
+    n.hash = Hash::from(rec.subspan(2, 32));
+    std::size_t pos = 34;
+    for (NodeId& child : n.child) {
+        const auto delta = get_varint(rec, pos);
+        if (!delta || *delta == 0 || *delta > id) return bad();
+        child = id - *delta;
+    }
+    return n;
+}
+
+}  // namespace stateroot::engine

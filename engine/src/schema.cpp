@@ -1,0 +1,178 @@
+#include "stateroot/engine/schema.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+namespace stateroot::engine::schema {
+namespace {
+
+Bytes prefixed_height(Prefix p, std::uint64_t height) {
+    Bytes k;
+    k.reserve(9);
+    k.push_back(p);
+    put_be64(k, height);
+    return k;
+}
+
+std::unexpected<Error> corrupt(std::string_view what, std::uint64_t height) {
+    return make_error(ErrorCode::kCorruption, fmt::format("corrupt {} at height {}", what, height));
+}
+
+}  // namespace
+
+Bytes meta_key(std::string_view name) {
+    Bytes k;
+    k.reserve(1 + name.size());
+    k.push_back(kMeta);
+    k.insert(k.end(), name.begin(), name.end());
+    return k;
+}
+
+Bytes height_key(std::uint64_t height) { return prefixed_height(kHeight, height); }
+Bytes changes_key(std::uint64_t height) { return prefixed_height(kChanges, height); }
+Bytes stale_key(std::uint64_t height) { return prefixed_height(kStale, height); }
+Bytes node_chunk_key(std::uint64_t chunk) { return prefixed_height(kNodes, chunk); }
+
+Bytes value_key(const Hash& path, std::uint64_t height) {
+    Bytes k;
+    k.reserve(kValueKeySize);
+    k.push_back(kValue);
+    k.insert(k.end(), path.bytes.begin(), path.bytes.end());
+    put_be64(k, ~height);
+    return k;
+}
+
+std::uint64_t value_key_height(ByteView key) { return ~get_be64(key.data() + 33); }
+
+Bytes format_value() {
+    Bytes v(kMagic.begin(), kMagic.end());
+    put_be32(v, kFormatVersion);
+    return v;
+}
+
+Status check_format(ByteView value) {
+    if (value.size() != kMagic.size() + 4 ||
+        !std::equal(kMagic.begin(), kMagic.end(), value.begin())) {
+        return make_error(ErrorCode::kCorruption, "not a stateroot database (bad format row)");
+    }
+    const std::uint32_t version = get_be32(value.data() + kMagic.size());
+    if (version != kFormatVersion) {
+        return make_error(ErrorCode::kInvalidArgument,
+                          fmt::format("database format version {} is not supported (this build "
+                                      "reads version {})",
+                                      version, kFormatVersion));
+    }
+    return {};
+}
+
+Bytes encode(const HeightRecord& r) {
+    Bytes v;
+    v.reserve(32 + 8 * 4 + 32 + 1 + 32);
+    v.insert(v.end(), r.root.bytes.begin(), r.root.bytes.end());
+    put_be64(v, r.root_id);
+    put_be64(v, r.first_chunk);
+    put_be64(v, r.end_chunk);
+    put_be64(v, r.live_keys);
+    v.insert(v.end(), r.digest.bytes.begin(), r.digest.bytes.end());
+    v.push_back(r.block_hash ? 1 : 0);
+    if (r.block_hash) v.insert(v.end(), r.block_hash->bytes.begin(), r.block_hash->bytes.end());
+    return v;
+}
+
+Result<HeightRecord> decode_height_record(ByteView v, std::uint64_t height) {
+    constexpr std::size_t kFixed = 32 + 8 * 4 + 32 + 1;
+    if (v.size() != kFixed && v.size() != kFixed + 32) return corrupt("height record", height);
+    HeightRecord r;
+    const std::uint8_t* p = v.data();
+    r.root = Hash::from({p, 32});
+    r.root_id = get_be64(p + 32);
+    r.first_chunk = get_be64(p + 40);
+    r.end_chunk = get_be64(p + 48);
+    r.live_keys = get_be64(p + 56);
+    r.digest = Hash::from({p + 64, 32});
+    const std::uint8_t flags = p[96];
+    if (flags > 1 || (flags == 1) != (v.size() == kFixed + 32)) {
+        return corrupt("height record", height);
+    }
+    if (flags == 1) r.block_hash = Hash::from({p + 97, 32});
+    return r;
+}
+
+Bytes encode_change_index(const std::vector<ChangeEntry>& entries) {
+    Bytes v;
+    put_varint(v, entries.size());
+    for (const ChangeEntry& e : entries) {
+        v.push_back(e.put ? 1 : 0);
+        put_varint(v, e.key.size());
+        v.insert(v.end(), e.key.begin(), e.key.end());
+    }
+    return v;
+}
+
+Result<std::vector<ChangeEntry>> decode_change_index(ByteView v, std::uint64_t height) {
+    std::size_t pos = 0;
+    const auto count = get_varint(v, pos);
+    if (!count || *count > v.size()) return corrupt("change index", height);
+    std::vector<ChangeEntry> entries(*count);
+    for (ChangeEntry& e : entries) {
+        if (pos >= v.size() || v[pos] > 1) return corrupt("change index", height);
+        e.put = v[pos++] == 1;
+        const auto len = get_varint(v, pos);
+        if (!len || *len > v.size() - pos) return corrupt("change index", height);
+        e.key.assign(v.begin() + pos, v.begin() + pos + *len);
+        pos += *len;
+    }
+    if (pos != v.size()) return corrupt("change index", height);
+    return entries;
+}
+
+Bytes encode_value_row(std::optional<ByteView> value) {
+    Bytes v;
+    if (!value) {
+        v.push_back(0);
+        return v;
+    }
+    v.reserve(1 + value->size());
+    v.push_back(1);
+    v.insert(v.end(), value->begin(), value->end());
+    return v;
+}
+
+Result<std::optional<ByteView>> decode_value_row(ByteView row) {
+    if (row.empty() || row[0] > 1 || (row[0] == 0 && row.size() != 1) ||
+        (row[0] == 1 && row.size() < 2)) {
+        return make_error(ErrorCode::kCorruption, "corrupt value row");
+    }
+    if (row[0] == 0) return std::optional<ByteView>();
+    return std::optional<ByteView>(row.subspan(1));
+}
+
+Bytes encode_stale(const std::vector<NodeId>& ids) {
+    Bytes v;
+    put_varint(v, ids.size());
+    NodeId prev = 0;
+    for (NodeId id : ids) {
+        put_varint(v, id - prev);
+        prev = id;
+    }
+    return v;
+}
+
+Result<std::vector<NodeId>> decode_stale(ByteView v, std::uint64_t height) {
+    std::size_t pos = 0;
+    const auto count = get_varint(v, pos);
+    if (!count || *count > v.size()) return corrupt("stale list", height);
+    std::vector<NodeId> ids(*count);
+    NodeId prev = 0;
+    for (NodeId& id : ids) {
+        const auto delta = get_varint(v, pos);
+        if (!delta) return corrupt("stale list", height);
+        id = prev + *delta;
+        prev = id;
+    }
+    if (pos != v.size()) return corrupt("stale list", height);
+    return ids;
+}
+
+}  // namespace stateroot::engine::schema

@@ -1,0 +1,144 @@
+// Store: a thin, generic ordered key/value store over RocksDB.
+//
+// It knows bytes, batches, snapshots and iterators, and nothing of trees, hashes or
+// blocks. Every write goes through one atomic WriteBatch; readers see either all of a
+// batch or none of it. RocksDB headers are confined to storage/src.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "stateroot/storage/bytes.hpp"
+#include "stateroot/storage/result.hpp"
+
+namespace stateroot::storage {
+
+struct StoreOptions {
+    // Create the directory and an empty database if none exists (default true).
+    bool create_if_missing = true;
+    // Open for reading only (no lock, so a writer may have the database open; the
+    // reader sees the state as of opening). Writes fail (default false).
+    bool read_only = false;
+    // RocksDB block cache budget in MiB (default 128).
+    std::size_t block_cache_mb = 128;
+    // Size of one memtable in MiB (default 64); up to 3 may exist at once.
+    std::size_t write_buffer_mb = 64;
+    // fsync the write-ahead log on every write (default false). Without it a commit
+    // survives a crash of the process but not of the machine.
+    bool sync = false;
+    // When non-zero, bloom filters are also built over the first `seek_prefix_length`
+    // bytes of each key (shorter keys use the whole key), so that an iterator opened with
+    // IteratorOptions::same_prefix skips files that hold no key with the seek key's prefix
+    // (default 0: whole-key filters only).
+    std::size_t seek_prefix_length = 0;
+};
+
+// A set of puts and deletes applied atomically by Store::write. Not thread-safe.
+class WriteBatch {
+public:
+    WriteBatch();
+    ~WriteBatch();
+    WriteBatch(WriteBatch&&) noexcept;
+    WriteBatch& operator=(WriteBatch&&) noexcept;
+
+    void put(ByteView key, ByteView value);
+    void del(ByteView key);
+    // Number of puts and deletes in the batch.
+    std::size_t rows() const { return rows_; }
+    // Bytes of keys and values in the batch.
+    std::size_t bytes() const { return bytes_; }
+    void clear();
+
+private:
+    friend class Store;
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+    std::size_t rows_ = 0;
+    std::size_t bytes_ = 0;
+};
+
+// A consistent read-only view of the store as of the moment it was taken. Holding one
+// pins the data it sees. Thread-safe; release it by dropping the last shared_ptr, which
+// must happen before the Store is destroyed.
+class Snapshot {
+public:
+    virtual ~Snapshot() = default;
+};
+
+struct IteratorOptions {
+    // Read through this snapshot; null reads the latest committed state.
+    std::shared_ptr<const Snapshot> snapshot;
+    // Stop before the first key >= this bound (empty: no bound).
+    Bytes upper_bound;
+    // Only keys sharing the seek key's first StoreOptions::seek_prefix_length bytes are
+    // visited; lets bloom filters skip files. Requires seek_prefix_length > 0.
+    bool same_prefix = false;
+    // Cache the blocks read (default true); false for one-off scans.
+    bool fill_cache = true;
+};
+
+// A forward iterator. key() and value() stay valid until the next move. Not thread-safe.
+class Iterator {
+public:
+    virtual ~Iterator() = default;
+    virtual void seek(ByteView key) = 0;
+    virtual void next() = 0;
+    virtual bool valid() const = 0;
+    virtual ByteView key() const = 0;
+    virtual ByteView value() const = 0;
+    // The error that made the iterator invalid, if any (invalid without error = at the end).
+    virtual Status status() const = 0;
+};
+
+class Store {
+public:
+    // Opens (or creates) the database in `dir`. Fails with kBusy if another process has
+    // it open for writing, kIoError for other storage failures.
+    static Result<std::unique_ptr<Store>> open(const std::string& dir, const StoreOptions& options);
+    virtual ~Store();
+
+    Store(const Store&) = delete;
+    Store& operator=(const Store&) = delete;
+
+    // The value of `key`, or nullopt if absent. Thread-safe.
+    Result<std::optional<Bytes>> get(ByteView key,
+                                     const std::shared_ptr<const Snapshot>& snapshot = {}) const;
+
+    // Applies `batch` atomically (durably per StoreOptions::sync). On error nothing of the
+    // batch is applied. Thread-safe, but the engine keeps a single writer.
+    Status write(const WriteBatch& batch);
+
+    // A snapshot of the current state. Thread-safe.
+    std::shared_ptr<const Snapshot> snapshot() const;
+
+    // A new iterator, positioned nowhere until seek(). Thread-safe.
+    std::unique_ptr<Iterator> iterator(IteratorOptions options = {}) const;
+
+    // Total size of the files in the database directory.
+    std::uint64_t disk_bytes() const;
+
+    // Writes the memtables to disk (used by benchmarks to measure settled sizes).
+    Status flush();
+
+    const std::string& dir() const { return dir_; }
+
+    // Tests only: called before every write with the batch and the number of writes made
+    // so far; an error it returns is returned by write() and nothing is written.
+    using WriteFault = std::function<Status(const WriteBatch& batch, std::uint64_t write_index)>;
+    void set_write_fault(WriteFault fault) { write_fault_ = std::move(fault); }
+
+private:
+    struct Impl;
+    Store(std::string dir, std::unique_ptr<Impl> impl);
+
+    std::string dir_;
+    std::unique_ptr<Impl> impl_;
+    WriteFault write_fault_;
+    std::uint64_t writes_ = 0;
+};
+
+}  // namespace stateroot::storage

@@ -1,0 +1,203 @@
+#include "stateroot/storage/store.hpp"
+
+#include <rocksdb/cache.h>
+#include <rocksdb/db.h>
+#include <rocksdb/filter_policy.h>
+#include <rocksdb/options.h>
+#include <rocksdb/slice_transform.h>
+#include <rocksdb/table.h>
+#include <rocksdb/write_batch.h>
+
+#include <filesystem>
+#include <system_error>
+
+namespace stateroot::storage {
+namespace {
+
+rocksdb::Slice slice(ByteView b) { return {reinterpret_cast<const char*>(b.data()), b.size()}; }
+ByteView view(const rocksdb::Slice& s) {
+    return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
+}
+
+Error to_error(const rocksdb::Status& s, const std::string& what) {
+    // RocksDB reports a held LOCK file as an IO error mentioning the lock.
+    const std::string text = s.ToString();
+    if (s.IsIOError() && text.find("lock") != std::string::npos) {
+        return {ErrorCode::kBusy, what + ": the database is open in another process (" + text + ")"};
+    }
+    if (s.IsCorruption()) return {ErrorCode::kCorruption, what + ": " + text};
+    return {ErrorCode::kIoError, what + ": " + text};
+}
+
+class RocksSnapshot final : public Snapshot {
+public:
+    RocksSnapshot(rocksdb::DB* db, const rocksdb::Snapshot* snap) : db_(db), snap_(snap) {}
+    ~RocksSnapshot() override { db_->ReleaseSnapshot(snap_); }
+    const rocksdb::Snapshot* get() const { return snap_; }
+
+private:
+    rocksdb::DB* db_;
+    const rocksdb::Snapshot* snap_;
+};
+
+const rocksdb::Snapshot* raw(const std::shared_ptr<const Snapshot>& s) {
+    return s ? static_cast<const RocksSnapshot&>(*s).get() : nullptr;
+}
+
+class RocksIterator final : public Iterator {
+public:
+    RocksIterator(rocksdb::DB* db, IteratorOptions options) : options_(std::move(options)) {
+        rocksdb::ReadOptions ro;
+        ro.snapshot = raw(options_.snapshot);
+        ro.fill_cache = options_.fill_cache;
+        ro.prefix_same_as_start = options_.same_prefix;
+        ro.total_order_seek = !options_.same_prefix;
+        if (!options_.upper_bound.empty()) {
+            upper_ = slice(options_.upper_bound);
+            ro.iterate_upper_bound = &upper_;
+        }
+        it_.reset(db->NewIterator(ro));
+    }
+    void seek(ByteView key) override { it_->Seek(slice(key)); }
+    void next() override { it_->Next(); }
+    bool valid() const override { return it_->Valid(); }
+    ByteView key() const override { return view(it_->key()); }
+    ByteView value() const override { return view(it_->value()); }
+    Status status() const override {
+        if (it_->status().ok()) return {};
+        return std::unexpected(to_error(it_->status(), "iterator"));
+    }
+
+private:
+    IteratorOptions options_;  // owns the snapshot and the bound the iterator points into
+    rocksdb::Slice upper_;
+    std::unique_ptr<rocksdb::Iterator> it_;
+};
+
+}  // namespace
+
+struct WriteBatch::Impl {
+    rocksdb::WriteBatch batch;
+};
+
+WriteBatch::WriteBatch() : impl_(std::make_unique<Impl>()) {}
+WriteBatch::~WriteBatch() = default;
+WriteBatch::WriteBatch(WriteBatch&&) noexcept = default;
+WriteBatch& WriteBatch::operator=(WriteBatch&&) noexcept = default;
+
+void WriteBatch::put(ByteView key, ByteView value) {
+    impl_->batch.Put(slice(key), slice(value));
+    ++rows_;
+    bytes_ += key.size() + value.size();
+}
+
+void WriteBatch::del(ByteView key) {
+    impl_->batch.Delete(slice(key));
+    ++rows_;
+    bytes_ += key.size();
+}
+
+void WriteBatch::clear() {
+    impl_->batch.Clear();
+    rows_ = 0;
+    bytes_ = 0;
+}
+
+struct Store::Impl {
+    std::unique_ptr<rocksdb::DB> db;
+    rocksdb::WriteOptions write_options;
+};
+
+Store::Store(std::string dir, std::unique_ptr<Impl> impl)
+    : dir_(std::move(dir)), impl_(std::move(impl)) {}
+
+Store::~Store() = default;
+
+Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOptions& options) {
+    rocksdb::Options o;
+    o.create_if_missing = options.create_if_missing;
+    o.max_background_jobs = 2;
+    o.bytes_per_sync = 1 << 20;
+    o.write_buffer_size = options.write_buffer_mb << 20;
+    o.max_write_buffer_number = 3;
+    o.level_compaction_dynamic_level_bytes = true;
+    o.compression = rocksdb::kLZ4Compression;
+    o.max_total_wal_size = 4 * (options.write_buffer_mb << 20);
+    if (options.seek_prefix_length > 0) {
+        o.prefix_extractor.reset(rocksdb::NewCappedPrefixTransform(options.seek_prefix_length));
+        o.memtable_prefix_bloom_size_ratio = 0.02;
+    }
+    rocksdb::BlockBasedTableOptions t;
+    t.block_cache = rocksdb::NewLRUCache(options.block_cache_mb << 20);
+    t.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+    t.whole_key_filtering = true;
+    t.cache_index_and_filter_blocks = true;
+    t.pin_l0_filter_and_index_blocks_in_cache = true;
+    t.format_version = 5;
+    o.table_factory.reset(rocksdb::NewBlockBasedTableFactory(t));
+
+    if ((!options.create_if_missing || options.read_only) &&
+        !std::filesystem::exists(std::filesystem::path(dir) / "CURRENT")) {
+        return make_error(ErrorCode::kNotFound, "no database at " + dir);
+    }
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) return make_error(ErrorCode::kIoError, "cannot create " + dir + ": " + ec.message());
+
+    rocksdb::DB* db = nullptr;
+    const rocksdb::Status s = options.read_only ? rocksdb::DB::OpenForReadOnly(o, dir, &db)
+                                                : rocksdb::DB::Open(o, dir, &db);
+    if (!s.ok()) return std::unexpected(to_error(s, "cannot open " + dir));
+    auto impl = std::make_unique<Impl>();
+    impl->db.reset(db);
+    impl->write_options.sync = options.sync;
+    return std::unique_ptr<Store>(new Store(dir, std::move(impl)));
+}
+
+Result<std::optional<Bytes>> Store::get(ByteView key,
+                                        const std::shared_ptr<const Snapshot>& snapshot) const {
+    rocksdb::ReadOptions ro;
+    ro.snapshot = raw(snapshot);
+    rocksdb::PinnableSlice value;
+    const rocksdb::Status s = impl_->db->Get(ro, impl_->db->DefaultColumnFamily(), slice(key), &value);
+    if (s.IsNotFound()) return std::optional<Bytes>();
+    if (!s.ok()) return std::unexpected(to_error(s, "read"));
+    const ByteView v = view(value);
+    return std::optional<Bytes>(Bytes(v.begin(), v.end()));
+}
+
+Status Store::write(const WriteBatch& batch) {
+    if (write_fault_) {
+        if (Status st = write_fault_(batch, writes_); !st) return st;
+    }
+    ++writes_;
+    rocksdb::WriteBatch& raw_batch = batch.impl_->batch;
+    const rocksdb::Status s = impl_->db->Write(impl_->write_options, &raw_batch);
+    if (!s.ok()) return std::unexpected(to_error(s, "write"));
+    return {};
+}
+
+std::shared_ptr<const Snapshot> Store::snapshot() const {
+    return std::make_shared<RocksSnapshot>(impl_->db.get(), impl_->db->GetSnapshot());
+}
+
+std::unique_ptr<Iterator> Store::iterator(IteratorOptions options) const {
+    return std::make_unique<RocksIterator>(impl_->db.get(), std::move(options));
+}
+
+std::uint64_t Store::disk_bytes() const {
+    std::uint64_t total = 0;
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::recursive_directory_iterator(dir_, ec)) {
+        if (entry.is_regular_file(ec)) total += entry.file_size(ec);
+    }
+    return total;
+}
+
+Status Store::flush() {
+    const rocksdb::Status s = impl_->db->Flush(rocksdb::FlushOptions());
+    if (!s.ok()) return std::unexpected(to_error(s, "flush"));
+    return {};
+}
+
+}  // namespace stateroot::storage

@@ -1,0 +1,263 @@
+// `stateroot bench`: commit throughput and latency, read as ratios to this machine's two
+// ceilings measured in the same run (raw RocksDB writes of the same value rows, and
+// SHA-256 node hashes).
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <unordered_set>
+
+#include "cli.hpp"
+#include "stateroot/engine/engine.hpp"
+#include "stateroot/engine/schema.hpp"
+
+namespace stateroot::tools {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+// Counts as doubles, for rates and ratios.
+double f(std::uint64_t n) { return static_cast<double>(n); }
+
+double seconds_since(Clock::time_point t) {
+    return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+std::uint64_t splitmix(std::uint64_t& state) {
+    std::uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+// Key number i: 32 bytes drawn from the seed, so the live set is a list of numbers.
+Bytes bench_key(std::uint64_t seed, std::uint64_t i) {
+    std::uint64_t s = seed * 0x632be59bd9b4e019ull + i;
+    Bytes k(32);
+    for (int w = 0; w < 4; ++w) {
+        const std::uint64_t x = splitmix(s);
+        for (int b = 0; b < 8; ++b) k[w * 8 + b] = static_cast<std::uint8_t>(x >> (8 * b));
+    }
+    return k;
+}
+
+Bytes bench_value(std::mt19937_64& rng) {
+    Bytes v(32 + rng() % 97);  // 32..128 bytes
+    for (auto& b : v) b = static_cast<std::uint8_t>(rng());
+    return v;
+}
+
+std::uint64_t peak_rss_kb() {
+    std::ifstream in("/proc/self/status");
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6));
+    }
+    return 0;
+}
+
+double percentile(std::vector<double> v, double p) {
+    if (v.empty()) return 0;
+    std::sort(v.begin(), v.end());
+    const std::size_t i = std::min(v.size() - 1, static_cast<std::size_t>(p * f(v.size() - 1) + 0.5));
+    return v[i];
+}
+
+fs::path temp_dir(const std::string& tag) {
+    const fs::path base = fs::temp_directory_path();
+    std::random_device rd;
+    for (;;) {
+        fs::path p = base / fmt::format("stateroot-bench-{}-{:x}", tag, rd());
+        if (fs::create_directory(p)) return p;
+    }
+}
+
+// Writes `batches` batches of `per_batch` value rows shaped like the engine's (41-byte
+// keys, 1 + 32..128-byte values) into a fresh store with the engine's storage options.
+Result<double> raw_rocksdb_keys_per_s(std::uint64_t batches, std::uint64_t per_batch, std::size_t cache_mb) {
+    const fs::path dir = temp_dir("raw");
+    storage::StoreOptions so;
+    so.block_cache_mb = cache_mb;
+    so.seek_prefix_length = engine::schema::kValueSeekPrefix;
+    double elapsed = 0;
+    std::uint64_t rows = 0;
+    {
+        auto store = storage::Store::open(dir.string(), so);
+        if (!store) return std::unexpected(store.error());
+        std::mt19937_64 rng(7);
+        for (std::uint64_t b = 0; b < batches; ++b) {
+            storage::WriteBatch batch;
+            for (std::uint64_t i = 0; i < per_batch; ++i) {
+                engine::Hash path;
+                for (auto& x : path.bytes) x = static_cast<std::uint8_t>(rng());
+                const Bytes v = bench_value(rng);
+                batch.put(engine::schema::value_key(path, b), engine::schema::encode_value_row(v));
+            }
+            const auto t = Clock::now();
+            if (Status s = (*store)->write(batch); !s) return std::unexpected(s.error());
+            elapsed += seconds_since(t);
+            rows += per_batch;
+        }
+    }
+    fs::remove_all(dir);
+    return f(rows) / elapsed;
+}
+
+double node_hashes_per_s() {
+    engine::Hash a, b;
+    a.bytes[0] = 1;
+    std::uint64_t n = 0;
+    const auto t = Clock::now();
+    while (seconds_since(t) < 0.5) {
+        for (int i = 0; i < 10000; ++i) {
+            b = engine::node_hash(a, b);
+            std::swap(a, b);
+        }
+        n += 10000;
+    }
+    return f(n) / seconds_since(t);
+}
+
+}  // namespace
+
+int run_bench(const BenchOptions& o) {
+    if (o.block_keys == 0 || o.blocks == 0) return fail("--block-keys and --blocks must be positive");
+    const bool own_dir = o.db.empty();
+    const fs::path dir = own_dir ? temp_dir("db") : fs::path(o.db);
+    if (!own_dir && fs::exists(dir) && !fs::is_empty(dir)) {
+        return fail(fmt::format("--db {} must be empty or absent", o.db));
+    }
+    engine::EngineOptions eo;
+    eo.store.block_cache_mb = o.cache_mb;
+    auto opened = engine::Engine::open(dir.string(), eo);
+    if (!opened) return fail(opened.error());
+    engine::Engine& eng = **opened;
+
+    std::mt19937_64 rng(o.seed);
+    std::vector<std::uint64_t> live;  // key numbers present
+    live.reserve(o.keys + o.blocks * o.block_keys / 4);
+    std::uint64_t next_key = 0;
+    std::uint64_t height = 0;
+
+    // Preload.
+    const auto preload_start = Clock::now();
+    auto last_log = Clock::now();
+    while (live.size() < o.keys) {
+        engine::Changes c;
+        c.height = height++;
+        const std::uint64_t n = std::min<std::uint64_t>(o.preload_batch, o.keys - live.size());
+        for (std::uint64_t i = 0; i < n; ++i) {
+            c.puts.emplace_back(bench_key(o.seed, next_key), bench_value(rng));
+            live.push_back(next_key++);
+        }
+        auto r = eng.apply(c);
+        if (!r) return fail(r.error());
+        if (seconds_since(last_log) > 10) {
+            spdlog::info("preload: {} / {} keys", live.size(), o.keys);
+            last_log = Clock::now();
+        }
+    }
+    const double preload_s = seconds_since(preload_start);
+
+    // Measured heights: 70 % updates, 20 % inserts, 10 % deletes.
+    std::vector<double> latencies_ms;
+    std::uint64_t changed = 0, hashes = 0, rows = 0, bytes = 0, reads = 0;
+    double commit_s = 0;
+    for (std::uint64_t b = 0; b < o.blocks; ++b) {
+        engine::Changes c;
+        c.height = height++;
+        const std::uint64_t inserts = o.block_keys / 5;
+        const std::uint64_t deletes = std::min<std::uint64_t>(o.block_keys / 10, live.size() / 2);
+        const std::uint64_t updates = std::min<std::uint64_t>(o.block_keys - inserts - deletes, live.size() / 2);
+        std::unordered_set<std::uint64_t> picked;  // positions in `live`
+        auto pick = [&] {
+            for (;;) {
+                const std::uint64_t p = rng() % live.size();
+                if (picked.insert(p).second) return p;
+            }
+        };
+        for (std::uint64_t i = 0; i < updates; ++i) c.puts.emplace_back(bench_key(o.seed, live[pick()]), bench_value(rng));
+        std::vector<std::uint64_t> gone;
+        for (std::uint64_t i = 0; i < deletes; ++i) {
+            const std::uint64_t p = pick();
+            c.deletes.push_back(bench_key(o.seed, live[p]));
+            gone.push_back(p);
+        }
+        for (std::uint64_t i = 0; i < inserts; ++i) c.puts.emplace_back(bench_key(o.seed, next_key++), bench_value(rng));
+
+        const auto t = Clock::now();
+        auto r = eng.apply(c);
+        const double s = seconds_since(t);
+        if (!r) return fail(r.error());
+        commit_s += s;
+        latencies_ms.push_back(s * 1000);
+        changed += c.puts.size() + c.deletes.size();
+        hashes += r->tree.hashes;
+        reads += r->tree.node_reads;
+        rows += r->rows;
+        bytes += r->bytes;
+
+        std::sort(gone.rbegin(), gone.rend());
+        for (std::uint64_t p : gone) {
+            live[p] = live.back();
+            live.pop_back();
+        }
+        for (std::uint64_t i = next_key - inserts; i < next_key; ++i) live.push_back(i);
+    }
+    if (Status s = eng.store().flush(); !s) return fail(s.error());
+    const std::uint64_t disk = eng.store().disk_bytes();
+    const std::uint64_t live_keys = eng.live_keys();
+    const std::uint64_t rss_kb = peak_rss_kb();
+    opened->reset();
+
+    const double keys_per_s = f(changed) / commit_s;
+    const double hashes_per_key = f(hashes) / f(changed);
+    auto raw = raw_rocksdb_keys_per_s(std::max<std::uint64_t>(o.blocks, 200'000 / o.block_keys + 1),
+                                      o.block_keys, o.cache_mb);
+    if (!raw) return fail(raw.error());
+    const double hash_rate = node_hashes_per_s();
+    const double hash_ceiling = hashes_per_key > 0 ? hash_rate / hashes_per_key : 0;
+    if (own_dir) fs::remove_all(dir);
+
+    const nlohmann::json j{
+        {"keys", o.keys},
+        {"block_keys", o.block_keys},
+        {"blocks", o.blocks},
+        {"keys_per_s", keys_per_s},
+        {"p50_ms", percentile(latencies_ms, 0.50)},
+        {"p99_ms", percentile(latencies_ms, 0.99)},
+        {"hashes_per_key", hashes_per_key},
+        {"node_reads_per_key", f(reads) / f(changed)},
+        {"rows_per_key", f(rows) / f(changed)},
+        {"write_bytes_per_key", f(bytes) / f(changed)},
+        {"disk_bytes_per_key", live_keys ? f(disk) / f(live_keys) : 0.0},
+        {"peak_rss_mb", f(rss_kb) / 1024.0},
+        {"raw_rocksdb_keys_per_s", *raw},
+        {"sha256_node_hashes_per_s", hash_rate},
+        {"hash_ceiling_keys_per_s", hash_ceiling},
+        {"preload_s", preload_s},
+    };
+    fmt::print("stateroot bench: N = {} keys, K = {} changed keys per height, B = {} heights\n", o.keys,
+               o.block_keys, o.blocks);
+    fmt::print("  commit:    {:.0f} changed keys/s, p50 {:.2f} ms, p99 {:.2f} ms per height\n", keys_per_s,
+               percentile(latencies_ms, 0.50), percentile(latencies_ms, 0.99));
+    fmt::print("  per key:   {:.1f} node hashes, {:.2f} node reads, {:.2f} rows, {:.0f} bytes written\n",
+               hashes_per_key, f(reads) / f(changed), f(rows) / f(changed),
+               f(bytes) / f(changed));
+    fmt::print("  disk:      {:.0f} bytes per live key ({} live keys); peak RSS {:.0f} MiB\n",
+               live_keys ? f(disk) / f(live_keys) : 0.0, live_keys, f(rss_kb) / 1024.0);
+    fmt::print("  ceilings:  raw RocksDB {:.0f} rows/s ({:.0f} %), SHA-256 {:.0f} node hashes/s = {:.0f} keys/s ({:.0f} %)\n",
+               *raw, 100 * keys_per_s / *raw, hash_rate, hash_ceiling,
+               hash_ceiling > 0 ? 100 * keys_per_s / hash_ceiling : 0.0);
+    fmt::print("  preload:   {:.1f} s\n", preload_s);
+    if (o.json) fmt::print("{}\n", j.dump());
+    return kExitOk;
+}
+
+}  // namespace stateroot::tools
