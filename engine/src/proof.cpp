@@ -60,7 +60,7 @@ std::unexpected<Error> invalid(const std::string& why) { return make_error(Error
 Result<Proof> proof_from_json(const json& j) {
     if (!j.is_object()) return not_a_proof("expected a JSON object");
     Proof p;
-    if (!j.contains("height") || !j["height"].is_number_unsigned()) {
+    if (!j.contains("height") || !j["height"].is_number_integer() || j["height"].get<std::int64_t>() < 0) {
         return not_a_proof("\"height\" must be a non-negative integer");
     }
     p.height = j["height"].get<std::uint64_t>();

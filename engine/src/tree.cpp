@@ -349,19 +349,17 @@ Result<std::optional<Tree::Sub>> Tree::apply_at(Slot* loc, int at, std::span<con
         const Sub other = build(at + 1, entries);
         auto match = apply_at(loc, at + 1, side_cs[b]);
         if (!match) return std::unexpected(match.error());
-        if (other.kind == Sub::kZ) {
-            if (!*match) return R();
-            return R(lift(**match, at, b));
-        }
+        if (!*match && other.kind == Sub::kZ) return R();
         Sub mine;
         if (*match) {
             mine = **match;
         } else {
+            // Unchanged, but the new subtree beside it moves its slot one level down.
             auto moved = retop(slot, at + 1, *prefix);
             if (!moved) return std::unexpected(moved.error());
             mine = *moved;
         }
-        return R(b == 0 ? join(at, mine, other) : join(at, other, mine));
+        return R(b == 0 ? combine(at, mine, other) : combine(at, other, mine));
     }
 
     std::optional<Sub> result[2];

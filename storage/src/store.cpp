@@ -167,10 +167,10 @@ Result<std::optional<Bytes>> Store::get(ByteView key,
 }
 
 Status Store::write(const WriteBatch& batch) {
+    const std::uint64_t index = writes_++;
     if (write_fault_) {
-        if (Status st = write_fault_(batch, writes_); !st) return st;
+        if (Status st = write_fault_(batch, index); !st) return st;
     }
-    ++writes_;
     rocksdb::WriteBatch& raw_batch = batch.impl_->batch;
     const rocksdb::Status s = impl_->db->Write(impl_->write_options, &raw_batch);
     if (!s.ok()) return std::unexpected(to_error(s, "write"));

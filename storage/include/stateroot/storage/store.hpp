@@ -126,8 +126,9 @@ public:
 
     const std::string& dir() const { return dir_; }
 
-    // Tests only: called before every write with the batch and the number of writes made
-    // so far; an error it returns is returned by write() and nothing is written.
+    // Tests only: called before every write with the batch and the number of write()
+    // calls before this one; an error it returns is returned by write() and nothing is
+    // written.
     using WriteFault = std::function<Status(const WriteBatch& batch, std::uint64_t write_index)>;
     void set_write_fault(WriteFault fault) { write_fault_ = std::move(fault); }
 

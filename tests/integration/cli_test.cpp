@@ -1,0 +1,217 @@
+// The `stateroot` binary, run as a user would: exit codes, stdout, stderr.
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "temp_dir.hpp"
+
+namespace {
+
+struct Run {
+    int code;
+    std::string out;
+    std::string err;
+};
+
+std::string slurp(const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+class Cli {
+public:
+    // Runs `stateroot <args>` with `input` on stdin.
+    Run run(const std::string& args, const std::string& input = "") {
+        const std::string in = dir_.sub("stdin"), out = dir_.sub("stdout"), err = dir_.sub("stderr");
+        std::ofstream(in) << input;
+        const std::string cmd = fmt::format("{} {} <{} >{} 2>{}", STATEROOT_BIN, args, in, out, err);
+        const int status = std::system(cmd.c_str());
+        return {WEXITSTATUS(status), slurp(out), slurp(err)};
+    }
+    std::string db() const { return dir_.sub("db"); }
+    std::string file(const std::string& name, const std::string& content) {
+        const std::string path = dir_.sub(name);
+        std::ofstream(path) << content;
+        return path;
+    }
+
+private:
+    stateroot::test::TempDir dir_;
+};
+
+const std::string kExample = std::string(STATEROOT_REPO) + "/configs/examples/changes.jsonl";
+
+std::vector<std::string> lines(const std::string& s) {
+    std::vector<std::string> out;
+    std::istringstream in(s);
+    for (std::string l; std::getline(in, l);) out.push_back(l);
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("cli: every command has --help", "[cli]") {
+    Cli cli;
+    for (const char* cmd : {"apply", "root", "get", "prove", "verify", "rollback", "info", "check", "bench"}) {
+        INFO(cmd);
+        const Run r = cli.run(fmt::format("{} --help", cmd));
+        CHECK(r.code == 0);
+        CHECK(r.out.find("Usage") != std::string::npos);
+    }
+    CHECK(cli.run("--help").code == 0);
+}
+
+TEST_CASE("cli: usage errors exit 2 with a message", "[cli]") {
+    Cli cli;
+    const Run r = cli.run("root");
+    CHECK(r.code == 2);
+    CHECK(r.err.find("--db is required") != std::string::npos);
+    CHECK(cli.run("frobnicate").code == 2);
+}
+
+TEST_CASE("cli: apply prints a root per height and re-running it is a no-op", "[cli]") {
+    Cli cli;
+    const Run first = cli.run(fmt::format("apply --db {} {}", cli.db(), kExample));
+    REQUIRE(first.code == 0);
+    const auto roots = lines(first.out);
+    REQUIRE(roots.size() == 6);
+    CHECK(roots[0].rfind("0 ", 0) == 0);
+    CHECK(roots[5].rfind("5 ", 0) == 0);
+    CHECK(roots[0].size() == 2 + 64);
+    const Run again = cli.run(fmt::format("apply --db {} {}", cli.db(), kExample));
+    CHECK(again.code == 0);
+    CHECK(again.out == first.out);
+    // Height 5 restores the state of height 1: the root depends on the state alone.
+    CHECK(roots[5].substr(2) == roots[1].substr(2));
+}
+
+TEST_CASE("cli: apply reads stdin and stops at a bad line naming file and line", "[cli]") {
+    Cli cli;
+    const std::string input =
+        "{\"height\": 0, \"puts\": [[\"01\", \"aa\"]]}\n"
+        "{\"height\": 1, \"puts\": [[\"02\", \"bb\"]]}\n"
+        "{\"height\": 2, \"puts\": [[\"03\", \"zz\"]]}\n"
+        "{\"height\": 3, \"puts\": [[\"04\", \"cc\"]]}\n";
+    const Run r = cli.run(fmt::format("apply --db {} -", cli.db()), input);
+    CHECK(r.code == 2);
+    CHECK(lines(r.out).size() == 2);
+    CHECK(r.err == "stateroot: <stdin>:3: puts[0] value is not valid hex\n");
+    CHECK(cli.run(fmt::format("root --db {}", cli.db())).out == lines(r.out)[1].substr(2) + "\n");
+
+    const std::string bad = cli.file("bad.jsonl", "{\"height\": 2}\n{\"height\": 9}\n");
+    const Run gap = cli.run(fmt::format("apply --db {} {}", cli.db(), bad));
+    CHECK(gap.code == 2);
+    CHECK(gap.err == fmt::format("stateroot: {}:2: height gap: the next height is 3, got 9\n", bad));
+    CHECK(lines(gap.out) == std::vector<std::string>{lines(gap.out)[0]});
+}
+
+TEST_CASE("cli: root and get and check answer per height with the documented exit codes", "[cli]") {
+    Cli cli;
+    const Run applied = cli.run(fmt::format("apply --db {} {}", cli.db(), kExample));
+    REQUIRE(applied.code == 0);
+    const auto roots = lines(applied.out);
+
+    CHECK(cli.run(fmt::format("root --db {}", cli.db())).out == roots[5].substr(2) + "\n");
+    CHECK(cli.run(fmt::format("root --db {} --height 2", cli.db())).out == roots[2].substr(2) + "\n");
+    const Run unknown = cli.run(fmt::format("root --db {} --height 6", cli.db()));
+    CHECK(unknown.code == 2);
+    CHECK(unknown.err == "stateroot: height 6 not found (heights 0..5 exist)\n");
+
+    // "alice" is 616c696365: 64 at height 0, 5a at 1, deleted at 4.
+    CHECK(cli.run(fmt::format("get --db {} --key 616c696365 --height 0", cli.db())).out == "64\n");
+    CHECK(cli.run(fmt::format("get --db {} --key 0x616C696365 --height 1", cli.db())).out == "5a\n");
+    const Run absent = cli.run(fmt::format("get --db {} --key 616c696365 --height 4", cli.db()));
+    CHECK(absent.code == 1);
+    CHECK(absent.out.empty());
+    CHECK(cli.run(fmt::format("get --db {} --key 616c696365 --height 60", cli.db())).code == 2);
+    CHECK(cli.run(fmt::format("get --db {} --key xyz", cli.db())).err == "stateroot: --key is not valid hex\n");
+
+    const Run check = cli.run(fmt::format("check --db {} --height 3", cli.db()));
+    CHECK(check.code == 0);
+    CHECK(check.out == "ok 3 " + roots[3].substr(2) + "\n");
+
+    const auto info = nlohmann::json::parse(cli.run(fmt::format("info --db {}", cli.db())).out);
+    CHECK(info["tip"] == 5);
+    CHECK(info["first"] == 0);
+    CHECK(info["live_keys"] == 3);
+    CHECK(info["format_version"] == 1);
+    CHECK(info["bytes_on_disk"].get<std::uint64_t>() > 0);
+
+    const Run missing = cli.run(fmt::format("root --db {}", cli.db() + "-nothing"));
+    CHECK(missing.code == 2);
+    CHECK(missing.err == fmt::format("stateroot: no database at {}-nothing\n", cli.db()));
+}
+
+TEST_CASE("cli: proofs verify and tampered ones are invalid", "[cli][proof]") {
+    Cli cli;
+    REQUIRE(cli.run(fmt::format("apply --db {} {}", cli.db(), kExample)).code == 0);
+    for (const char* key : {"616c696365", "6e6f626f6479"}) {  // present, absent
+        const Run prove = cli.run(fmt::format("prove --db {} --key {} --height 3", cli.db(), key));
+        REQUIRE(prove.code == 0);
+        const std::string path = cli.file("proof.json", prove.out);
+        auto proof = nlohmann::json::parse(prove.out);
+        CHECK(proof["height"] == 3);
+        CHECK(proof["key"] == key);
+
+        const Run ok = cli.run(fmt::format("verify --proof {}", path));
+        CHECK(ok.code == 0);
+        CHECK(ok.out == "valid\n");
+        CHECK(cli.run(fmt::format("verify --proof {} --db {}", path, cli.db())).out == "valid\n");
+
+        const Run wrong_root = cli.run(fmt::format("verify --proof {} --root {}", path, std::string(64, '1')));
+        CHECK(wrong_root.code == 1);
+        CHECK(wrong_root.out.rfind("invalid: the proof computes root ", 0) == 0);
+
+        // The height is checked against the database's root at that height.
+        proof["height"] = 2;
+        const std::string moved = cli.file("moved.json", proof.dump());
+        const Run at_other = cli.run(fmt::format("verify --proof {} --db {}", moved, cli.db()));
+        CHECK(at_other.code == 1);
+
+        proof["height"] = 3;
+        proof["value"] = "00";
+        const std::string forged = cli.file("forged.json", proof.dump());
+        CHECK(cli.run(fmt::format("verify --proof {}", forged)).code == 1);
+    }
+    const std::string junk = cli.file("junk.json", "{\"hello\": 1}");
+    const Run not_proof = cli.run(fmt::format("verify --proof {}", junk));
+    CHECK(not_proof.code == 2);
+    CHECK(not_proof.err == fmt::format("stateroot: {}: not a proof: \"height\" must be a non-negative integer\n", junk));
+    const std::string text = cli.file("text.json", "not json");
+    CHECK(cli.run(fmt::format("verify --proof {}", text)).code == 2);
+}
+
+TEST_CASE("cli: rollback keeps the heights at or below the target", "[cli]") {
+    Cli cli;
+    const Run applied = cli.run(fmt::format("apply --db {} {}", cli.db(), kExample));
+    const auto roots = lines(applied.out);
+    const Run r = cli.run(fmt::format("rollback --db {} --height 2", cli.db()));
+    CHECK(r.code == 0);
+    CHECK(r.out == roots[2] + "\n");
+    CHECK(cli.run(fmt::format("root --db {}", cli.db())).out == roots[2].substr(2) + "\n");
+    // Re-applying the file commits 3..5 again with the same roots.
+    CHECK(cli.run(fmt::format("apply --db {} {}", cli.db(), kExample)).out == applied.out);
+    const Run empty = cli.run(fmt::format("rollback --db {} --height -1", cli.db()));
+    CHECK(empty.out == "empty\n");
+    CHECK(cli.run(fmt::format("root --db {}", cli.db())).err == "stateroot: the database is empty\n");
+}
+
+TEST_CASE("cli: a tiny benchmark runs and prints its JSON summary last", "[cli][bench]") {
+    Cli cli;
+    const Run r = cli.run("bench --keys 2000 --block-keys 100 --blocks 3 --json");
+    REQUIRE(r.code == 0);
+    const auto out = lines(r.out);
+    const auto j = nlohmann::json::parse(out.back());
+    for (const char* field : {"keys_per_s", "p50_ms", "p99_ms", "hashes_per_key", "rows_per_key",
+                              "disk_bytes_per_key", "peak_rss_mb", "raw_rocksdb_keys_per_s",
+                              "sha256_node_hashes_per_s"}) {
+        INFO(field);
+        CHECK(j.contains(field));
+        CHECK(j[field].get<double>() > 0);
+    }
+}

@@ -1,0 +1,346 @@
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <fstream>
+
+#include "stateroot/engine/engine.hpp"
+#include "temp_dir.hpp"
+
+using namespace stateroot;
+using namespace stateroot::engine;
+
+namespace {
+
+Bytes b(std::string_view s) { return Bytes(s.begin(), s.end()); }
+
+std::unique_ptr<Engine> open_engine(const test::TempDir& dir) {
+    auto e = Engine::open(dir.str());
+    REQUIRE(e);
+    return std::move(*e);
+}
+
+Changes changes(std::uint64_t height, std::vector<std::pair<std::string, std::string>> puts,
+                std::vector<std::string> deletes = {}) {
+    Changes c;
+    c.height = height;
+    for (auto& [k, v] : puts) c.puts.emplace_back(b(k), b(v));
+    for (auto& k : deletes) c.deletes.push_back(b(k));
+    return c;
+}
+
+std::optional<Bytes> get(Engine& e, std::string_view key, std::uint64_t h) {
+    auto v = e.view();
+    REQUIRE(v);
+    auto r = v->get(b(key), h);
+    REQUIRE(r);
+    return *r;
+}
+
+}  // namespace
+
+TEST_CASE("engine: the first height may be any number and heights follow it", "[engine]") {
+    test::TempDir dir;
+    auto e = open_engine(dir);
+    CHECK_FALSE(e->tip());
+    REQUIRE(e->apply(changes(1000, {{"a", "1"}})));
+    CHECK(e->first() == 1000u);
+    CHECK(e->tip() == 1000u);
+    auto gap = e->apply(changes(1002, {{"b", "2"}}));
+    REQUIRE_FALSE(gap);
+    CHECK(gap.error().code == ErrorCode::kInvalidArgument);
+    CHECK(gap.error().message == "height gap: the next height is 1001, got 1002");
+    auto below = e->apply(changes(999, {{"b", "2"}}));
+    REQUIRE_FALSE(below);
+    CHECK(below.error().message == "height 999 is below the first committed height 1000");
+    CHECK(e->tip() == 1000u);
+}
+
+TEST_CASE("engine: a key can be absent at some heights and present at others", "[engine]") {
+    test::TempDir dir;
+    auto e = open_engine(dir);
+    REQUIRE(e->apply(changes(0, {{"k", "v0"}})));
+    REQUIRE(e->apply(changes(1, {}, {"k"})));
+    REQUIRE(e->apply(changes(2, {{"other", "x"}})));
+    REQUIRE(e->apply(changes(3, {{"k", "v3"}})));
+    REQUIRE(e->apply(changes(4, {{"k", ""}})));  // an empty put deletes
+    CHECK(get(*e, "k", 0) == b("v0"));
+    CHECK(get(*e, "k", 1) == std::nullopt);
+    CHECK(get(*e, "k", 2) == std::nullopt);
+    CHECK(get(*e, "k", 3) == b("v3"));
+    CHECK(get(*e, "k", 4) == std::nullopt);
+    CHECK(get(*e, "never", 4) == std::nullopt);
+    CHECK(e->live_keys() == 1);
+}
+
+TEST_CASE("engine: re-applying a committed height is a no-op and different changes a conflict", "[engine]") {
+    test::TempDir dir;
+    auto e = open_engine(dir);
+    Changes c0 = changes(5, {{"a", "1"}, {"b", "2"}}, {"z"});
+    c0.block_hash = sha256(b("block 5"));
+    auto first = e->apply(c0);
+    REQUIRE(first);
+    REQUIRE(e->apply(changes(6, {{"c", "3"}})));
+
+    // Same changes in another order, without the block hash: identical.
+    Changes again = changes(5, {{"b", "2"}, {"a", "1"}}, {"z"});
+    auto r = e->apply(again);
+    REQUIRE(r);
+    CHECK(r->already_committed);
+    CHECK(r->root == first->root);
+    CHECK(e->tip() == 6u);
+
+    auto other = e->apply(changes(5, {{"a", "1"}, {"b", "3"}}, {"z"}));
+    REQUIRE_FALSE(other);
+    CHECK(other.error().code == ErrorCode::kConflict);
+    CHECK(other.error().message ==
+          "height 5 is already committed with different changes; to replace it, roll back first "
+          "(stateroot rollback --height 4)");
+
+    Changes other_hash = c0;
+    other_hash.block_hash = sha256(b("another block"));
+    auto h = e->apply(other_hash);
+    REQUIRE_FALSE(h);
+    CHECK(h.error().message ==
+          "height 5 is already committed with different block hash; to replace it, roll back "
+          "first (stateroot rollback --height 4)");
+    CHECK(e->tip() == 6u);
+}
+
+TEST_CASE("engine: limits and repeated keys are rejected and nothing is committed", "[engine]") {
+    test::TempDir dir;
+    auto e = open_engine(dir);
+    REQUIRE(e->apply(changes(0, {{"a", "1"}})));
+    const Hash root = e->root();
+
+    auto rejects = [&](Changes c, const std::string& message) {
+        auto r = e->apply(c);
+        REQUIRE_FALSE(r);
+        CHECK(r.error().code == ErrorCode::kInvalidArgument);
+        CHECK(r.error().message == message);
+        CHECK(e->tip() == 0u);
+        CHECK(e->root() == root);
+        CHECK(get(*e, "a", 0) == b("1"));
+    };
+    Changes big_key = changes(1, {});
+    big_key.puts.emplace_back(Bytes(kMaxKeySize + 1, 0xab), b("v"));
+    std::string ab;
+    for (int i = 0; i < 32; ++i) ab += "ab";
+    rejects(big_key, "put: key " + ab + "... (4097 bytes) is longer than the 4096-byte limit");
+    Changes big_value = changes(1, {});
+    big_value.puts.emplace_back(b("k"), Bytes(kMaxValueSize + 1, 1));
+    rejects(big_value, "value of key 6b is 1048577 bytes, over the 1048576-byte limit");
+    Changes empty_key = changes(1, {});
+    empty_key.deletes.push_back(Bytes{});
+    rejects(empty_key, "delete: empty key");
+    rejects(changes(1, {{"k", "1"}}, {"k"}), "key 6b appears more than once");
+    rejects(changes(1, {{"k", "1"}, {"k", "2"}}), "key 6b appears more than once");
+
+    Changes at_limits = changes(1, {});
+    at_limits.puts.emplace_back(Bytes(kMaxKeySize, 1), Bytes(kMaxValueSize, 2));
+    REQUIRE(e->apply(at_limits));
+    CHECK(get(*e, std::string(kMaxKeySize, '\x01'), 1) == Bytes(kMaxValueSize, 2));
+}
+
+TEST_CASE("engine: rollback restores every root and value and re-applying gives the same roots",
+          "[engine][rollback]") {
+    test::TempDir dir;
+    auto e = open_engine(dir);
+    std::vector<Changes> all;
+    std::vector<Hash> roots;
+    for (std::uint64_t h = 10; h < 20; ++h) {
+        all.push_back(changes(h, {{"k" + std::to_string(h % 4), "v" + std::to_string(h)}, {"x", std::to_string(h)}},
+                              h % 3 == 0 ? std::vector<std::string>{"k1"} : std::vector<std::string>{}));
+        auto r = e->apply(all.back());
+        REQUIRE(r);
+        roots.push_back(r->root);
+    }
+    REQUIRE(e->rollback(14));
+    CHECK(e->tip() == 14u);
+    CHECK(e->root() == roots[4]);
+    auto view = e->view();
+    REQUIRE(view);
+    for (std::uint64_t h = 10; h <= 14; ++h) CHECK(view->root(h).value() == roots[h - 10]);
+    CHECK(view->root(15).error().message == "height 15 not found (heights 10..14 exist)");
+    CHECK(get(*e, "x", 14) == b("14"));
+    CHECK(view->recompute_root(14).value() == roots[4]);
+
+    for (std::uint64_t h = 15; h < 20; ++h) {
+        auto r = e->apply(all[h - 10]);
+        REQUIRE(r);
+        CHECK_FALSE(r->already_committed);
+        CHECK(r->root == roots[h - 10]);
+    }
+    // Other changes after a rollback are a new history.
+    REQUIRE(e->rollback(17));
+    auto r = e->apply(changes(18, {{"new", "value"}}));
+    REQUIRE(r);
+    CHECK(r->root != roots[8]);
+    CHECK(get(*e, "new", 18) == b("value"));
+    CHECK(get(*e, "x", 18) == b("17"));
+}
+
+TEST_CASE("engine: rolling back below the first height empties the database", "[engine][rollback]") {
+    test::TempDir dir;
+    auto e = open_engine(dir);
+    REQUIRE(e->apply(changes(3, {{"a", "1"}})));
+    REQUIRE(e->apply(changes(4, {{"b", "1"}})));
+    REQUIRE(e->rollback(std::nullopt));
+    CHECK_FALSE(e->tip());
+    CHECK(e->root() == kZeroHash);
+    CHECK(e->live_keys() == 0);
+    // Nothing but the format row is left.
+    auto it = e->store().iterator();
+    int rows = 0;
+    for (it->seek({}); it->valid(); it->next()) ++rows;
+    CHECK(rows == 1);
+    REQUIRE(e->apply(changes(0, {{"a", "1"}})));
+    CHECK(e->first() == 0u);
+}
+
+TEST_CASE("engine: rollback costs what was written above the target and not the database", "[engine][rollback]") {
+    test::TempDir dir;
+    auto e = open_engine(dir);
+    for (std::uint64_t h = 0; h < 200; ++h) {
+        Changes c = changes(h, {});
+        for (int i = 0; i < 20; ++i) c.puts.emplace_back(b("key" + std::to_string(h * 20 + i)), b("v"));
+        REQUIRE(e->apply(c));
+    }
+    std::size_t rows = 0;
+    e->store().set_write_fault([&](const storage::WriteBatch& batch, std::uint64_t) -> Status {
+        rows = batch.rows();
+        return {};
+    });
+    REQUIRE(e->rollback(197));  // two heights
+    // 20 values, the change index, stale list, record and a few node chunks per height.
+    CHECK(rows > 2 * 20);
+    CHECK(rows < 2 * (20 + 3 + 4) + 1);
+}
+
+TEST_CASE("engine: a failed height write leaves the database at the previous height", "[engine][fault]") {
+    test::TempDir dir, reference_dir;
+    auto e = open_engine(dir);
+    auto reference = open_engine(reference_dir);
+    for (std::uint64_t h = 0; h < 3; ++h) {
+        const Changes c = changes(h, {{"k" + std::to_string(h), "v"}});
+        REQUIRE(e->apply(c));
+        REQUIRE(reference->apply(c));
+    }
+    const Hash root = e->root();
+    const Changes next = changes(3, {{"k0", "changed"}, {"k9", "new"}}, {"k1"});
+    e->store().set_write_fault([](const storage::WriteBatch&, std::uint64_t) -> Status {
+        return make_error(ErrorCode::kIoError, "disk on fire");
+    });
+    auto r = e->apply(next);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == ErrorCode::kIoError);
+    CHECK(r.error().message == "height 3: disk on fire");
+    CHECK(e->tip() == 2u);
+    CHECK(e->root() == root);
+    CHECK(get(*e, "k0", 2) == b("v"));
+    CHECK(e->view()->root(3).error().code == ErrorCode::kNotFound);
+
+    auto failed_rollback = e->rollback(0);
+    REQUIRE_FALSE(failed_rollback);
+    CHECK(e->tip() == 2u);
+
+    e->store().set_write_fault({});
+    auto ok = e->apply(next);
+    REQUIRE(ok);
+    auto expected = reference->apply(next);
+    REQUIRE(expected);
+    CHECK(ok->root == expected->root);
+}
+
+TEST_CASE("engine: reopening gives the same roots and values and proofs", "[engine]") {
+    test::TempDir dir;
+    std::vector<Hash> roots;
+    {
+        auto e = open_engine(dir);
+        for (std::uint64_t h = 0; h < 30; ++h) {
+            auto r = e->apply(changes(h, {{"k" + std::to_string(h % 7), std::to_string(h)}}, {"k" + std::to_string((h + 3) % 7)}));
+            REQUIRE(r);
+            roots.push_back(r->root);
+        }
+    }
+    auto e = open_engine(dir);
+    CHECK(e->tip() == 29u);
+    CHECK(e->root() == roots.back());
+    auto view = e->view();
+    REQUIRE(view);
+    for (std::uint64_t h = 0; h < 30; ++h) CHECK(view->root(h).value() == roots[h]);
+    // The reopened tree continues exactly where it was.
+    auto r = e->apply(changes(30, {{"k1", "x"}}));
+    REQUIRE(r);
+    auto p = e->view()->prove(b("k1"), 30);
+    REQUIRE(p);
+    CHECK(verify(*p, r->root));
+}
+
+TEST_CASE("engine: a view does not see heights committed after it was taken", "[engine]") {
+    test::TempDir dir;
+    auto e = open_engine(dir);
+    REQUIRE(e->apply(changes(0, {{"a", "1"}})));
+    auto before = e->view();
+    REQUIRE(before);
+    REQUIRE(e->apply(changes(1, {{"a", "2"}})));
+    CHECK(before->tip() == 0u);
+    CHECK(before->get(b("a"), 0).value() == b("1"));
+    CHECK(before->root(1).error().code == ErrorCode::kNotFound);
+}
+
+TEST_CASE("engine: a height's changes can be listed", "[engine]") {
+    test::TempDir dir;
+    auto e = open_engine(dir);
+    REQUIRE(e->apply(changes(0, {{"a", "1"}, {"b", "2"}})));
+    REQUIRE(e->apply(changes(1, {{"a", "3"}}, {"b", "c"})));
+    auto list = e->view()->changes(1);
+    REQUIRE(list);
+    std::map<Bytes, std::optional<Bytes>> got;
+    for (auto& c : *list) got[c.key] = c.value;
+    CHECK(got == std::map<Bytes, std::optional<Bytes>>{{b("a"), b("3")}, {b("b"), std::nullopt}, {b("c"), std::nullopt}});
+}
+
+TEST_CASE("engine: directories that are not stateroot databases are refused untouched", "[engine][identity]") {
+    test::TempDir dir;
+    std::ofstream(dir.sub("notes.txt")) << "hello";
+    auto e = Engine::open(dir.str());
+    REQUIRE_FALSE(e);
+    CHECK(e.error().message == dir.str() + " is not a stateroot database (it holds other files)");
+    CHECK(std::distance(std::filesystem::directory_iterator(dir.path()), {}) == 1);
+
+    // A RocksDB database of something else.
+    test::TempDir other;
+    {
+        auto s = storage::Store::open(other.str(), {});
+        REQUIRE(s);
+        storage::WriteBatch batch;
+        batch.put(b("foreign"), b("row"));
+        REQUIRE((*s)->write(batch));
+    }
+    auto f = Engine::open(other.str());
+    REQUIRE_FALSE(f);
+    CHECK(f.error().message == other.str() + " is not a stateroot database (no format row)");
+
+    // Another format version.
+    test::TempDir future;
+    {
+        auto s = storage::Store::open(future.str(), {});
+        REQUIRE(s);
+        storage::WriteBatch batch;
+        Bytes v(schema::kMagic.begin(), schema::kMagic.end());
+        put_be32(v, schema::kFormatVersion + 1);
+        batch.put(schema::meta_key(schema::kMetaFormat), v);
+        REQUIRE((*s)->write(batch));
+    }
+    auto g = Engine::open(future.str());
+    REQUIRE_FALSE(g);
+    CHECK(g.error().message == future.str() + ": database format version 2 is not supported (this build reads version 1)");
+}
+
+TEST_CASE("engine: a second writer is refused while the first has the database open", "[engine][identity]") {
+    test::TempDir dir;
+    auto e = open_engine(dir);
+    auto second = Engine::open(dir.str());
+    REQUIRE_FALSE(second);
+    CHECK(second.error().code == ErrorCode::kBusy);
+}

@@ -1,0 +1,50 @@
+#include <catch2/catch.hpp>
+
+#include "stateroot/engine/hash.hpp"
+
+using namespace stateroot;
+using namespace stateroot::engine;
+
+namespace {
+Hash hex_hash(std::string_view hex) { return Hash::from(*from_hex(hex)); }
+}  // namespace
+
+TEST_CASE("hash: SHA-256 matches FIPS 180-4 examples", "[engine][hash]") {
+    CHECK(sha256(as_bytes("")).hex() == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    CHECK(sha256(as_bytes("abc")).hex() == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+TEST_CASE("hash: leaf and node hashes follow the spec's worked example", "[engine][hash]") {
+    const Hash data = sha256(as_bytes("DATA"));
+    CHECK(data.hex() == "c97c29c7a71b392b437ee03fd17f09bb10b75e879466fc0eb757b2c4a78ac938");
+    const Hash k0 = hex_hash("df3f619804a92fdb4057192dc43dd748ea778adc52bc498ce80524c014b81119");
+    const Hash k1 = hex_hash("b40711a88c7039756fb8a73827eabe2c0fe5a0346ca7e0a104adc0fc764f528d");
+    const Hash l0 = leaf_hash(k0, data);
+    const Hash l1 = leaf_hash(k1, data);
+    CHECK(l0.hex() == "39f36a7cb4dfb1b46f03d044265df6a491dffc1034121bc1071a34ddce9bb14b");
+    CHECK(l1.hex() == "d7cb6616832899ac111a852ca8df2d63a1cdb36cb84651ffde72e264506a456f");
+    CHECK(node_hash(l1, l0).hex() == "4983b5ef655e2c8b3652832d9a842824d4e02d0fce117756e81575ed7747d7d1");
+}
+
+TEST_CASE("hash: bits are numbered from the most significant bit of byte 0", "[engine][hash]") {
+    Hash p;
+    p.bytes[0] = 0b1010'0000;
+    p.bytes[31] = 0x01;
+    CHECK(bit(p, 0) == 1);
+    CHECK(bit(p, 1) == 0);
+    CHECK(bit(p, 2) == 1);
+    CHECK(bit(p, 255) == 1);
+    CHECK(bit(p, 254) == 0);
+}
+
+TEST_CASE("hash: common prefix length counts equal leading bits", "[engine][hash]") {
+    Hash a, b;
+    CHECK(common_prefix_bits(a, b) == 256);
+    b.bytes[31] = 1;
+    CHECK(common_prefix_bits(a, b) == 255);
+    b.bytes[0] = 0x80;
+    CHECK(common_prefix_bits(a, b) == 0);
+    a.bytes[0] = 0x80;
+    a.bytes[3] = 0x10;
+    CHECK(common_prefix_bits(a, b) == 27);
+}

@@ -1,0 +1,141 @@
+#include <catch2/catch.hpp>
+
+#include "stateroot/storage/store.hpp"
+#include "temp_dir.hpp"
+
+using namespace stateroot;
+using namespace stateroot::storage;
+
+namespace {
+Bytes b(std::string_view s) { return Bytes(s.begin(), s.end()); }
+std::unique_ptr<Store> open_store(const test::TempDir& dir, StoreOptions o = {}) {
+    auto s = Store::open(dir.str(), o);
+    REQUIRE(s);
+    return std::move(*s);
+}
+}  // namespace
+
+TEST_CASE("store: a batch is applied whole and read back", "[storage]") {
+    test::TempDir dir;
+    auto store = open_store(dir);
+    WriteBatch batch;
+    batch.put(b("a"), b("1"));
+    batch.put(b("b"), b("2"));
+    batch.del(b("c"));
+    CHECK(batch.rows() == 3);
+    REQUIRE(store->write(batch));
+    CHECK(store->get(b("a")).value() == b("1"));
+    CHECK(store->get(b("b")).value() == b("2"));
+    CHECK_FALSE(store->get(b("c")).value().has_value());
+}
+
+TEST_CASE("store: a snapshot does not see later writes", "[storage]") {
+    test::TempDir dir;
+    auto store = open_store(dir);
+    WriteBatch first;
+    first.put(b("k"), b("old"));
+    REQUIRE(store->write(first));
+    auto snap = store->snapshot();
+    WriteBatch second;
+    second.put(b("k"), b("new"));
+    second.put(b("j"), b("x"));
+    REQUIRE(store->write(second));
+    CHECK(store->get(b("k"), snap).value() == b("old"));
+    CHECK_FALSE(store->get(b("j"), snap).value().has_value());
+    CHECK(store->get(b("k")).value() == b("new"));
+}
+
+TEST_CASE("store: iterators honour the upper bound", "[storage]") {
+    test::TempDir dir;
+    auto store = open_store(dir);
+    WriteBatch batch;
+    for (const char* k : {"a1", "a2", "b1", "c1"}) batch.put(b(k), b("v"));
+    REQUIRE(store->write(batch));
+    IteratorOptions io;
+    io.upper_bound = b("b2");
+    auto it = store->iterator(io);
+    std::vector<std::string> seen;
+    for (it->seek(b("a2")); it->valid(); it->next()) seen.emplace_back(as_chars(it->key()));
+    CHECK(it->status());
+    CHECK(seen == std::vector<std::string>{"a2", "b1"});
+}
+
+TEST_CASE("store: a same-prefix iterator stops at the end of the seek key's prefix", "[storage]") {
+    test::TempDir dir;
+    StoreOptions o;
+    o.seek_prefix_length = 2;
+    auto store = open_store(dir, o);
+    WriteBatch batch;
+    for (const char* k : {"aa1", "aa2", "ab1"}) batch.put(b(k), b("v"));
+    REQUIRE(store->write(batch));
+    IteratorOptions io;
+    io.same_prefix = true;
+    auto it = store->iterator(io);
+    std::vector<std::string> seen;
+    for (it->seek(b("aa")); it->valid(); it->next()) seen.emplace_back(as_chars(it->key()));
+    CHECK(seen == std::vector<std::string>{"aa1", "aa2"});
+}
+
+TEST_CASE("store: data survives closing and reopening", "[storage]") {
+    test::TempDir dir;
+    {
+        auto store = open_store(dir);
+        WriteBatch batch;
+        batch.put(b("k"), b("v"));
+        REQUIRE(store->write(batch));
+    }
+    auto store = open_store(dir);
+    CHECK(store->get(b("k")).value() == b("v"));
+}
+
+TEST_CASE("store: a second writer on the same directory is refused as busy", "[storage]") {
+    test::TempDir dir;
+    auto store = open_store(dir);
+    auto second = Store::open(dir.str(), {});
+    REQUIRE_FALSE(second);
+    CHECK(second.error().code == ErrorCode::kBusy);
+}
+
+TEST_CASE("store: a read-only open beside the writer sees what was written", "[storage]") {
+    test::TempDir dir;
+    auto store = open_store(dir);
+    WriteBatch batch;
+    batch.put(b("k"), b("v"));
+    REQUIRE(store->write(batch));
+    REQUIRE(store->flush());
+    StoreOptions o;
+    o.read_only = true;
+    auto reader = Store::open(dir.str(), o);
+    REQUIRE(reader);
+    CHECK((*reader)->get(b("k")).value() == b("v"));
+    CHECK_FALSE((*reader)->write(batch));
+}
+
+TEST_CASE("store: opening a missing database read-only is not found", "[storage]") {
+    test::TempDir dir;
+    StoreOptions o;
+    o.read_only = true;
+    auto s = Store::open(dir.sub("nothing"), o);
+    REQUIRE_FALSE(s);
+    CHECK(s.error().code == ErrorCode::kNotFound);
+}
+
+TEST_CASE("store: an injected write fault writes nothing and returns the error", "[storage][fault]") {
+    test::TempDir dir;
+    auto store = open_store(dir);
+    store->set_write_fault([](const WriteBatch&, std::uint64_t index) -> Status {
+        if (index == 1) return make_error(ErrorCode::kIoError, "injected");
+        return {};
+    });
+    WriteBatch one;
+    one.put(b("a"), b("1"));
+    REQUIRE(store->write(one));
+    WriteBatch two;
+    two.put(b("b"), b("2"));
+    auto s = store->write(two);
+    REQUIRE_FALSE(s);
+    CHECK(s.error().message == "injected");
+    CHECK_FALSE(store->get(b("b")).value().has_value());
+    REQUIRE(store->write(two));  // write number 2: no fault
+    CHECK(store->get(b("b")).value() == b("2"));
+}
