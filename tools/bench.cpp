@@ -79,7 +79,8 @@ fs::path temp_dir(const std::string& tag) {
 }
 
 // Writes `batches` batches of `per_batch` value rows shaped like the engine's (41-byte
-// keys, 1 + 32..128-byte values) into a fresh store with the engine's storage options.
+// keys, 1 + 32..128-byte values, in key order as the engine writes them) into a fresh
+// store with the engine's storage options: the storage ceiling for the value rows alone.
 Result<double> raw_rocksdb_keys_per_s(std::uint64_t batches, std::uint64_t per_batch, std::size_t cache_mb) {
     const fs::path dir = temp_dir("raw");
     storage::StoreOptions so;
@@ -91,13 +92,15 @@ Result<double> raw_rocksdb_keys_per_s(std::uint64_t batches, std::uint64_t per_b
         auto store = storage::Store::open(dir.string(), so);
         if (!store) return std::unexpected(store.error());
         std::mt19937_64 rng(7);
+        std::vector<engine::Hash> paths(per_batch);
         for (std::uint64_t b = 0; b < batches; ++b) {
-            storage::WriteBatch batch;
-            for (std::uint64_t i = 0; i < per_batch; ++i) {
-                engine::Hash path;
+            for (auto& path : paths) {
                 for (auto& x : path.bytes) x = static_cast<std::uint8_t>(rng());
-                const Bytes v = bench_value(rng);
-                batch.put(engine::schema::value_key(path, b), engine::schema::encode_value_row(v));
+            }
+            std::sort(paths.begin(), paths.end());
+            storage::WriteBatch batch;
+            for (const auto& path : paths) {
+                batch.put(engine::schema::value_key(path, b), engine::schema::encode_value_row(bench_value(rng)));
             }
             const auto t = Clock::now();
             if (Status s = (*store)->write(batch); !s) return std::unexpected(s.error());
@@ -168,7 +171,7 @@ int run_bench(const BenchOptions& o) {
     // Measured heights: 70 % updates, 20 % inserts, 10 % deletes.
     std::vector<double> latencies_ms;
     std::uint64_t changed = 0, hashes = 0, rows = 0, bytes = 0, reads = 0;
-    double commit_s = 0;
+    double commit_s = 0, prepare_s = 0, tree_s = 0, encode_s = 0, write_s = 0;
     for (std::uint64_t b = 0; b < o.blocks; ++b) {
         engine::Changes c;
         c.height = height++;
@@ -196,6 +199,10 @@ int run_bench(const BenchOptions& o) {
         const double s = seconds_since(t);
         if (!r) return fail(r.error());
         commit_s += s;
+        prepare_s += r->prepare_s;
+        tree_s += r->tree_s;
+        encode_s += r->encode_s;
+        write_s += r->write_s;
         latencies_ms.push_back(s * 1000);
         changed += c.puts.size() + c.deletes.size();
         hashes += r->tree.hashes;
@@ -242,6 +249,10 @@ int run_bench(const BenchOptions& o) {
         {"sha256_node_hashes_per_s", hash_rate},
         {"hash_ceiling_keys_per_s", hash_ceiling},
         {"preload_s", preload_s},
+        {"prepare_us_per_key", prepare_s * 1e6 / f(changed)},
+        {"tree_us_per_key", tree_s * 1e6 / f(changed)},
+        {"encode_us_per_key", encode_s * 1e6 / f(changed)},
+        {"write_us_per_key", write_s * 1e6 / f(changed)},
     };
     fmt::print("stateroot bench: N = {} keys, K = {} changed keys per height, B = {} heights\n", o.keys,
                o.block_keys, o.blocks);
@@ -250,6 +261,9 @@ int run_bench(const BenchOptions& o) {
     fmt::print("  per key:   {:.1f} node hashes, {:.2f} node reads, {:.2f} rows, {:.0f} bytes written\n",
                hashes_per_key, f(reads) / f(changed), f(rows) / f(changed),
                f(bytes) / f(changed));
+    const double us = 1e6 / f(changed);
+    fmt::print("  µs/key:    {:.2f} prepare (hash keys and values, sort), {:.2f} tree, {:.2f} encode rows, {:.2f} RocksDB write\n",
+               prepare_s * us, tree_s * us, encode_s * us, write_s * us);
     fmt::print("  disk:      {:.0f} bytes per live key ({} live keys); peak RSS {:.0f} MiB\n",
                live_keys ? f(disk) / f(live_keys) : 0.0, live_keys, f(rss_kb) / 1024.0);
     fmt::print("  ceilings:  raw RocksDB {:.0f} rows/s ({:.0f} %), SHA-256 {:.0f} node hashes/s = {:.0f} keys/s ({:.0f} %)\n",

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 
 #include "stateroot/engine/root_builder.hpp"
@@ -132,7 +133,15 @@ Result<CommitResult> Engine::check_committed(const Changes& changes, const Hash&
     return r;
 }
 
+namespace {
+using Clock = std::chrono::steady_clock;
+double seconds(Clock::time_point from, Clock::time_point to) {
+    return std::chrono::duration<double>(to - from).count();
+}
+}  // namespace
+
 Result<CommitResult> Engine::apply(const Changes& changes) {
+    const auto t0 = Clock::now();
     auto normal = normalize(changes);
     if (!normal) return std::unexpected(normal.error());
     const std::uint64_t h = changes.height;
@@ -152,19 +161,25 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
     }
 
     std::vector<TreeChange> tree_changes(normal->size());
-    std::vector<schema::ChangeEntry> index(normal->size());
-    storage::WriteBatch batch;
     for (std::size_t i = 0; i < normal->size(); ++i) {
         const NormalChange& c = (*normal)[i];
         tree_changes[i] = {c.path, c.value == nullptr, c.value_hash};
-        index[i] = {c.value != nullptr, *c.key};
-        batch.put(schema::value_key(c.path, h),
-                  schema::encode_value_row(c.value ? std::optional<ByteView>(*c.value) : std::nullopt));
     }
+    const auto t1 = Clock::now();
 
     ChunkWriter writer(end_chunk_);
     auto update = tree_->apply(tree_changes, writer);
     if (!update) return std::unexpected(update.error());
+    const auto t2 = Clock::now();
+
+    storage::WriteBatch batch;
+    std::vector<schema::ChangeEntry> index(normal->size());
+    for (std::size_t i = 0; i < normal->size(); ++i) {
+        const NormalChange& c = (*normal)[i];
+        index[i] = {c.value != nullptr, *c.key};
+        batch.put(schema::value_key(c.path, h),
+                  schema::encode_value_row(c.value ? std::optional<ByteView>(*c.value) : std::nullopt));
+    }
 
     schema::HeightRecord rec;
     rec.root = update->root_hash;
@@ -181,6 +196,7 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
     batch.put(schema::height_key(h), schema::encode(rec));
     batch.put(schema::meta_key(schema::kMetaTip), be64(h));
     if (!first_) batch.put(schema::meta_key(schema::kMetaFirst), be64(h));
+    const auto t3 = Clock::now();
 
     if (Status s = store_->write(batch); !s) {
         tree_->abort(std::move(*update));
@@ -193,6 +209,10 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
     r.tree = update->stats;
     r.rows = batch.rows();
     r.bytes = batch.bytes();
+    r.prepare_s = seconds(t0, t1);
+    r.tree_s = seconds(t1, t2);
+    r.encode_s = seconds(t2, t3);
+    r.write_s = seconds(t3, Clock::now());
     tree_->commit(std::move(*update));
     tip_ = h;
     if (!first_) first_ = h;

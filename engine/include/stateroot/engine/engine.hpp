@@ -40,6 +40,9 @@ struct CommitResult {
     TreeStats tree;
     std::size_t rows = 0;   // rows in the height's write
     std::size_t bytes = 0;  // bytes of keys and values in the height's write
+    // Seconds spent per phase: hashing and sorting the changes, updating the tree,
+    // encoding the rows, and the RocksDB write.
+    double prepare_s = 0, tree_s = 0, encode_s = 0, write_s = 0;
 };
 
 // A height's changes as stored: puts carry their value, deletes none.
