@@ -230,6 +230,12 @@ Slot Tree::new_leaf(const Hash& path, const Hash& value_hash, const Hash& hash) 
     return slot;
 }
 
+Tree::Entry Tree::inserted(const TreeChange& c) {
+    ++update_->stats.hashes;
+    ++update_->live_key_delta;
+    return {c.path, new_leaf(c.path, c.value_hash, leaf_hash(c.path, c.value_hash))};
+}
+
 Tree::Sub Tree::build(int at, std::span<const Entry> entries) {
     Sub sub;
     if (entries.empty()) return sub;
@@ -286,44 +292,41 @@ Result<std::optional<Tree::Sub>> Tree::apply_at(Slot* loc, int at, std::span<con
     std::vector<Entry> entries;
 
     if (tag(slot) == kEmpty || tag(slot) == kTagLeaf) {
-        const Leaf* leaf = tag(slot) == kTagLeaf ? &leaves_->at(payload(slot)) : nullptr;
+        // The existing leaf, if any, unless a change replaces or deletes it, goes into
+        // the new subtree in path order among the inserted leaves.
+        const Leaf* old = tag(slot) == kTagLeaf ? &leaves_->at(payload(slot)) : nullptr;
+        bool placed = old == nullptr;
         bool changed = false;
-        bool keep = leaf != nullptr;
         entries.reserve(cs.size() + 1);
         for (const TreeChange& c : cs) {
-            if (leaf && keep && leaf->path < c.path) {
-                // Keep the existing leaf in path order among the new ones.
-                entries.push_back({leaf->path, slot});
-                leaf = nullptr;
+            if (!placed && old->path < c.path) {
+                entries.push_back({old->path, slot});
+                placed = true;
             }
-            if (leaf && c.path == leaf->path) {
-                leaf = nullptr;
-                if (c.del) {
-                    keep = false;
-                    changed = true;
-                    --update_->live_key_delta;
-                    continue;
-                }
-                ++update_->stats.hashes;
-                const Hash h = leaf_hash(c.path, c.value_hash);
-                if (h == leaves_->at(payload(slot)).hash) {
-                    entries.push_back({c.path, slot});  // same value: the leaf stays as it is
-                } else {
-                    keep = false;
-                    changed = true;
+            if (!placed && old->path == c.path) {
+                placed = true;
+                if (!c.del) {
+                    ++update_->stats.hashes;
+                    const Hash h = leaf_hash(c.path, c.value_hash);
+                    if (h == old->hash) {
+                        entries.push_back({c.path, slot});  // same value: the leaf stays
+                        continue;
+                    }
                     entries.push_back({c.path, new_leaf(c.path, c.value_hash, h)});
+                } else {
+                    --update_->live_key_delta;
                 }
+                changed = true;
+                update_->stale.push_back(slot);
                 continue;
             }
-            if (c.del) continue;  // deleting an absent path changes nothing
-            ++update_->stats.hashes;
-            changed = true;
-            ++update_->live_key_delta;
-            entries.push_back({c.path, new_leaf(c.path, c.value_hash, leaf_hash(c.path, c.value_hash))});
+            if (!c.del) {  // deleting an absent path changes nothing
+                changed = true;
+                entries.push_back(inserted(c));
+            }
         }
-        if (leaf && keep) entries.push_back({leaf->path, slot});
+        if (!placed) entries.push_back({old->path, slot});
         if (!changed) return R();
-        if (tag(slot) == kTagLeaf && !keep) update_->stale.push_back(slot);
         return R(build(at, entries));
     }
 
@@ -341,10 +344,7 @@ Result<std::optional<Tree::Sub>> Tree::apply_at(Slot* loc, int at, std::span<con
         if (!prefix) return std::unexpected(prefix.error());
         const int b = bit(*prefix, at);
         for (const TreeChange& c : side_cs[1 - b]) {
-            if (c.del) continue;
-            ++update_->stats.hashes;
-            ++update_->live_key_delta;
-            entries.push_back({c.path, new_leaf(c.path, c.value_hash, leaf_hash(c.path, c.value_hash))});
+            if (!c.del) entries.push_back(inserted(c));
         }
         const Sub other = build(at + 1, entries);
         auto match = apply_at(loc, at + 1, side_cs[b]);
@@ -386,7 +386,7 @@ Result<Tree::Update> Tree::apply(std::span<const TreeChange> changes, ChunkWrite
     auto result = apply_at(&root_, 0, changes);
     if (!result) {
         // Loads made so far stay: they are part of the current tree.
-        for (Slot s : update.fresh) (tag(s) == kTagLeaf ? leaves_->free(payload(s)) : branches_->free(payload(s)));
+        abort(std::move(update));
         writer_ = nullptr;
         update_ = nullptr;
         return std::unexpected(result.error());
@@ -408,10 +408,12 @@ Result<Tree::Update> Tree::apply(std::span<const TreeChange> changes, ChunkWrite
     return update;
 }
 
+void Tree::release(Slot slot) {
+    tag(slot) == kTagLeaf ? leaves_->free(payload(slot)) : branches_->free(payload(slot));
+}
+
 void Tree::commit(Update&& update) {
-    for (Slot s : update.stale) {
-        tag(s) == kTagLeaf ? leaves_->free(payload(s)) : branches_->free(payload(s));
-    }
+    for (Slot s : update.stale) release(s);
     root_ = update.root_slot;
     root_hash_ = update.root_hash;
     root_id_ = update.root_id;
@@ -419,9 +421,7 @@ void Tree::commit(Update&& update) {
 }
 
 void Tree::abort(Update&& update) {
-    for (Slot s : update.fresh) {
-        tag(s) == kTagLeaf ? leaves_->free(payload(s)) : branches_->free(payload(s));
-    }
+    for (Slot s : update.fresh) release(s);
     update = Update{};
 }
 

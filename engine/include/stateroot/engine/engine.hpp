@@ -83,6 +83,8 @@ private:
     std::unique_ptr<NodeReader> nodes_;
 };
 
+// The writer. Not thread-safe, except view(): one thread applies and rolls back while
+// any thread may take views.
 class Engine {
 public:
     // Opens or creates the database in `dir`. kBusy if another writer has it open;

@@ -97,8 +97,11 @@ private:
     Sub combine(int at, Sub left, Sub right);
     std::uint64_t finalize(const Sub& sub);
     std::uint64_t new_leaf(const Hash& path, const Hash& value_hash, const Hash& hash);
+    // A new leaf for a put to an absent path.
+    Entry inserted(const TreeChange& c);
     Hash hash_of(const Sub& sub) const;
     NodeId id_of(std::uint64_t slot) const;
+    void release(std::uint64_t slot);
     Hash node(const Hash& left, const Hash& right);
 
     NodeReader& reader_;
