@@ -3,6 +3,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "stateroot/engine/engine.hpp"
 #include "stateroot/storage/result.hpp"
@@ -35,5 +36,18 @@ struct BenchOptions {
     std::size_t cache_mb = 128;
 };
 int run_bench(const BenchOptions& options);
+
+struct IndexOptions {
+    std::string db;
+    std::vector<std::string> block_files;
+    std::string blocks_dir;
+    std::string network = "mainnet";
+    std::string indexer = "utxo";
+    std::optional<std::uint64_t> exit_at;
+    std::uint64_t max_reorg_depth = 100;
+    bool allow_missing_prevouts = false;
+    std::optional<std::uint64_t> start_height;
+};
+int run_index_command(const IndexOptions& options);
 
 }  // namespace stateroot::tools

@@ -140,6 +140,23 @@ int cmd_rollback(const std::string& db, std::int64_t height) {
     return kExitOk;
 }
 
+int cmd_blockhash(const std::string& db, std::optional<std::uint64_t> height) {
+    auto e = open_for_reading(db);
+    if (!e) return fail(e.error());
+    auto v = (*e)->view();
+    if (!v) return fail(v.error());
+    auto h = resolve_height(*v, height);
+    if (!h) return fail(h.error());
+    auto rec = v->record(*h);
+    if (!rec) return fail(rec.error());
+    if (!rec->block_hash) {
+        std::cerr << fmt::format("stateroot: height {} has no block hash\n", *h);
+        return kExitNo;
+    }
+    fmt::print("{}\n", rec->block_hash->hex());
+    return kExitOk;
+}
+
 int cmd_info(const std::string& db) {
     auto e = open_for_reading(db);
     if (!e) return fail(e.error());
@@ -239,6 +256,24 @@ int main(int argc, char** argv) {
     check->add_option("--db", db, "Database directory")->required();
     auto* check_h = check->add_option("--height", height, "Height (default: the tip)");
 
+    auto* blockhash = app.add_subcommand("blockhash", "Print the block hash stored for a height (display order; exit 1 if none)");
+    blockhash->add_option("--db", db, "Database directory")->required();
+    auto* blockhash_h = blockhash->add_option("--height", height, "Height (default: the tip)");
+
+    IndexOptions index_opts;
+    std::uint64_t exit_at = 0, start_height = 0;
+    auto* index = app.add_subcommand("index", "Replay blocks from files in height order along the best chain (reorg-safe)");
+    index->add_option("--db", index_opts.db, "Database directory (created if missing)")->required();
+    index->add_option("--blocks", index_opts.block_files, "blk-framed or raw block files, in any order");
+    index->add_option("--blocks-dir", index_opts.blocks_dir, "A Bitcoin Core blocks directory (blk?????.dat, xor.dat)");
+    index->add_option("--network", index_opts.network, "mainnet, testnet3, testnet4, signet or regtest")->capture_default_str();
+    index->add_option("--indexer", index_opts.indexer, "The indexer turning blocks into changes")->capture_default_str();
+    auto* exit_at_opt = index->add_option("--exit-at", exit_at, "Stop after this height");
+    index->add_option("--max-reorg-depth", index_opts.max_reorg_depth, "Deepest rollback a reorg may make")->capture_default_str();
+    index->add_flag("--allow-missing-prevouts", index_opts.allow_missing_prevouts,
+                    "Start mid-chain: skip spends of unknown outputs; on an empty database the first block may have an unknown parent");
+    auto* start_opt = index->add_option("--start-height", start_height, "Height of that first block (default: its BIP34 coinbase height)");
+
     BenchOptions bench_opts;
     auto* bench = app.add_subcommand("bench", "Measure commit throughput and latency against this machine's ceilings");
     bench->add_option("--keys", bench_opts.keys, "Keys preloaded before measuring (N)")->capture_default_str();
@@ -270,6 +305,12 @@ int main(int argc, char** argv) {
     if (info->parsed()) return cmd_info(db);
     if (check->parsed()) return cmd_check(db, opt_height(check_h, height));
     if (bench->parsed()) return run_bench(bench_opts);
+    if (blockhash->parsed()) return cmd_blockhash(db, opt_height(blockhash_h, height));
+    if (index->parsed()) {
+        index_opts.exit_at = opt_height(exit_at_opt, exit_at);
+        index_opts.start_height = opt_height(start_opt, start_height);
+        return run_index_command(index_opts);
+    }
     return kExitError;
 }
 

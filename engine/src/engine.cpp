@@ -253,6 +253,15 @@ Status Engine::rollback(std::optional<std::uint64_t> height) {
     return load();
 }
 
+Status Engine::put_aux(const std::vector<std::pair<Bytes, std::optional<Bytes>>>& rows) {
+    storage::WriteBatch batch;
+    for (const auto& [key, value] : rows) {
+        value ? batch.put(schema::aux_key(key), *value) : batch.del(schema::aux_key(key));
+    }
+    if (Status s = store_->write(batch); !s) return with_context(s.error(), "indexer rows");
+    return {};
+}
+
 Result<View> Engine::view() const {
     View v(*store_, store_->snapshot());
     auto tip = read_meta_height(*store_, schema::kMetaTip, v.snapshot_);
@@ -367,6 +376,23 @@ Result<std::vector<StoredChange>> View::changes(std::uint64_t height) const {
         out.push_back(std::move(c));
     }
     return out;
+}
+
+Result<std::optional<Bytes>> View::aux(ByteView key) const {
+    return store_.get(schema::aux_key(key), snapshot_);
+}
+
+Status View::scan_aux(ByteView prefix, const std::function<void(ByteView key, ByteView value)>& fn) const {
+    const Bytes start = schema::aux_key(prefix);
+    storage::IteratorOptions io;
+    io.snapshot = snapshot_;
+    auto it = store_.iterator(io);
+    for (it->seek(start); it->valid(); it->next()) {
+        const ByteView k = it->key();
+        if (k.size() < start.size() || !std::equal(start.begin(), start.end(), k.begin())) break;
+        fn(k.subspan(1), it->value());
+    }
+    return it->status();
 }
 
 Result<Hash> View::recompute_root(std::uint64_t height) const {

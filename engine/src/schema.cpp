@@ -34,6 +34,14 @@ Bytes changes_key(std::uint64_t height) { return prefixed_height(kChanges, heigh
 Bytes stale_key(std::uint64_t height) { return prefixed_height(kStale, height); }
 Bytes node_chunk_key(std::uint64_t chunk) { return prefixed_height(kNodes, chunk); }
 
+Bytes aux_key(ByteView key) {
+    Bytes k;
+    k.reserve(1 + key.size());
+    k.push_back(kAux);
+    k.insert(k.end(), key.begin(), key.end());
+    return k;
+}
+
 Bytes value_key(const Hash& path, std::uint64_t height) {
     Bytes k;
     k.reserve(kValueKeySize);

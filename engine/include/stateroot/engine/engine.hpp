@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -67,6 +68,11 @@ public:
     Result<Proof> prove(ByteView key, std::uint64_t height);
     // The changes committed at `height`, in path order.
     Result<std::vector<StoredChange>> changes(std::uint64_t height) const;
+    // An indexer row (see Engine::put_aux), or nullopt.
+    Result<std::optional<Bytes>> aux(ByteView key) const;
+    // Calls `fn` with each indexer row whose key starts with `prefix`, in key order.
+    Status scan_aux(ByteView prefix, const std::function<void(ByteView key, ByteView value)>& fn) const;
+
     // The root at `height` recomputed from scratch from the stored values (the audit
     // path: reads every value version, uses no tree node).
     Result<Hash> recompute_root(std::uint64_t height) const;
@@ -103,6 +109,11 @@ public:
     // Removes every height above `height` in one atomic write; with nullopt or a height
     // below the first, the database becomes empty. A height at or above the tip is a no-op.
     Status rollback(std::optional<std::uint64_t> height);
+
+    // Writes rows an indexer keeps beside the state (block headers, say): puts, or
+    // deletes for nullopt values, in one atomic write. They belong to no height and a
+    // rollback leaves them alone.
+    Status put_aux(const std::vector<std::pair<Bytes, std::optional<Bytes>>>& rows);
 
     std::optional<std::uint64_t> tip() const { return tip_; }
     std::optional<std::uint64_t> first() const { return first_; }

@@ -26,6 +26,7 @@ enum Prefix : std::uint8_t {
     kValue = 'v',    // v ‖ path (32) ‖ ~height (8 BE) -> value version
     kNodes = 'n',    // n ‖ chunk (8 BE)             -> node chunk
     kStale = 's',    // s ‖ height (8 BE)            -> ids of nodes superseded at that height
+    kAux = 'x',      // x ‖ indexer key              -> indexer value (not versioned by height)
 };
 
 // Names of the meta rows.
@@ -43,6 +44,7 @@ Bytes height_key(std::uint64_t height);
 Bytes changes_key(std::uint64_t height);
 Bytes stale_key(std::uint64_t height);
 Bytes node_chunk_key(std::uint64_t chunk);
+Bytes aux_key(ByteView key);
 // Versions of a path sort newest first: the height is stored inverted.
 Bytes value_key(const Hash& path, std::uint64_t height);
 inline constexpr std::size_t kValueKeySize = 1 + 32 + 8;

@@ -1,0 +1,69 @@
+// ChainIndex: every block header known (from the database and this run's input), their
+// heights and cumulative proof of work, and the best chain among them.
+#pragma once
+
+#include <array>
+#include <compare>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <unordered_map>
+#include <vector>
+
+#include "stateroot/indexer/bitcoin.hpp"
+#include "stateroot/indexer/block_source.hpp"
+
+namespace stateroot::indexer {
+
+// An unsigned 256-bit integer, for chain work.
+struct Work {
+    std::array<std::uint64_t, 4> limb{};  // least significant first
+
+    // The expected number of hashes for a header with compact target `bits`:
+    // 2^256 / (target + 1); zero for an invalid or zero target.
+    static Work from_bits(std::uint32_t bits);
+    Work operator+(const Work& o) const;
+    std::strong_ordering operator<=>(const Work& o) const;
+    bool operator==(const Work& o) const = default;
+};
+
+struct ChainEntry {
+    BlockHeader header;
+    std::optional<BlockLocation> location;  // where this run's input has the block
+    bool body_stored = false;               // the block is kept in the database
+    std::uint64_t seq = 0;                  // order first seen; ties in work go to the lower
+    // Set by connect() for blocks that descend from the root.
+    std::optional<std::uint64_t> height;
+    Work chain_work;
+    const ChainEntry* parent = nullptr;
+};
+
+class ChainIndex {
+public:
+    // Adds a header; returns the entry, which is new if `*added` is set. A known header
+    // keeps its sequence number and gains the location if it had none.
+    ChainEntry& add(const BlockHeader& header, std::optional<BlockLocation> location,
+                    std::uint64_t seq, bool* added = nullptr);
+    ChainEntry* find(const Hash& hash);
+    std::size_t size() const { return entries_.size(); }
+    std::uint64_t next_seq() const { return next_seq_; }
+
+    // Gives heights and cumulative work to the root (at `root_height`) and everything
+    // descending from it.
+    void connect(const Hash& root, std::uint64_t root_height);
+    // Entries that connect() could not reach, in sequence order.
+    std::vector<const ChainEntry*> unconnected() const;
+    // The connected entry with the most work (the lowest sequence among equals).
+    const ChainEntry* best() const;
+    // The entries from the root to `tip`, by height.
+    static std::vector<const ChainEntry*> path_to(const ChainEntry& tip);
+
+private:
+    struct HashOf {
+        std::size_t operator()(const Hash& h) const;
+    };
+    std::unordered_map<Hash, std::unique_ptr<ChainEntry>, HashOf> entries_;
+    std::uint64_t next_seq_ = 0;
+};
+
+}  // namespace stateroot::indexer

@@ -1,0 +1,238 @@
+#include "stateroot/indexer/bitcoin.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+#include <optional>
+
+namespace stateroot::indexer {
+
+Hash double_sha256(ByteView data) { return engine::sha256(engine::sha256(data).view()); }
+
+Hash reversed(const Hash& h) {
+    Hash r = h;
+    std::reverse(r.bytes.begin(), r.bytes.end());
+    return r;
+}
+
+std::string display_hex(const Hash& internal) { return reversed(internal).hex(); }
+
+bool Transaction::is_coinbase() const {
+    return inputs.size() == 1 && inputs[0].prev_txid == Hash{} && inputs[0].prev_vout == 0xffffffff;
+}
+
+namespace {
+
+// Reads little-endian fields from a block, failing with the offset where data ran out.
+class Reader {
+public:
+    explicit Reader(ByteView data) : data_(data) {}
+    std::size_t pos() const { return pos_; }
+    bool ok() const { return error_.empty(); }
+    const std::string& error() const { return error_; }
+
+    std::uint64_t le(int bytes) {
+        if (!need(static_cast<std::size_t>(bytes))) return 0;
+        std::uint64_t v = 0;
+        for (int i = bytes - 1; i >= 0; --i) v = v << 8 | data_[pos_ + static_cast<std::size_t>(i)];
+        pos_ += static_cast<std::size_t>(bytes);
+        return v;
+    }
+    std::uint64_t compact_size() {
+        const std::uint64_t first = le(1);
+        if (first < 0xfd) return first;
+        return le(first == 0xfd ? 2 : first == 0xfe ? 4 : 8);
+    }
+    // A length prefix, checked against the bytes left (each item at least `min_item`).
+    std::uint64_t count(const char* what, std::size_t min_item) {
+        const std::size_t at = pos_;
+        const std::uint64_t n = compact_size();
+        if (ok() && n > (data_.size() - pos_) / std::max<std::size_t>(min_item, 1)) {
+            fail_at(at, fmt::format("{} count {} exceeds the bytes left", what, n));
+        }
+        return ok() ? n : 0;
+    }
+    Hash hash() {
+        Hash h;
+        if (need(32)) {
+            std::memcpy(h.bytes.data(), data_.data() + pos_, 32);
+            pos_ += 32;
+        }
+        return h;
+    }
+    Bytes bytes(std::uint64_t n) {
+        if (!need(n)) return {};
+        Bytes b(data_.begin() + static_cast<std::ptrdiff_t>(pos_),
+                data_.begin() + static_cast<std::ptrdiff_t>(pos_ + n));
+        pos_ += n;
+        return b;
+    }
+    void skip(std::uint64_t n) {
+        if (need(n)) pos_ += n;
+    }
+    ByteView span(std::size_t from, std::size_t to) const { return data_.subspan(from, to - from); }
+    void fail_at(std::size_t at, std::string why) {
+        if (error_.empty()) error_ = fmt::format("at byte {}: {}", at, why);
+    }
+
+private:
+    bool need(std::uint64_t n) {
+        if (!ok()) return false;
+        if (n > data_.size() - pos_) {
+            fail_at(pos_, fmt::format("needs {} more bytes, {} left", n, data_.size() - pos_));
+            return false;
+        }
+        return true;
+    }
+
+    ByteView data_;
+    std::size_t pos_ = 0;
+    std::string error_;
+};
+
+// Parses one transaction; the txid covers the serialization without marker, flag and
+// witnesses, which is hashed from the pieces of the buffer that hold it.
+Transaction parse_tx(Reader& r) {
+    Transaction tx;
+    const std::size_t start = r.pos();
+    r.le(4);  // version
+    const std::size_t after_version = r.pos();
+    bool segwit = false;
+    std::uint64_t n_in = r.count("input", 41);
+    if (r.ok() && n_in == 0) {
+        // BIP144: a zero input count is the segwit marker, followed by flag 1.
+        const std::size_t flag_at = r.pos();
+        if (r.le(1) != 1 && r.ok()) r.fail_at(flag_at, "segwit flag is not 1");
+        segwit = true;
+        n_in = r.count("input", 41);
+        if (r.ok() && n_in == 0) r.fail_at(flag_at + 1, "segwit transaction without inputs");
+    }
+    const std::size_t body_start = segwit ? after_version + 2 : after_version;
+    tx.inputs.resize(r.ok() ? n_in : 0);
+    for (TxIn& in : tx.inputs) {
+        in.prev_txid = r.hash();
+        in.prev_vout = static_cast<std::uint32_t>(r.le(4));
+        in.script_sig = r.bytes(r.count("script", 1));
+        r.le(4);  // sequence
+    }
+    const std::uint64_t n_out = r.count("output", 9);
+    tx.outputs.resize(r.ok() ? n_out : 0);
+    for (TxOut& out : tx.outputs) {
+        out.value = r.le(8);
+        out.script_pubkey = r.bytes(r.count("script", 1));
+    }
+    const std::size_t body_end = r.pos();
+    if (segwit) {
+        for (std::size_t i = 0; i < tx.inputs.size() && r.ok(); ++i) {
+            const std::uint64_t items = r.count("witness item", 1);
+            for (std::uint64_t k = 0; k < items && r.ok(); ++k) r.skip(r.count("witness", 1));
+        }
+    }
+    const std::size_t locktime_at = r.pos();
+    r.le(4);
+    if (!r.ok()) return tx;
+    if (!segwit) {
+        tx.txid = double_sha256(r.span(start, r.pos()));
+    } else {
+        Bytes stripped;
+        stripped.reserve(4 + (body_end - body_start) + 4);
+        const ByteView version = r.span(start, after_version);
+        const ByteView body = r.span(body_start, body_end);
+        const ByteView locktime = r.span(locktime_at, locktime_at + 4);
+        stripped.insert(stripped.end(), version.begin(), version.end());
+        stripped.insert(stripped.end(), body.begin(), body.end());
+        stripped.insert(stripped.end(), locktime.begin(), locktime.end());
+        tx.txid = double_sha256(stripped);
+    }
+    return tx;
+}
+
+}  // namespace
+
+Result<BlockHeader> parse_header(ByteView data) {
+    if (data.size() < kHeaderSize) {
+        return make_error(ErrorCode::kInvalidArgument,
+                          fmt::format("block header needs 80 bytes, {} left", data.size()));
+    }
+    Reader r(data.first(kHeaderSize));
+    BlockHeader h;
+    h.version = static_cast<std::int32_t>(r.le(4));
+    h.prev = r.hash();
+    h.merkle_root = r.hash();
+    h.time = static_cast<std::uint32_t>(r.le(4));
+    h.bits = static_cast<std::uint32_t>(r.le(4));
+    h.nonce = static_cast<std::uint32_t>(r.le(4));
+    h.hash = double_sha256(data.first(kHeaderSize));
+    return h;
+}
+
+Hash merkle_root(std::vector<Hash> level, bool* mutated) {
+    if (mutated) *mutated = false;
+    if (level.empty()) return Hash{};
+    std::uint8_t buf[64];
+    while (level.size() > 1) {
+        for (std::size_t i = 0; i + 1 < level.size(); i += 2) {
+            if (mutated && level[i] == level[i + 1]) *mutated = true;
+        }
+        if (level.size() % 2 == 1) level.push_back(level.back());
+        for (std::size_t i = 0; i < level.size(); i += 2) {
+            std::memcpy(buf, level[i].data(), 32);
+            std::memcpy(buf + 32, level[i + 1].data(), 32);
+            level[i / 2] = double_sha256({buf, 64});
+        }
+        level.resize(level.size() / 2);
+    }
+    return level[0];
+}
+
+Result<Block> parse_block(ByteView data) {
+    auto header = parse_header(data);
+    if (!header) return std::unexpected(header.error());
+    Block block;
+    block.header = *header;
+    Reader r(data);
+    r.skip(kHeaderSize);
+    const std::uint64_t n_tx = r.count("transaction", 60);
+    if (r.ok() && n_tx == 0) r.fail_at(kHeaderSize, "a block needs at least one transaction");
+    if (!r.ok()) return make_error(ErrorCode::kInvalidArgument, "malformed block " + r.error());
+    block.txs.reserve(n_tx);
+    for (std::uint64_t i = 0; i < n_tx; ++i) {
+        block.txs.push_back(parse_tx(r));
+        if (!r.ok()) {
+            return make_error(ErrorCode::kInvalidArgument,
+                              fmt::format("malformed transaction {} {}", i, r.error()));
+        }
+    }
+    if (r.pos() != data.size()) {
+        return make_error(ErrorCode::kInvalidArgument,
+                          fmt::format("malformed block: {} bytes after the last transaction",
+                                      data.size() - r.pos()));
+    }
+    std::vector<Hash> txids;
+    txids.reserve(block.txs.size());
+    for (const Transaction& tx : block.txs) txids.push_back(tx.txid);
+    bool mutated = false;
+    const Hash root = merkle_root(std::move(txids), &mutated);
+    if (root != block.header.merkle_root || mutated) {
+        return make_error(ErrorCode::kInvalidArgument,
+                          fmt::format("merkle root mismatch: header has {}, transactions give {}{}",
+                                      display_hex(block.header.merkle_root), display_hex(root),
+                                      mutated ? " (mutated)" : ""));
+    }
+    return block;
+}
+
+std::optional<std::uint64_t> bip34_height(const Transaction& coinbase) {
+    if (coinbase.inputs.empty()) return std::nullopt;
+    const Bytes& s = coinbase.inputs[0].script_sig;
+    if (s.empty()) return std::nullopt;
+    if (s[0] >= 0x51 && s[0] <= 0x60) return s[0] - 0x50;  // OP_1..OP_16
+    const std::size_t n = s[0];
+    if (n < 1 || n > 8 || s.size() < 1 + n) return std::nullopt;
+    std::uint64_t h = 0;
+    for (std::size_t i = n; i >= 1; --i) h = h << 8 | s[i];
+    return h;
+}
+
+}  // namespace stateroot::indexer

@@ -1,0 +1,180 @@
+#include "stateroot/indexer/chain.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+
+namespace stateroot::indexer {
+
+namespace {
+
+using Limbs = std::array<std::uint64_t, 4>;
+
+bool bit_of(const Limbs& x, int i) { return (x[i / 64] >> (i % 64)) & 1; }
+
+int compare(const Limbs& a, const Limbs& b) {
+    for (int i = 3; i >= 0; --i) {
+        if (a[i] != b[i]) return a[i] < b[i] ? -1 : 1;
+    }
+    return 0;
+}
+
+Limbs sub(const Limbs& a, const Limbs& b) {
+    Limbs r{};
+    std::uint64_t borrow = 0;
+    for (int i = 0; i < 4; ++i) {
+        const std::uint64_t d = a[i] - b[i] - borrow;
+        borrow = (a[i] < b[i] || (a[i] == b[i] && borrow)) ? 1 : 0;
+        r[i] = d;
+    }
+    return r;
+}
+
+Limbs shl1(const Limbs& a) {
+    Limbs r{};
+    for (int i = 3; i >= 0; --i) r[i] = a[i] << 1 | (i > 0 ? a[i - 1] >> 63 : 0);
+    return r;
+}
+
+// Long division, one bit at a time: plenty fast for one division per header.
+Limbs divide(const Limbs& n, const Limbs& d) {
+    Limbs q{}, r{};
+    for (int i = 255; i >= 0; --i) {
+        r = shl1(r);
+        r[0] |= bit_of(n, i) ? 1 : 0;
+        if (compare(r, d) >= 0) {
+            r = sub(r, d);
+            q[i / 64] |= std::uint64_t{1} << (i % 64);
+        }
+    }
+    return q;
+}
+
+}  // namespace
+
+Work Work::from_bits(std::uint32_t bits) {
+    // Compact form: target = mantissa * 256^(exponent - 3); a set sign bit is invalid.
+    const std::uint32_t exponent = bits >> 24;
+    const std::uint32_t mantissa = bits & 0x007fffff;
+    if ((bits & 0x00800000) != 0 || mantissa == 0) return {};
+    Limbs target{};
+    if (exponent <= 3) {
+        target[0] = mantissa >> (8 * (3 - exponent));
+    } else {
+        const std::uint32_t shift = 8 * (exponent - 3);
+        if (shift >= 256 - 23) return {};  // overflows 256 bits
+        const std::uint32_t limb = shift / 64, off = shift % 64;
+        target[limb] = static_cast<std::uint64_t>(mantissa) << off;
+        if (off > 40 && limb + 1 < 4) target[limb + 1] = static_cast<std::uint64_t>(mantissa) >> (64 - off);
+    }
+    if (target == Limbs{}) return {};
+    // 2^256 / (target + 1) = ~target / (target + 1) + 1, computed within 256 bits.
+    Limbs plus_one = target;
+    for (auto& l : plus_one) {
+        if (++l != 0) break;
+    }
+    Limbs inverted;
+    for (int i = 0; i < 4; ++i) inverted[i] = ~target[i];
+    Work w;
+    w.limb = divide(inverted, plus_one);
+    return w + Work{{1, 0, 0, 0}};
+}
+
+Work Work::operator+(const Work& o) const {
+    Work r;
+    std::uint64_t carry = 0;
+    for (int i = 0; i < 4; ++i) {
+        const std::uint64_t s = limb[i] + o.limb[i];
+        const std::uint64_t c1 = s < limb[i] ? 1 : 0;
+        r.limb[i] = s + carry;
+        carry = c1 | (r.limb[i] < s ? 1 : 0);
+    }
+    return r;
+}
+
+std::strong_ordering Work::operator<=>(const Work& o) const {
+    const int c = compare(limb, o.limb);
+    return c < 0 ? std::strong_ordering::less : c > 0 ? std::strong_ordering::greater : std::strong_ordering::equal;
+}
+
+std::size_t ChainIndex::HashOf::operator()(const Hash& h) const {
+    std::size_t v;
+    std::memcpy(&v, h.data(), sizeof v);
+    return v;
+}
+
+ChainEntry& ChainIndex::add(const BlockHeader& header, std::optional<BlockLocation> location,
+                            std::uint64_t seq, bool* added) {
+    auto [it, inserted] = entries_.try_emplace(header.hash);
+    if (inserted) {
+        it->second = std::make_unique<ChainEntry>();
+        it->second->header = header;
+        it->second->seq = seq;
+        next_seq_ = std::max(next_seq_, seq + 1);
+    }
+    if (location && !it->second->location) it->second->location = std::move(location);
+    if (added) *added = inserted;
+    return *it->second;
+}
+
+ChainEntry* ChainIndex::find(const Hash& hash) {
+    const auto it = entries_.find(hash);
+    return it == entries_.end() ? nullptr : it->second.get();
+}
+
+void ChainIndex::connect(const Hash& root, std::uint64_t root_height) {
+    std::unordered_map<Hash, std::vector<ChainEntry*>, HashOf> children;
+    for (auto& [hash, e] : entries_) {
+        e->height.reset();
+        e->parent = nullptr;
+        children[e->header.prev].push_back(e.get());
+    }
+    ChainEntry* r = find(root);
+    if (!r) return;
+    r->height = root_height;
+    r->chain_work = Work::from_bits(r->header.bits);
+    std::deque<ChainEntry*> queue{r};
+    while (!queue.empty()) {
+        ChainEntry* e = queue.front();
+        queue.pop_front();
+        const auto it = children.find(e->header.hash);
+        if (it == children.end()) continue;
+        for (ChainEntry* c : it->second) {
+            if (c == r) continue;
+            c->parent = e;
+            c->height = *e->height + 1;
+            c->chain_work = e->chain_work + Work::from_bits(c->header.bits);
+            queue.push_back(c);
+        }
+    }
+}
+
+std::vector<const ChainEntry*> ChainIndex::unconnected() const {
+    std::vector<const ChainEntry*> out;
+    for (const auto& [hash, e] : entries_) {
+        if (!e->height) out.push_back(e.get());
+    }
+    std::sort(out.begin(), out.end(), [](const auto* a, const auto* b) { return a->seq < b->seq; });
+    return out;
+}
+
+const ChainEntry* ChainIndex::best() const {
+    const ChainEntry* best = nullptr;
+    for (const auto& [hash, e] : entries_) {
+        if (!e->height) continue;
+        if (!best || e->chain_work > best->chain_work ||
+            (e->chain_work == best->chain_work && e->seq < best->seq)) {
+            best = e.get();
+        }
+    }
+    return best;
+}
+
+std::vector<const ChainEntry*> ChainIndex::path_to(const ChainEntry& tip) {
+    std::vector<const ChainEntry*> path;
+    for (const ChainEntry* e = &tip; e; e = e->parent) path.push_back(e);
+    std::reverse(path.begin(), path.end());
+    return path;
+}
+
+}  // namespace stateroot::indexer

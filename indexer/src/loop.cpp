@@ -1,0 +1,295 @@
+#include "stateroot/indexer/loop.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "stateroot/indexer/chain.hpp"
+
+namespace stateroot::indexer {
+
+namespace {
+
+// Indexer rows of the block index (docs/schema.md).
+constexpr std::string_view kHeaderPrefix = "blk/";  // ‖ hash -> seq (8 BE) ‖ header (80)
+constexpr std::string_view kBodyPrefix = "body/";   // ‖ hash -> serialized block
+constexpr std::size_t kHeadersPerWrite = 10'000;
+
+Bytes row_key(std::string_view prefix, const Hash& hash) {
+    Bytes k;
+    k.reserve(prefix.size() + 32);
+    k.insert(k.end(), prefix.begin(), prefix.end());
+    k.insert(k.end(), hash.bytes.begin(), hash.bytes.end());
+    return k;
+}
+
+// "file: offset N: block HASH", the way errors about a block start.
+std::string where(const ChainEntry& e) {
+    if (!e.location) return fmt::format("block {}", display_hex(e.header.hash));
+    return fmt::format("{}: offset {}: block {}", e.location->file, e.location->offset, display_hex(e.header.hash));
+}
+
+class TipState final : public StateReader {
+public:
+    explicit TipState(engine::View view) : view_(std::move(view)) {}
+    Result<std::optional<Bytes>> get(ByteView key) override {
+        if (!view_.tip()) return std::optional<Bytes>();
+        return view_.get(key, *view_.tip());
+    }
+
+private:
+    engine::View view_;
+};
+
+// The serialized block, from this run's input or the bodies kept in the database.
+Result<Bytes> block_bytes(const ChainEntry& e, const engine::View& view) {
+    if (e.location) return read_block(*e.location);
+    if (e.body_stored) {
+        auto b = view.aux(row_key(kBodyPrefix, e.header.hash));
+        if (!b) return std::unexpected(b.error());
+        if (*b) return std::move(**b);
+    }
+    return make_error(ErrorCode::kInvalidArgument,
+                      fmt::format("block {} at height {} is needed but is not in the input",
+                                  display_hex(e.header.hash), *e.height));
+}
+
+// Loads the stored block index, then adds this run's input.
+Result<ChainIndex> build_index(const engine::View& view, const std::vector<FoundBlock>& input,
+                               std::vector<const FoundBlock*>& new_blocks) {
+    ChainIndex index;
+    Status bad;
+    Status scanned = view.scan_aux(as_bytes(kHeaderPrefix), [&](ByteView key, ByteView value) {
+        if (!bad) return;
+        if (key.size() != kHeaderPrefix.size() + 32 || value.size() != 8 + kHeaderSize) {
+            bad = make_error(ErrorCode::kCorruption, "corrupt block index row");
+            return;
+        }
+        auto header = parse_header(value.subspan(8));
+        if (!header) {
+            bad = std::unexpected(header.error());
+            return;
+        }
+        index.add(*header, std::nullopt, get_be64(value.data()));
+    });
+    if (!scanned) return std::unexpected(scanned.error());
+    if (!bad) return std::unexpected(bad.error());
+    scanned = view.scan_aux(as_bytes(kBodyPrefix), [&](ByteView key, ByteView) {
+        if (key.size() != kBodyPrefix.size() + 32) return;
+        if (ChainEntry* e = index.find(Hash::from(key.subspan(kBodyPrefix.size())))) e->body_stored = true;
+    });
+    if (!scanned) return std::unexpected(scanned.error());
+    for (const FoundBlock& fb : input) {
+        bool added = false;
+        index.add(fb.header, fb.location, index.next_seq(), &added);
+        if (added) new_blocks.push_back(&fb);
+    }
+    return index;
+}
+
+}  // namespace
+
+Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer, const std::vector<FoundBlock>& input,
+                             const LoopOptions& options) {
+    using Clock = std::chrono::steady_clock;
+    const auto started = Clock::now();
+    auto view = engine.view();
+    if (!view) return std::unexpected(view.error());
+
+    std::vector<const FoundBlock*> new_blocks;
+    auto built = build_index(*view, input, new_blocks);
+    if (!built) return std::unexpected(built.error());
+    ChainIndex& index = *built;
+
+    // The root of the chain: the block at the first stored height, or on an empty
+    // database a genesis block (or, mid-chain, the first block of the input).
+    Hash root;
+    std::uint64_t root_height = 0;
+    if (engine.first()) {
+        auto rec = view->record(*engine.first());
+        if (!rec) return std::unexpected(rec.error());
+        if (!rec->block_hash) {
+            return make_error(ErrorCode::kInvalidArgument,
+                              fmt::format("height {} has no block hash: this database was not built from blocks",
+                                          *engine.first()));
+        }
+        root = reversed(*rec->block_hash);
+        root_height = *engine.first();
+        if (!index.find(root)) {
+            return make_error(ErrorCode::kCorruption,
+                              fmt::format("the block index lacks the first block {}", display_hex(root)));
+        }
+    } else {
+        const auto genesis = std::find_if(input.begin(), input.end(),
+                                          [](const FoundBlock& fb) { return fb.header.prev == Hash{}; });
+        if (genesis != input.end()) {
+            root = genesis->header.hash;
+        } else if (input.empty()) {
+            return LoopResult{};
+        } else {
+            const FoundBlock& first = input.front();
+            if (!options.allow_missing_prevouts) {
+                return make_error(ErrorCode::kInvalidArgument,
+                                  fmt::format("{}: offset {}: block {} has an unknown parent {} and the input has no "
+                                              "genesis block (use --allow-missing-prevouts to start mid-chain)",
+                                              first.location.file, first.location.offset, display_hex(first.header.hash),
+                                              display_hex(first.header.prev)));
+            }
+            root = first.header.hash;
+            if (options.start_height) {
+                root_height = *options.start_height;
+            } else {
+                auto bytes = read_block(first.location);
+                if (!bytes) return std::unexpected(bytes.error());
+                auto block = parse_block(*bytes);
+                if (!block) return with_context(block.error(), fmt::format("{}: offset {}", first.location.file, first.location.offset));
+                const auto h = bip34_height(block->txs[0]);
+                if (!h) {
+                    return make_error(ErrorCode::kInvalidArgument,
+                                      fmt::format("block {} has no BIP34 height in its coinbase: give --start-height",
+                                                  display_hex(first.header.hash)));
+                }
+                root_height = *h;
+            }
+        }
+    }
+    index.connect(root, root_height);
+    for (const ChainEntry* e : index.unconnected()) {
+        if (e->location) {
+            return make_error(ErrorCode::kInvalidArgument,
+                              fmt::format("{}: offset {}: block {} has an unknown parent {}", e->location->file,
+                                          e->location->offset, display_hex(e->header.hash), display_hex(e->header.prev)));
+        }
+    }
+
+    // Remember every new header before changing any state, so a branch seen now can
+    // win in a later run.
+    std::vector<std::pair<Bytes, std::optional<Bytes>>> rows;
+    for (std::size_t i = 0; i < new_blocks.size(); ++i) {
+        const FoundBlock& fb = *new_blocks[i];
+        Bytes value;
+        put_be64(value, index.find(fb.header.hash)->seq);
+        auto raw = read_block({fb.location.file, fb.location.offset, kHeaderSize, fb.location.xor_key});
+        if (!raw) return std::unexpected(raw.error());
+        value.insert(value.end(), raw->begin(), raw->end());
+        rows.emplace_back(row_key(kHeaderPrefix, fb.header.hash), std::move(value));
+        if (rows.size() == kHeadersPerWrite || i + 1 == new_blocks.size()) {
+            if (Status s = engine.put_aux(rows); !s) return std::unexpected(s.error());
+            rows.clear();
+        }
+    }
+
+    LoopResult result;
+    const ChainEntry* best = index.best();
+    if (!best) return result;
+    const std::vector<const ChainEntry*> path = ChainIndex::path_to(*best);
+    const std::uint64_t best_height = *best->height;
+    auto on_path = [&](std::uint64_t h) { return path[h - root_height]; };
+    result.target = options.exit_at ? std::min(best_height, *options.exit_at) : best_height;
+
+    // Keep the bodies a reorg could need: blocks of this input within max_reorg_depth of
+    // the best tip. Side branches are written now; blocks of the best chain as they are
+    // applied.
+    auto near_tip = [&](std::uint64_t h) { return h + options.max_reorg_depth >= best_height; };
+    for (const FoundBlock& fb : input) {
+        const ChainEntry* e = index.find(fb.header.hash);
+        if (!e->height || !near_tip(*e->height) || e->body_stored) continue;
+        if (*e->height <= best_height && on_path(*e->height) == e) continue;
+        auto bytes = read_block(fb.location);
+        if (!bytes) return std::unexpected(bytes.error());
+        if (Status s = engine.put_aux({{row_key(kBodyPrefix, fb.header.hash), std::move(*bytes)}}); !s) {
+            return std::unexpected(s.error());
+        }
+    }
+
+    // Where the best chain leaves the stored one.
+    std::optional<std::uint64_t> fork;
+    if (engine.tip()) {
+        for (std::uint64_t h = std::min(*engine.tip(), best_height);; --h) {
+            auto rec = view->record(h);
+            if (!rec) return std::unexpected(rec.error());
+            if (rec->block_hash && reversed(*rec->block_hash) == on_path(h)->header.hash) {
+                fork = h;
+                break;
+            }
+            if (h == root_height) break;
+        }
+        if (!fork) {
+            return make_error(ErrorCode::kCorruption, "the stored chain does not start at the block index's root");
+        }
+        if (*fork < *engine.tip()) {
+            const std::uint64_t depth = *engine.tip() - *fork;
+            if (depth > options.max_reorg_depth) {
+                return make_error(ErrorCode::kInvalidArgument,
+                                  fmt::format("the best chain ({} at height {}) leaves the stored chain at height {}: a "
+                                              "reorg of depth {} exceeds --max-reorg-depth {}; nothing was changed",
+                                              display_hex(best->header.hash), best_height, *fork + 1, depth,
+                                              options.max_reorg_depth));
+            }
+            if (Status s = engine.rollback(*fork); !s) return std::unexpected(s.error());
+            result.rolled_back = depth;
+        }
+    }
+
+    LoopProgress& progress = result.totals;
+    progress.target = result.target;
+    for (std::uint64_t h = engine.tip() ? *engine.tip() + 1 : root_height; h <= result.target; ++h) {
+        if (options.stop_requested && options.stop_requested()) {
+            result.stopped = true;
+            break;
+        }
+        const ChainEntry& e = *on_path(h);
+        auto fresh = engine.view();
+        if (!fresh) return std::unexpected(fresh.error());
+        auto bytes = block_bytes(e, *fresh);
+        if (!bytes) return std::unexpected(bytes.error());
+        auto block = parse_block(*bytes);
+        if (!block) return with_context(block.error(), fmt::format("{} (height {})", where(e), h));
+        TipState state(std::move(*fresh));
+        auto changes = indexer.changes(*block, h, state);
+        if (!changes) return with_context(changes.error(), fmt::format("{} (height {})", where(e), h));
+        changes->block_hash = reversed(e.header.hash);
+        if (e.location && near_tip(h) && !e.body_stored) {
+            if (Status s = engine.put_aux({{row_key(kBodyPrefix, e.header.hash), *bytes}}); !s) {
+                return std::unexpected(s.error());
+            }
+        }
+        auto committed = engine.apply(*changes);
+        if (!committed) return with_context(committed.error(), fmt::format("{} (height {})", where(e), h));
+        ++progress.blocks;
+        progress.txs += block->txs.size();
+        progress.changed_keys += changes->puts.size() + changes->deletes.size();
+        progress.height = h;
+        progress.seconds = std::chrono::duration<double>(Clock::now() - started).count();
+        if (options.on_progress) options.on_progress(progress);
+    }
+
+    // Bodies deeper than max_reorg_depth below the tip can no longer be needed.
+    if (engine.tip()) {
+        auto after = engine.view();
+        if (!after) return std::unexpected(after.error());
+        std::vector<std::pair<Bytes, std::optional<Bytes>>> stale;
+        Status scanned = after->scan_aux(as_bytes(kBodyPrefix), [&](ByteView key, ByteView) {
+            const ChainEntry* e = key.size() == kBodyPrefix.size() + 32
+                                      ? index.find(Hash::from(key.subspan(kBodyPrefix.size())))
+                                      : nullptr;
+            if (!e || !e->height || *e->height + options.max_reorg_depth < *engine.tip()) {
+                stale.emplace_back(Bytes(key.begin(), key.end()), std::nullopt);
+            }
+        });
+        if (!scanned) return std::unexpected(scanned.error());
+        if (!stale.empty()) {
+            if (Status s = engine.put_aux(stale); !s) return std::unexpected(s.error());
+        }
+        auto rec = after->record(*engine.tip());
+        if (!rec) return std::unexpected(rec.error());
+        result.tip = engine.tip();
+        result.root = engine.root();
+        result.block_hash = reversed(rec->block_hash.value_or(Hash{}));
+    }
+    progress.seconds = std::chrono::duration<double>(Clock::now() - started).count();
+    return result;
+}
+
+}  // namespace stateroot::indexer

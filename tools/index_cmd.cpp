@@ -1,0 +1,112 @@
+// `stateroot index`: replays blocks from files into the state, with progress.
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+
+#include "cli.hpp"
+#include "signals.hpp"
+#include "stateroot/indexer/loop.hpp"
+
+namespace stateroot::tools {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string eta(double seconds) {
+    if (seconds < 0 || seconds > 1e7) return "?";
+    const auto s = static_cast<std::uint64_t>(seconds);
+    return fmt::format("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60);
+}
+
+std::string progress_line(const indexer::LoopProgress& p, std::uint64_t first_height) {
+    const double span = static_cast<double>(p.target - first_height + 1);
+    const double done = static_cast<double>(p.height - first_height + 1);
+    const double secs = std::max(p.seconds, 1e-9);
+    const double bps = static_cast<double>(p.blocks) / secs;
+    return fmt::format("height {} / {} ({:.1f} %)  {:.0f} blocks/s  {:.0f} tx/s  {:.0f} keys/s  ETA {}", p.height,
+                       p.target, 100 * done / span, bps, static_cast<double>(p.txs) / secs,
+                       static_cast<double>(p.changed_keys) / secs,
+                       eta(bps > 0 ? static_cast<double>(p.target - p.height) / bps : -1));
+}
+
+// The blocks of the files given: blk-framed when a file starts with the network magic
+// (or zero padding), else one raw block.
+Result<std::vector<indexer::FoundBlock>> scan_inputs(const IndexOptions& o, indexer::Network network) {
+    if (!o.blocks_dir.empty()) return indexer::scan_blocks_dir(o.blocks_dir, network);
+    std::vector<indexer::FoundBlock> all;
+    const auto magic = indexer::network_magic(network);
+    for (const std::string& file : o.block_files) {
+        std::ifstream in(file, std::ios::binary);
+        if (!in) return make_error(ErrorCode::kInvalidArgument, fmt::format("cannot read {}", file));
+        std::array<std::uint8_t, 4> head{};
+        in.read(reinterpret_cast<char*>(head.data()), 4);
+        const bool framed = in.gcount() == 4 && (head == magic || head == std::array<std::uint8_t, 4>{});
+        if (framed) {
+            auto found = indexer::scan_blk_file(file, network);
+            if (!found) return std::unexpected(found.error());
+            all.insert(all.end(), found->begin(), found->end());
+        } else {
+            auto found = indexer::scan_raw_file(file);
+            if (!found) return std::unexpected(found.error());
+            all.push_back(*found);
+        }
+    }
+    return all;
+}
+
+}  // namespace
+
+int run_index_command(const IndexOptions& o) {
+    const auto network = indexer::parse_network(o.network);
+    if (!network) return fail(fmt::format("unknown network \"{}\" (mainnet, testnet3, testnet4, signet, regtest)", o.network));
+    if (o.block_files.empty() == o.blocks_dir.empty()) return fail("give either --blocks FILE... or --blocks-dir DIR");
+    auto indexer = indexer::make_indexer(o.indexer, o.allow_missing_prevouts);
+    if (!indexer) return fail(indexer.error());
+    auto engine = engine::Engine::open(o.db);
+    if (!engine) return fail(engine.error());
+    auto input = scan_inputs(o, *network);
+    if (!input) return fail(input.error());
+
+    install_stop_handlers();
+    const bool tty = isatty(STDERR_FILENO) == 1;
+    const std::uint64_t first_height = (*engine)->tip() ? *(*engine)->tip() + 1 : 0;
+    auto last_print = Clock::now() - std::chrono::hours(1);
+    indexer::LoopOptions lo;
+    lo.exit_at = o.exit_at;
+    lo.max_reorg_depth = o.max_reorg_depth;
+    lo.allow_missing_prevouts = o.allow_missing_prevouts;
+    lo.start_height = o.start_height;
+    lo.stop_requested = stop_requested;
+    lo.on_progress = [&](const indexer::LoopProgress& p) {
+        const auto now = Clock::now();
+        if (tty && now - last_print > std::chrono::milliseconds(200)) {
+            fmt::print(stderr, "\r{}\x1b[K", progress_line(p, std::min(first_height, p.height)));
+            last_print = now;
+        } else if (!tty && now - last_print > std::chrono::seconds(10)) {
+            spdlog::info("{}", progress_line(p, std::min(first_height, p.height)));
+            last_print = now;
+        }
+    };
+    auto result = indexer::run_index(**engine, **indexer, *input, lo);
+    if (tty) fmt::print(stderr, "\r\x1b[K");
+    if (!result) return fail(result.error());
+
+    const indexer::LoopProgress& t = result->totals;
+    const double secs = std::max(t.seconds, 1e-9);
+    if (result->rolled_back > 0) spdlog::info("reorg: rolled back {} heights", result->rolled_back);
+    spdlog::info("{} {} blocks, {} transactions, {} changed keys in {:.2f} s ({:.0f} blocks/s, {:.0f} tx/s, {:.0f} keys/s)",
+                 result->stopped ? "stopped after" : "indexed", t.blocks, t.txs, t.changed_keys, t.seconds,
+                 static_cast<double>(t.blocks) / secs, static_cast<double>(t.txs) / secs,
+                 static_cast<double>(t.changed_keys) / secs);
+    if (!result->tip) {
+        fmt::print("empty\n");
+        return kExitOk;
+    }
+    fmt::print("{} {} {}\n", *result->tip, indexer::display_hex(result->block_hash), result->root.hex());
+    return kExitOk;
+}
+
+}  // namespace stateroot::tools
