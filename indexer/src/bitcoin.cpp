@@ -49,7 +49,7 @@ public:
         const std::size_t at = pos_;
         const std::uint64_t n = compact_size();
         if (ok() && n > (data_.size() - pos_) / std::max<std::size_t>(min_item, 1)) {
-            fail_at(at, fmt::format("{} count {} exceeds the bytes left", what, n));
+            fail_at(at, fmt::format("{} {} exceeds the {} bytes left", what, n, data_.size() - pos_));
         }
         return ok() ? n : 0;
     }
@@ -99,13 +99,13 @@ Transaction parse_tx(Reader& r) {
     r.le(4);  // version
     const std::size_t after_version = r.pos();
     bool segwit = false;
-    std::uint64_t n_in = r.count("input", 41);
+    std::uint64_t n_in = r.count("input count", 41);
     if (r.ok() && n_in == 0) {
         // BIP144: a zero input count is the segwit marker, followed by flag 1.
         const std::size_t flag_at = r.pos();
         if (r.le(1) != 1 && r.ok()) r.fail_at(flag_at, "segwit flag is not 1");
         segwit = true;
-        n_in = r.count("input", 41);
+        n_in = r.count("input count", 41);
         if (r.ok() && n_in == 0) r.fail_at(flag_at + 1, "segwit transaction without inputs");
     }
     const std::size_t body_start = segwit ? after_version + 2 : after_version;
@@ -113,20 +113,20 @@ Transaction parse_tx(Reader& r) {
     for (TxIn& in : tx.inputs) {
         in.prev_txid = r.hash();
         in.prev_vout = static_cast<std::uint32_t>(r.le(4));
-        in.script_sig = r.bytes(r.count("script", 1));
+        in.script_sig = r.bytes(r.count("script length", 1));
         r.le(4);  // sequence
     }
-    const std::uint64_t n_out = r.count("output", 9);
+    const std::uint64_t n_out = r.count("output count", 9);
     tx.outputs.resize(r.ok() ? n_out : 0);
     for (TxOut& out : tx.outputs) {
         out.value = r.le(8);
-        out.script_pubkey = r.bytes(r.count("script", 1));
+        out.script_pubkey = r.bytes(r.count("script length", 1));
     }
     const std::size_t body_end = r.pos();
     if (segwit) {
         for (std::size_t i = 0; i < tx.inputs.size() && r.ok(); ++i) {
-            const std::uint64_t items = r.count("witness item", 1);
-            for (std::uint64_t k = 0; k < items && r.ok(); ++k) r.skip(r.count("witness", 1));
+            const std::uint64_t items = r.count("witness item count", 1);
+            for (std::uint64_t k = 0; k < items && r.ok(); ++k) r.skip(r.count("witness item length", 1));
         }
     }
     const std::size_t locktime_at = r.pos();
@@ -193,7 +193,7 @@ Result<Block> parse_block(ByteView data) {
     block.header = *header;
     Reader r(data);
     r.skip(kHeaderSize);
-    const std::uint64_t n_tx = r.count("transaction", 60);
+    const std::uint64_t n_tx = r.count("transaction count", 60);
     if (r.ok() && n_tx == 0) r.fail_at(kHeaderSize, "a block needs at least one transaction");
     if (!r.ok()) return make_error(ErrorCode::kInvalidArgument, "malformed block " + r.error());
     block.txs.reserve(n_tx);

@@ -1,0 +1,300 @@
+// The indexer loop on real blocks: replay, reorgs, resume, bad input.
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+
+#include <fstream>
+#include <map>
+
+#include "stateroot/indexer/change_file.hpp"
+#include "stateroot/indexer/loop.hpp"
+#include "temp_dir.hpp"
+
+using namespace stateroot;
+using namespace stateroot::indexer;
+
+namespace {
+
+std::string fixture(const std::string& name) { return std::string(STATEROOT_FIXTURES) + "/blocks/" + name; }
+
+Bytes read_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return Bytes(std::istreambuf_iterator<char>(in), {});
+}
+
+void write_file(const std::string& path, ByteView b) {
+    std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+}
+
+std::vector<FoundBlock> scan_files(const std::vector<std::string>& files) {
+    std::vector<FoundBlock> all;
+    for (const std::string& f : files) {
+        if (f.ends_with(".raw")) {
+            auto found = scan_raw_file(f);
+            REQUIRE(found);
+            all.push_back(*found);
+            continue;
+        }
+        auto found = scan_blk_file(f, Network::kMainnet);
+        REQUIRE(found);
+        all.insert(all.end(), found->begin(), found->end());
+    }
+    return all;
+}
+
+struct Db {
+    test::TempDir dir;
+    std::unique_ptr<engine::Engine> engine;
+    Db() { reopen(); }
+    void reopen() {
+        engine.reset();
+        auto e = engine::Engine::open(dir.str());
+        REQUIRE(e);
+        engine = std::move(*e);
+    }
+    Result<LoopResult> index(const std::vector<std::string>& files, LoopOptions options = {}) {
+        UtxoIndexer utxo(options.allow_missing_prevouts);
+        return run_index(*engine, utxo, scan_files(files), options);
+    }
+    std::vector<engine::Hash> roots() {
+        std::vector<engine::Hash> out;
+        auto v = engine->view();
+        REQUIRE(v);
+        if (!v->tip()) return out;
+        for (std::uint64_t h = *v->first(); h <= *v->tip(); ++h) out.push_back(v->root(h).value());
+        return out;
+    }
+};
+
+// blk records of `file`, by index.
+std::vector<Bytes> records(const std::string& file) {
+    const Bytes all = read_file(file);
+    std::vector<Bytes> out;
+    for (const FoundBlock& fb : scan_files({file})) {
+        out.emplace_back(all.begin() + static_cast<std::ptrdiff_t>(fb.location.offset - 8),
+                         all.begin() + static_cast<std::ptrdiff_t>(fb.location.offset + fb.location.size));
+    }
+    return out;
+}
+
+Bytes join(const std::vector<Bytes>& parts) {
+    Bytes out;
+    for (const Bytes& p : parts) out.insert(out.end(), p.begin(), p.end());
+    return out;
+}
+
+const std::string kMainnet = fixture("mainnet_0-589.blk");
+const std::string kBtcd = fixture("btcd_reorg_blk_0_to_4.dat");
+const std::string k3A = fixture("btcd_reorg_blk_3A.dat"), k4A = fixture("btcd_reorg_blk_4A.dat"),
+                  k5A = fixture("btcd_reorg_blk_5A.dat");
+
+}  // namespace
+
+TEST_CASE("loop: mainnet 0-589 replays to a UTXO set of 29,450 BTC", "[indexer][loop]") {
+    Db db;
+    auto r = db.index({kMainnet});
+    REQUIRE(r);
+    CHECK(r->tip == 589u);
+    CHECK(display_hex(r->block_hash) == "00000000b96305605f1eb5ab800024ff3fa260deedf6005e1e3987daa11d3935");
+    CHECK(r->totals.blocks == 590);
+    CHECK(r->totals.txs == 605);
+
+    // The UTXO set, rebuilt from the stored changes of every height.
+    auto view = db.engine->view();
+    REQUIRE(view);
+    std::map<Bytes, Bytes> utxos;
+    for (std::uint64_t h = 0; h <= 589; ++h) {
+        auto changes = view->changes(h);
+        REQUIRE(changes);
+        for (auto& c : *changes) {
+            c.value ? (void)(utxos[c.key] = *c.value) : (void)utxos.erase(c.key);
+        }
+    }
+    std::uint64_t satoshis = 0;
+    for (const auto& [key, value] : utxos) {
+        std::uint64_t amount = 0;
+        for (int i = 7; i >= 0; --i) amount = amount << 8 | value[static_cast<std::size_t>(i)];
+        satoshis += amount;
+        CHECK(view->get(key, 589).value() == value);
+    }
+    CHECK(satoshis == 29'450ull * 100'000'000ull);
+    CHECK(db.engine->live_keys() == utxos.size());
+    CHECK(view->recompute_root(589).value() == r->root);
+    // The block hash of every height is stored, in display order.
+    CHECK(view->record(170)->block_hash->hex() == "00000000d1145790a8694403d4063f323d499e655c83426834d4ce2f8dd4a2ee");
+
+    // Re-running with the same input changes nothing.
+    auto again = db.index({kMainnet});
+    REQUIRE(again);
+    CHECK(again->totals.blocks == 0);
+    CHECK(again->root == r->root);
+}
+
+TEST_CASE("loop: stopping and resuming gives the same roots as one run", "[indexer][loop]") {
+    Db whole;
+    REQUIRE(whole.index({kMainnet}));
+    const auto expected = whole.roots();
+
+    Db parts;
+    LoopOptions at;
+    at.exit_at = 100;
+    auto first = parts.index({kMainnet}, at);
+    REQUIRE(first);
+    CHECK(first->tip == 100u);
+    int calls = 0;
+    LoopOptions stop;
+    stop.stop_requested = [&] { return ++calls > 200; };
+    auto second = parts.index({kMainnet}, stop);
+    REQUIRE(second);
+    CHECK(second->stopped);
+    CHECK(second->tip == 300u);
+    parts.reopen();
+    auto third = parts.index({kMainnet});
+    REQUIRE(third);
+    CHECK_FALSE(third->stopped);
+    CHECK(parts.roots() == expected);
+}
+
+TEST_CASE("loop: the btcd reorg fixture gives the winning chain's state both ways", "[indexer][loop][reorg]") {
+    // The winning chain on its own: genesis, 1, 2, 3A, 4A, 5A.
+    test::TempDir tmp;
+    const auto base = records(kBtcd);
+    const std::string winning = tmp.sub("winning.blk");
+    write_file(winning, join({base[0], base[1], base[2], read_file(k3A), read_file(k4A), read_file(k5A)}));
+    Db fresh;
+    REQUIRE(fresh.index({winning}));
+    const auto expected = fresh.roots();
+    REQUIRE(expected.size() == 6);
+
+    Db two_runs;
+    REQUIRE(two_runs.index({kBtcd}));
+    const auto before = two_runs.roots();
+    REQUIRE(before.size() == 5);
+    auto r = two_runs.index({k3A, k4A, k5A});
+    REQUIRE(r);
+    CHECK(r->rolled_back == 2);
+    const auto after = two_runs.roots();
+    CHECK(after == expected);
+    CHECK(std::vector(after.begin(), after.begin() + 3) == std::vector(before.begin(), before.begin() + 3));
+    CHECK(after[3] != before[3]);
+    CHECK(after[4] != before[4]);
+    CHECK(display_hex(r->block_hash) == "00000000195f85184e77c18914bd0febd11278d950f5e4731a38f71ed79f044e");
+
+    Db at_once;
+    REQUIRE(at_once.index({kBtcd, k3A, k4A, k5A}));
+    CHECK(at_once.roots() == expected);
+
+    Db reversed_input;
+    REQUIRE(reversed_input.index({k5A, k4A, k3A, kBtcd}));
+    CHECK(reversed_input.roots() == expected);
+}
+
+TEST_CASE("loop: a side branch seen in an earlier run can win later", "[indexer][loop][reorg]") {
+    Db db;
+    REQUIRE(db.index({kBtcd, k3A}));  // 3A loses to 3-4 for now
+    CHECK(db.engine->tip() == 4u);
+    db.reopen();
+    auto r = db.index({k4A, k5A});  // 3A's body comes from the database
+    REQUIRE(r);
+    CHECK(r->tip == 5u);
+    CHECK(r->rolled_back == 2);
+    Db expected;
+    REQUIRE(expected.index({kBtcd, k3A, k4A, k5A}));
+    CHECK(db.roots() == expected.roots());
+}
+
+TEST_CASE("loop: a reorg deeper than the limit changes nothing", "[indexer][loop][reorg]") {
+    Db db;
+    REQUIRE(db.index({kBtcd}));
+    const auto before = db.roots();
+    LoopOptions o;
+    o.max_reorg_depth = 1;
+    auto r = db.index({k3A, k4A, k5A}, o);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message ==
+          "the best chain (00000000195f85184e77c18914bd0febd11278d950f5e4731a38f71ed79f044e at height 5) leaves the "
+          "stored chain at height 3: a reorg of depth 2 exceeds --max-reorg-depth 1; nothing was changed");
+    CHECK(db.roots() == before);
+}
+
+TEST_CASE("loop: an XOR-obfuscated block directory replays to the same roots", "[indexer][loop]") {
+    Db plain;
+    REQUIRE(plain.index({kMainnet}));
+    test::TempDir dir;
+    const XorKey key{0x3c, 0x9a, 0x01, 0xff, 0x42, 0x00, 0x7e, 0xd5};
+    Bytes data = read_file(kMainnet);
+    for (std::size_t i = 0; i < data.size(); ++i) data[i] ^= key[i % 8];
+    write_file(dir.sub("blk00000.dat"), data);
+    write_file(dir.sub("xor.dat"), key);
+    auto found = scan_blocks_dir(dir.str(), Network::kMainnet);
+    REQUIRE(found);
+    Db db;
+    UtxoIndexer utxo(false);
+    REQUIRE(run_index(*db.engine, utxo, *found, {}));
+    CHECK(db.roots() == plain.roots());
+}
+
+TEST_CASE("loop: a bad block stops the run at the last good height naming file and offset and hash", "[indexer][loop]") {
+    test::TempDir tmp;
+    auto recs = records(kMainnet);
+    const std::string path = tmp.sub("bad.blk");
+    Bytes& b300 = recs[300];
+    b300[b300.size() - 10] ^= 1;  // a transaction no longer matches the merkle root
+    write_file(path, join(recs));
+    const auto found = scan_files({path});
+    Db db;
+    auto r = db.index({path});
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message.rfind(fmt::format("{}: offset {}: block {} (height 300): merkle root mismatch", path,
+                                              found[300].location.offset, display_hex(found[300].header.hash)),
+                                  0) == 0);
+    CHECK(db.engine->tip() == 299u);
+}
+
+TEST_CASE("loop: a block whose parent is unknown is an error and nothing is applied", "[indexer][loop]") {
+    test::TempDir tmp;
+    auto recs = records(kMainnet);
+    recs.erase(recs.begin() + 11);
+    const std::string path = tmp.sub("gap.blk");
+    write_file(path, join(recs));
+    const auto found = scan_files({path});
+    Db db;
+    auto r = db.index({path});
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message == fmt::format("{}: offset {}: block {} has an unknown parent {}", path,
+                                           found[11].location.offset, display_hex(found[11].header.hash),
+                                           display_hex(found[11].header.prev)));
+    CHECK_FALSE(db.engine->tip());
+}
+
+TEST_CASE("loop: a modern block starts a mid-chain index only when allowed", "[indexer][loop]") {
+    const std::string raw = fixture("mainnet_702861.raw");
+    Db strict;
+    auto r = strict.index({raw});
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message.find("has an unknown parent") != std::string::npos);
+    CHECK_FALSE(strict.engine->tip());
+
+    Db lenient;
+    LoopOptions o;
+    o.allow_missing_prevouts = true;
+    auto ok = lenient.index({raw}, o);
+    REQUIRE(ok);
+    CHECK(ok->tip == 702861u);
+    CHECK(ok->totals.txs == 2500);
+    CHECK(lenient.engine->live_keys() == ok->totals.changed_keys);
+
+    Db given;
+    o.start_height = 5;
+    auto at5 = given.index({raw}, o);
+    REQUIRE(at5);
+    CHECK(at5->tip == 5u);
+}
+
+TEST_CASE("loop: a database written from change files is refused", "[indexer][loop]") {
+    Db db;
+    auto c = indexer::parse_change_line(R"({"height": 0, "puts": [["01", "02"]]})");
+    REQUIRE(db.engine->apply(*c));
+    auto r = db.index({kBtcd});
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message == "height 0 has no block hash: this database was not built from blocks");
+}
