@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: builds if needed, applies the example change
-# file (or the one given) into ./stateroot-data, and prints "<height> <root>" per height.
-# Re-running is a no-op that prints the same roots.
+# The main job on the embedded default: builds if needed, replays the real mainnet
+# blocks 0-589 shipped in tests/fixtures/blocks into ./stateroot-data with the UTXO
+# indexer, and prints "<tip height> <block hash> <state root>". Run again, it indexes
+# nothing new and prints the same line.
 #
-#   ./scripts/run.sh [CHANGE_FILE]        STATEROOT_DB=DIR to use another database
+#   ./scripts/run.sh [BLOCK_FILE...]      STATEROOT_DB=DIR to use another database
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,7 @@ fi
 cmake --build build -j "$(nproc)" --target stateroot >/dev/null
 
 db="${STATEROOT_DB:-stateroot-data}"
-file="${1:-configs/examples/changes.jsonl}"
-echo "applying $file to $db" >&2
-build/tools/stateroot apply --db "$db" "$file"
+if [ $# -eq 0 ]; then
+  set -- tests/fixtures/blocks/mainnet_0-589.blk
+fi
+build/tools/stateroot index --db "$db" --blocks "$@"

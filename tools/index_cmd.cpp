@@ -43,6 +43,15 @@ Result<std::vector<indexer::FoundBlock>> scan_inputs(const IndexOptions& o, inde
         if (!in) return make_error(ErrorCode::kInvalidArgument, fmt::format("cannot read {}", file));
         std::array<std::uint8_t, 4> head{};
         in.read(reinterpret_cast<char*>(head.data()), 4);
+        for (indexer::Network other : {indexer::Network::kMainnet, indexer::Network::kTestnet3, indexer::Network::kTestnet4,
+                                       indexer::Network::kSignet, indexer::Network::kRegtest}) {
+            if (other != network && in.gcount() == 4 && head == indexer::network_magic(other)) {
+                return make_error(ErrorCode::kInvalidArgument,
+                                  fmt::format("{}: offset 0: magic {} is {}'s, not {}'s (use --network {})", file,
+                                              to_hex(head), indexer::network_name(other), indexer::network_name(network),
+                                              indexer::network_name(other)));
+            }
+        }
         const bool framed = in.gcount() == 4 && (head == magic || head == std::array<std::uint8_t, 4>{});
         if (framed) {
             auto found = indexer::scan_blk_file(file, network);
@@ -60,6 +69,8 @@ Result<std::vector<indexer::FoundBlock>> scan_inputs(const IndexOptions& o, inde
 }  // namespace
 
 int run_index_command(const IndexOptions& o) {
+    // Before anything else, so that a signal at any moment takes the clean path.
+    install_stop_handlers();
     const auto network = indexer::parse_network(o.network);
     if (!network) return fail(fmt::format("unknown network \"{}\" (mainnet, testnet3, testnet4, signet, regtest)", o.network));
     if (o.block_files.empty() == o.blocks_dir.empty()) return fail("give either --blocks FILE... or --blocks-dir DIR");
@@ -70,10 +81,10 @@ int run_index_command(const IndexOptions& o) {
     auto input = scan_inputs(o, *network);
     if (!input) return fail(input.error());
 
-    install_stop_handlers();
     const bool tty = isatty(STDERR_FILENO) == 1;
     const std::uint64_t first_height = (*engine)->tip() ? *(*engine)->tip() + 1 : 0;
-    auto last_print = Clock::now() - std::chrono::hours(1);
+    // A terminal gets its progress line at once; a log, every 10 seconds.
+    auto last_print = tty ? Clock::now() - std::chrono::hours(1) : Clock::now();
     indexer::LoopOptions lo;
     lo.exit_at = o.exit_at;
     lo.max_reorg_depth = o.max_reorg_depth;
@@ -97,10 +108,15 @@ int run_index_command(const IndexOptions& o) {
     const indexer::LoopProgress& t = result->totals;
     const double secs = std::max(t.seconds, 1e-9);
     if (result->rolled_back > 0) spdlog::info("reorg: rolled back {} heights", result->rolled_back);
-    spdlog::info("{} {} blocks, {} transactions, {} changed keys in {:.2f} s ({:.0f} blocks/s, {:.0f} tx/s, {:.0f} keys/s)",
+    if (t.blocks == 0 && result->rolled_back == 0 && !result->stopped) {
+        spdlog::info("nothing new to index");
+    } else {
+        spdlog::info("{} {} blocks, {} transactions, {} changed keys in {:.2f} s ({:.0f} blocks/s, {:.0f} tx/s, {:.0f} keys/s)",
                  result->stopped ? "stopped after" : "indexed", t.blocks, t.txs, t.changed_keys, t.seconds,
                  static_cast<double>(t.blocks) / secs, static_cast<double>(t.txs) / secs,
-                 static_cast<double>(t.changed_keys) / secs);
+                     static_cast<double>(t.changed_keys) / secs);
+    }
+    if (result->stopped) spdlog::info("stopped by a signal; run again to continue");
     if (!result->tip) {
         fmt::print("empty\n");
         return kExitOk;

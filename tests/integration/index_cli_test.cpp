@@ -1,0 +1,166 @@
+// `stateroot index` as a process: killed, interrupted, restarted.
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fcntl.h>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "chain_gen.hpp"
+#include "stateroot/engine/engine.hpp"
+#include "temp_dir.hpp"
+
+using namespace stateroot;
+
+namespace {
+
+std::string slurp(const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+// A `stateroot` child process with stdout and stderr in files.
+class Child {
+public:
+    Child(const std::vector<std::string>& args, const std::string& out, const std::string& err) {
+        pid_ = fork();
+        REQUIRE(pid_ >= 0);
+        if (pid_ == 0) {
+            const int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            const int e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            dup2(o, 1);
+            dup2(e, 2);
+            std::vector<char*> argv{const_cast<char*>(STATEROOT_BIN)};
+            for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+            argv.push_back(nullptr);
+            execv(STATEROOT_BIN, argv.data());
+            _exit(127);
+        }
+    }
+    void signal(int sig) { kill(pid_, sig); }
+    // Exit code, or 128 + signal number.
+    int wait() {
+        int status = 0;
+        waitpid(pid_, &status, 0);
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+
+private:
+    pid_t pid_;
+};
+
+struct Setup {
+    test::TempDir dir;
+    std::string chain = dir.sub("chain.blk");
+    Setup(std::uint64_t blocks, std::uint64_t txs) {
+        const Bytes bytes = test::make_chain({blocks, txs, 7});
+        std::ofstream(chain, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()),
+                                                     static_cast<std::streamsize>(bytes.size()));
+    }
+    std::vector<std::string> args(const std::string& db) const {
+        return {"index", "--db", db, "--blocks", chain, "--network", "regtest"};
+    }
+    int run(const std::string& db) {
+        Child c(args(db), dir.sub("out"), dir.sub("err"));
+        return c.wait();
+    }
+};
+
+std::vector<engine::Hash> roots(const std::string& db) {
+    engine::EngineOptions o;
+    o.read_only = true;
+    auto e = engine::Engine::open(db, o);
+    REQUIRE(e);
+    auto v = (*e)->view();
+    REQUIRE(v);
+    std::vector<engine::Hash> out;
+    if (!v->tip()) return out;
+    for (std::uint64_t h = *v->first(); h <= *v->tip(); ++h) out.push_back(v->root(h).value());
+    for (std::uint64_t h = *v->first(); h <= *v->tip(); h += 97) REQUIRE(v->recompute_root(h).value() == out[h]);
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("index cli: killed with SIGKILL at random moments it resumes to the same roots", "[cli][index][crash]") {
+    Setup s(600, 40);
+    const std::string clean = s.dir.sub("clean"), killed = s.dir.sub("killed");
+    const auto t0 = std::chrono::steady_clock::now();
+    REQUIRE(s.run(clean) == 0);
+    const auto full_ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+    const auto expected = roots(clean);
+    REQUIRE(expected.size() == 600);
+
+    std::mt19937_64 rng(3);
+    int killed_mid_run = 0;
+    for (int i = 0; i < 8; ++i) {
+        Child c(s.args(killed), s.dir.sub("out"), s.dir.sub("err"));
+        std::this_thread::sleep_for(std::chrono::milliseconds(rng() % static_cast<std::uint64_t>(full_ms / 2 + 1)));
+        c.signal(SIGKILL);
+        if (c.wait() == 128 + SIGKILL) ++killed_mid_run;
+    }
+    CHECK(killed_mid_run > 0);
+    REQUIRE(s.run(killed) == 0);
+    CHECK(roots(killed) == expected);
+}
+
+TEST_CASE("index cli: SIGINT finishes the height in progress and exits cleanly", "[cli][index]") {
+    Setup s(600, 40);
+    const std::string clean = s.dir.sub("clean"), db = s.dir.sub("db");
+    REQUIRE(s.run(clean) == 0);
+    Child c(s.args(db), s.dir.sub("out"), s.dir.sub("err"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    c.signal(SIGINT);
+    CHECK(c.wait() == 0);
+    const std::string err = slurp(s.dir.sub("err"));
+    CHECK(err.find("stopping after the current height") != std::string::npos);
+    CHECK(err.find("stopped by a signal; run again to continue") != std::string::npos);
+    CHECK(roots(db).size() < 600);
+    REQUIRE(s.run(db) == 0);
+    CHECK(roots(db) == roots(clean));
+}
+
+TEST_CASE("index cli: a second signal exits at once and the database stays consistent", "[cli][index]") {
+    Setup s(600, 40);
+    const std::string clean = s.dir.sub("clean"), db = s.dir.sub("db");
+    REQUIRE(s.run(clean) == 0);
+    Child c(s.args(db), s.dir.sub("out"), s.dir.sub("err"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    c.signal(SIGTERM);
+    c.signal(SIGTERM);
+    const int code = c.wait();
+    CHECK((code == 130 || code == 0));
+    const auto partial = roots(db);
+    const auto full = roots(clean);
+    REQUIRE(partial.size() <= full.size());
+    CHECK(std::equal(partial.begin(), partial.end(), full.begin()));
+    REQUIRE(s.run(db) == 0);
+    CHECK(roots(db) == full);
+}
+
+TEST_CASE("index cli: output and errors", "[cli][index]") {
+    Setup s(20, 3);
+    const std::string db = s.dir.sub("db");
+    Child c(s.args(db), s.dir.sub("out"), s.dir.sub("err"));
+    REQUIRE(c.wait() == 0);
+    const std::string out = slurp(s.dir.sub("out"));
+    CHECK(out.rfind("19 ", 0) == 0);
+    CHECK(slurp(s.dir.sub("err")).find("indexed 20 blocks") != std::string::npos);
+
+    // Another network's magic is an error naming file and offset.
+    Child wrong({"index", "--db", s.dir.sub("db2"), "--blocks", s.chain}, s.dir.sub("out"), s.dir.sub("err"));
+    CHECK(wrong.wait() == 2);
+    CHECK(slurp(s.dir.sub("err")) ==
+          fmt::format("stateroot: {}: offset 0: magic fabfb5da is regtest's, not mainnet's (use --network regtest)\n", s.chain));
+    Child both({"index", "--db", db}, s.dir.sub("out"), s.dir.sub("err"));
+    CHECK(both.wait() == 2);
+    CHECK(slurp(s.dir.sub("err")) == "stateroot: give either --blocks FILE... or --blocks-dir DIR\n");
+}
