@@ -116,6 +116,12 @@ int run_index_command(const IndexOptions& o) {
                  static_cast<double>(t.blocks) / secs, static_cast<double>(t.txs) / secs,
                      static_cast<double>(t.changed_keys) / secs);
     }
+    if (t.blocks > 0) {
+        auto rate = [](std::uint64_t n, double s) { return s > 0 ? static_cast<double>(n) / s : 0.0; };
+        spdlog::info("  parse {:.3f} s ({:.0f} blocks/s, {:.0f} tx/s); indexer {:.3f} s; commit {:.3f} s ({:.0f} keys/s)",
+                     t.parse_seconds, rate(t.blocks, t.parse_seconds), rate(t.txs, t.parse_seconds), t.index_seconds,
+                     t.commit_seconds, rate(t.changed_keys, t.commit_seconds));
+    }
     if (result->stopped) spdlog::info("stopped by a signal; run again to continue");
     if (!result->tip) {
         fmt::print("empty\n");

@@ -240,15 +240,18 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer, cons
             break;
         }
         const ChainEntry& e = *on_path(h);
+        const auto t0 = Clock::now();
         auto fresh = engine.view();
         if (!fresh) return std::unexpected(fresh.error());
         auto bytes = block_bytes(e, *fresh);
         if (!bytes) return std::unexpected(bytes.error());
         auto block = parse_block(*bytes);
         if (!block) return with_context(block.error(), fmt::format("{} (height {})", where(e), h));
+        const auto t1 = Clock::now();
         TipState state(std::move(*fresh));
         auto changes = indexer.changes(*block, h, state);
         if (!changes) return with_context(changes.error(), fmt::format("{} (height {})", where(e), h));
+        const auto t2 = Clock::now();
         changes->block_hash = reversed(e.header.hash);
         if (e.location && near_tip(h) && !e.body_stored) {
             if (Status s = engine.put_aux({{row_key(kBodyPrefix, e.header.hash), *bytes}}); !s) {
@@ -257,6 +260,10 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer, cons
         }
         auto committed = engine.apply(*changes);
         if (!committed) return with_context(committed.error(), fmt::format("{} (height {})", where(e), h));
+        const auto t3 = Clock::now();
+        progress.parse_seconds += std::chrono::duration<double>(t1 - t0).count();
+        progress.index_seconds += std::chrono::duration<double>(t2 - t1).count();
+        progress.commit_seconds += std::chrono::duration<double>(t3 - t2).count();
         ++progress.blocks;
         progress.txs += block->txs.size();
         progress.changed_keys += changes->puts.size() + changes->deletes.size();

@@ -26,6 +26,8 @@ struct LoopProgress {
     std::uint64_t txs = 0;
     std::uint64_t changed_keys = 0;
     double seconds = 0;
+    // Of which: reading and parsing blocks, turning them into changes, committing.
+    double parse_seconds = 0, index_seconds = 0, commit_seconds = 0;
 };
 
 struct LoopOptions {
