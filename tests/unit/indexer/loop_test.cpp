@@ -4,6 +4,7 @@
 
 #include <fstream>
 #include <map>
+#include <random>
 
 #include "stateroot/indexer/change_file.hpp"
 #include "stateroot/indexer/loop.hpp"
@@ -220,7 +221,10 @@ TEST_CASE("loop: an XOR-obfuscated block directory replays to the same roots", "
     Db plain;
     REQUIRE(plain.index({kMainnet}));
     test::TempDir dir;
-    const XorKey key{0x3c, 0x9a, 0x01, 0xff, 0x42, 0x00, 0x7e, 0xd5};
+    XorKey key;
+    std::random_device rd;
+    for (auto& b : key) b = static_cast<std::uint8_t>(rd());
+    INFO("xor key " << to_hex(key));
     Bytes data = read_file(kMainnet);
     for (std::size_t i = 0; i < data.size(); ++i) data[i] ^= key[i % 8];
     write_file(dir.sub("blk00000.dat"), data);
