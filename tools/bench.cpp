@@ -65,7 +65,8 @@ std::uint64_t peak_rss_kb() {
 double percentile(std::vector<double> v, double p) {
     if (v.empty()) return 0;
     std::sort(v.begin(), v.end());
-    const std::size_t i = std::min(v.size() - 1, static_cast<std::size_t>(p * f(v.size() - 1) + 0.5));
+    const std::size_t i =
+        std::min(v.size() - 1, static_cast<std::size_t>(p * f(v.size() - 1) + 0.5));
     return v[i];
 }
 
@@ -81,7 +82,8 @@ fs::path temp_dir(const std::string& tag) {
 // Writes `batches` batches of `per_batch` value rows shaped like the engine's (41-byte
 // keys, 1 + 32..128-byte values, in key order as the engine writes them) into a fresh
 // store with the engine's storage options: the storage ceiling for the value rows alone.
-Result<double> raw_rocksdb_keys_per_s(std::uint64_t batches, std::uint64_t per_batch, std::size_t cache_mb) {
+Result<double> raw_rocksdb_keys_per_s(std::uint64_t batches, std::uint64_t per_batch,
+                                      std::size_t cache_mb) {
     const fs::path dir = temp_dir("raw");
     storage::StoreOptions so;
     so.block_cache_mb = cache_mb;
@@ -100,7 +102,8 @@ Result<double> raw_rocksdb_keys_per_s(std::uint64_t batches, std::uint64_t per_b
             std::sort(paths.begin(), paths.end());
             storage::WriteBatch batch;
             for (const auto& path : paths) {
-                batch.put(engine::schema::value_key(path, b), engine::schema::encode_value_row(bench_value(rng)));
+                batch.put(engine::schema::value_key(path, b),
+                          engine::schema::encode_value_row(bench_value(rng)));
             }
             const auto t = Clock::now();
             if (Status s = (*store)->write(batch); !s) return std::unexpected(s.error());
@@ -130,7 +133,8 @@ double node_hashes_per_s() {
 }  // namespace
 
 int run_bench(const BenchOptions& o) {
-    if (o.block_keys == 0 || o.blocks == 0) return fail("--block-keys and --blocks must be positive");
+    if (o.block_keys == 0 || o.blocks == 0)
+        return fail("--block-keys and --blocks must be positive");
     const bool own_dir = o.db.empty();
     const fs::path dir = own_dir ? temp_dir("db") : fs::path(o.db);
     if (!own_dir && fs::exists(dir) && !fs::is_empty(dir)) {
@@ -177,7 +181,8 @@ int run_bench(const BenchOptions& o) {
         c.height = height++;
         const std::uint64_t inserts = o.block_keys / 5;
         const std::uint64_t deletes = std::min<std::uint64_t>(o.block_keys / 10, live.size() / 2);
-        const std::uint64_t updates = std::min<std::uint64_t>(o.block_keys - inserts - deletes, live.size() / 2);
+        const std::uint64_t updates =
+            std::min<std::uint64_t>(o.block_keys - inserts - deletes, live.size() / 2);
         std::unordered_set<std::uint64_t> picked;  // positions in `live`
         auto pick = [&] {
             for (;;) {
@@ -185,14 +190,16 @@ int run_bench(const BenchOptions& o) {
                 if (picked.insert(p).second) return p;
             }
         };
-        for (std::uint64_t i = 0; i < updates; ++i) c.puts.emplace_back(bench_key(o.seed, live[pick()]), bench_value(rng));
+        for (std::uint64_t i = 0; i < updates; ++i)
+            c.puts.emplace_back(bench_key(o.seed, live[pick()]), bench_value(rng));
         std::vector<std::uint64_t> gone;
         for (std::uint64_t i = 0; i < deletes; ++i) {
             const std::uint64_t p = pick();
             c.deletes.push_back(bench_key(o.seed, live[p]));
             gone.push_back(p);
         }
-        for (std::uint64_t i = 0; i < inserts; ++i) c.puts.emplace_back(bench_key(o.seed, next_key++), bench_value(rng));
+        for (std::uint64_t i = 0; i < inserts; ++i)
+            c.puts.emplace_back(bench_key(o.seed, next_key++), bench_value(rng));
 
         const auto t = Clock::now();
         auto r = eng.apply(c);
@@ -254,21 +261,25 @@ int run_bench(const BenchOptions& o) {
         {"encode_us_per_key", encode_s * 1e6 / f(changed)},
         {"write_us_per_key", write_s * 1e6 / f(changed)},
     };
-    fmt::print("stateroot bench: N = {} keys, K = {} changed keys per height, B = {} heights\n", o.keys,
-               o.block_keys, o.blocks);
-    fmt::print("  commit:    {:.0f} changed keys/s, p50 {:.2f} ms, p99 {:.2f} ms per height\n", keys_per_s,
-               percentile(latencies_ms, 0.50), percentile(latencies_ms, 0.99));
-    fmt::print("  per key:   {:.1f} node hashes, {:.2f} node reads, {:.2f} rows, {:.0f} bytes written\n",
-               hashes_per_key, f(reads) / f(changed), f(rows) / f(changed),
-               f(bytes) / f(changed));
+    fmt::print("stateroot bench: N = {} keys, K = {} changed keys per height, B = {} heights\n",
+               o.keys, o.block_keys, o.blocks);
+    fmt::print("  commit:    {:.0f} changed keys/s, p50 {:.2f} ms, p99 {:.2f} ms per height\n",
+               keys_per_s, percentile(latencies_ms, 0.50), percentile(latencies_ms, 0.99));
+    fmt::print(
+        "  per key:   {:.1f} node hashes, {:.2f} node reads, {:.2f} rows, {:.0f} bytes written\n",
+        hashes_per_key, f(reads) / f(changed), f(rows) / f(changed), f(bytes) / f(changed));
     const double us = 1e6 / f(changed);
-    fmt::print("  µs/key:    {:.2f} prepare (hash keys and values, sort), {:.2f} tree, {:.2f} encode rows, {:.2f} RocksDB write\n",
-               prepare_s * us, tree_s * us, encode_s * us, write_s * us);
+    fmt::print(
+        "  µs/key:    {:.2f} prepare (hash keys and values, sort), {:.2f} tree, {:.2f} encode "
+        "rows, {:.2f} RocksDB write\n",
+        prepare_s * us, tree_s * us, encode_s * us, write_s * us);
     fmt::print("  disk:      {:.0f} bytes per live key ({} live keys); peak RSS {:.0f} MiB\n",
                live_keys ? f(disk) / f(live_keys) : 0.0, live_keys, f(rss_kb) / 1024.0);
-    fmt::print("  ceilings:  raw RocksDB {:.0f} rows/s ({:.0f} %), SHA-256 {:.0f} node hashes/s = {:.0f} keys/s ({:.0f} %)\n",
-               *raw, 100 * keys_per_s / *raw, hash_rate, hash_ceiling,
-               hash_ceiling > 0 ? 100 * keys_per_s / hash_ceiling : 0.0);
+    fmt::print(
+        "  ceilings:  raw RocksDB {:.0f} rows/s ({:.0f} %), SHA-256 {:.0f} node hashes/s = {:.0f} "
+        "keys/s ({:.0f} %)\n",
+        *raw, 100 * keys_per_s / *raw, hash_rate, hash_ceiling,
+        hash_ceiling > 0 ? 100 * keys_per_s / hash_ceiling : 0.0);
     fmt::print("  preload:   {:.1f} s\n", preload_s);
     if (o.json) fmt::print("{}\n", j.dump());
     return kExitOk;

@@ -26,33 +26,39 @@ std::string progress_line(const indexer::LoopProgress& p, std::uint64_t first_he
     const double done = static_cast<double>(p.height - first_height + 1);
     const double secs = std::max(p.seconds, 1e-9);
     const double bps = static_cast<double>(p.blocks) / secs;
-    return fmt::format("height {} / {} ({:.1f} %)  {:.0f} blocks/s  {:.0f} tx/s  {:.0f} keys/s  ETA {}", p.height,
-                       p.target, 100 * done / span, bps, static_cast<double>(p.txs) / secs,
-                       static_cast<double>(p.changed_keys) / secs,
-                       eta(bps > 0 ? static_cast<double>(p.target - p.height) / bps : -1));
+    return fmt::format(
+        "height {} / {} ({:.1f} %)  {:.0f} blocks/s  {:.0f} tx/s  {:.0f} keys/s  ETA {}", p.height,
+        p.target, 100 * done / span, bps, static_cast<double>(p.txs) / secs,
+        static_cast<double>(p.changed_keys) / secs,
+        eta(bps > 0 ? static_cast<double>(p.target - p.height) / bps : -1));
 }
 
 // The blocks of the files given: blk-framed when a file starts with the network magic
 // (or zero padding), else one raw block.
-Result<std::vector<indexer::FoundBlock>> scan_inputs(const IndexOptions& o, indexer::Network network) {
+Result<std::vector<indexer::FoundBlock>> scan_inputs(const IndexOptions& o,
+                                                     indexer::Network network) {
     if (!o.blocks_dir.empty()) return indexer::scan_blocks_dir(o.blocks_dir, network);
     std::vector<indexer::FoundBlock> all;
     const auto magic = indexer::network_magic(network);
     for (const std::string& file : o.block_files) {
         std::ifstream in(file, std::ios::binary);
-        if (!in) return make_error(ErrorCode::kInvalidArgument, fmt::format("cannot read {}", file));
+        if (!in)
+            return make_error(ErrorCode::kInvalidArgument, fmt::format("cannot read {}", file));
         std::array<std::uint8_t, 4> head{};
         in.read(reinterpret_cast<char*>(head.data()), 4);
-        for (indexer::Network other : {indexer::Network::kMainnet, indexer::Network::kTestnet3, indexer::Network::kTestnet4,
-                                       indexer::Network::kSignet, indexer::Network::kRegtest}) {
+        for (indexer::Network other :
+             {indexer::Network::kMainnet, indexer::Network::kTestnet3, indexer::Network::kTestnet4,
+              indexer::Network::kSignet, indexer::Network::kRegtest}) {
             if (other != network && in.gcount() == 4 && head == indexer::network_magic(other)) {
-                return make_error(ErrorCode::kInvalidArgument,
-                                  fmt::format("{}: offset 0: magic {} is {}'s, not {}'s (use --network {})", file,
-                                              to_hex(head), indexer::network_name(other), indexer::network_name(network),
-                                              indexer::network_name(other)));
+                return make_error(
+                    ErrorCode::kInvalidArgument,
+                    fmt::format("{}: offset 0: magic {} is {}'s, not {}'s (use --network {})", file,
+                                to_hex(head), indexer::network_name(other),
+                                indexer::network_name(network), indexer::network_name(other)));
             }
         }
-        const bool framed = in.gcount() == 4 && (head == magic || head == std::array<std::uint8_t, 4>{});
+        const bool framed =
+            in.gcount() == 4 && (head == magic || head == std::array<std::uint8_t, 4>{});
         if (framed) {
             auto found = indexer::scan_blk_file(file, network);
             if (!found) return std::unexpected(found.error());
@@ -72,8 +78,11 @@ int run_index_command(const IndexOptions& o) {
     // Before anything else, so that a signal at any moment takes the clean path.
     install_stop_handlers();
     const auto network = indexer::parse_network(o.network);
-    if (!network) return fail(fmt::format("unknown network \"{}\" (mainnet, testnet3, testnet4, signet, regtest)", o.network));
-    if (o.block_files.empty() == o.blocks_dir.empty()) return fail("give either --blocks FILE... or --blocks-dir DIR");
+    if (!network)
+        return fail(fmt::format(
+            "unknown network \"{}\" (mainnet, testnet3, testnet4, signet, regtest)", o.network));
+    if (o.block_files.empty() == o.blocks_dir.empty())
+        return fail("give either --blocks FILE... or --blocks-dir DIR");
     auto indexer = indexer::make_indexer(o.indexer, o.allow_missing_prevouts);
     if (!indexer) return fail(indexer.error());
     auto engine = engine::Engine::open(o.db);
@@ -111,23 +120,30 @@ int run_index_command(const IndexOptions& o) {
     if (t.blocks == 0 && result->rolled_back == 0 && !result->stopped) {
         spdlog::info("nothing new to index");
     } else {
-        spdlog::info("{} {} blocks, {} transactions, {} changed keys in {:.2f} s ({:.0f} blocks/s, {:.0f} tx/s, {:.0f} keys/s)",
-                 result->stopped ? "stopped after" : "indexed", t.blocks, t.txs, t.changed_keys, t.seconds,
-                 static_cast<double>(t.blocks) / secs, static_cast<double>(t.txs) / secs,
-                     static_cast<double>(t.changed_keys) / secs);
+        spdlog::info(
+            "{} {} blocks, {} transactions, {} changed keys in {:.2f} s ({:.0f} blocks/s, {:.0f} "
+            "tx/s, {:.0f} keys/s)",
+            result->stopped ? "stopped after" : "indexed", t.blocks, t.txs, t.changed_keys,
+            t.seconds, static_cast<double>(t.blocks) / secs, static_cast<double>(t.txs) / secs,
+            static_cast<double>(t.changed_keys) / secs);
     }
     if (t.blocks > 0) {
-        auto rate = [](std::uint64_t n, double s) { return s > 0 ? static_cast<double>(n) / s : 0.0; };
-        spdlog::info("  parse {:.3f} s ({:.0f} blocks/s, {:.0f} tx/s); indexer {:.3f} s; commit {:.3f} s ({:.0f} keys/s)",
-                     t.parse_seconds, rate(t.blocks, t.parse_seconds), rate(t.txs, t.parse_seconds), t.index_seconds,
-                     t.commit_seconds, rate(t.changed_keys, t.commit_seconds));
+        auto rate = [](std::uint64_t n, double s) {
+            return s > 0 ? static_cast<double>(n) / s : 0.0;
+        };
+        spdlog::info(
+            "  parse {:.3f} s ({:.0f} blocks/s, {:.0f} tx/s); indexer {:.3f} s; commit {:.3f} s "
+            "({:.0f} keys/s)",
+            t.parse_seconds, rate(t.blocks, t.parse_seconds), rate(t.txs, t.parse_seconds),
+            t.index_seconds, t.commit_seconds, rate(t.changed_keys, t.commit_seconds));
     }
     if (result->stopped) spdlog::info("stopped by a signal; run again to continue");
     if (!result->tip) {
         fmt::print("empty\n");
         return kExitOk;
     }
-    fmt::print("{} {} {}\n", *result->tip, indexer::display_hex(result->block_hash), result->root.hex());
+    fmt::print("{} {} {}\n", *result->tip, indexer::display_hex(result->block_hash),
+               result->root.hex());
     return kExitOk;
 }
 

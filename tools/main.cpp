@@ -1,9 +1,9 @@
 // stateroot: the command-line interface.
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -19,7 +19,8 @@ using engine::Engine;
 
 Result<Bytes> parse_hex_arg(const std::string& text, const char* what) {
     auto b = from_hex(text);
-    if (!b) return make_error(ErrorCode::kInvalidArgument, fmt::format("{} is not valid hex", what));
+    if (!b)
+        return make_error(ErrorCode::kInvalidArgument, fmt::format("{} is not valid hex", what));
     return *b;
 }
 
@@ -30,7 +31,9 @@ std::optional<std::uint64_t> opt_height(const CLI::Option* opt, std::uint64_t va
 int cmd_apply(const std::string& db, const std::string& file) {
     auto e = Engine::open(db);
     if (!e) return fail(e.error());
-    auto print = [](const engine::CommitResult& r) { fmt::print("{} {}\n", r.height, r.root.hex()); };
+    auto print = [](const engine::CommitResult& r) {
+        fmt::print("{} {}\n", r.height, r.root.hex());
+    };
     Status s;
     if (file == "-") {
         s = indexer::apply_change_stream(**e, std::cin, "<stdin>", print);
@@ -56,7 +59,8 @@ int cmd_root(const std::string& db, std::optional<std::uint64_t> height) {
     return kExitOk;
 }
 
-int cmd_get(const std::string& db, const std::string& key_hex, std::optional<std::uint64_t> height) {
+int cmd_get(const std::string& db, const std::string& key_hex,
+            std::optional<std::uint64_t> height) {
     auto key = parse_hex_arg(key_hex, "--key");
     if (!key) return fail(key.error());
     auto e = open_for_reading(db);
@@ -75,7 +79,8 @@ int cmd_get(const std::string& db, const std::string& key_hex, std::optional<std
     return kExitOk;
 }
 
-int cmd_prove(const std::string& db, const std::string& key_hex, std::optional<std::uint64_t> height) {
+int cmd_prove(const std::string& db, const std::string& key_hex,
+              std::optional<std::uint64_t> height) {
     auto key = parse_hex_arg(key_hex, "--key");
     if (!key) return fail(key.error());
     auto e = open_for_reading(db);
@@ -161,12 +166,13 @@ int cmd_info(const std::string& db) {
     auto e = open_for_reading(db);
     if (!e) return fail(e.error());
     const Engine& eng = **e;
-    nlohmann::json j{{"format_version", engine::schema::kFormatVersion},
-                     {"first", eng.first() ? nlohmann::json(*eng.first()) : nlohmann::json(nullptr)},
-                     {"tip", eng.tip() ? nlohmann::json(*eng.tip()) : nlohmann::json(nullptr)},
-                     {"root", eng.tip() ? nlohmann::json(eng.root().hex()) : nlohmann::json(nullptr)},
-                     {"live_keys", eng.live_keys()},
-                     {"bytes_on_disk", (*e)->store().disk_bytes()}};
+    nlohmann::json j{
+        {"format_version", engine::schema::kFormatVersion},
+        {"first", eng.first() ? nlohmann::json(*eng.first()) : nlohmann::json(nullptr)},
+        {"tip", eng.tip() ? nlohmann::json(*eng.tip()) : nlohmann::json(nullptr)},
+        {"root", eng.tip() ? nlohmann::json(eng.root().hex()) : nlohmann::json(nullptr)},
+        {"live_keys", eng.live_keys()},
+        {"bytes_on_disk", (*e)->store().disk_bytes()}};
     fmt::print("{}\n", j.dump(2));
     return kExitOk;
 }
@@ -207,7 +213,8 @@ Result<std::unique_ptr<Engine>> open_for_reading(const std::string& db) {
     return Engine::open(db, options);
 }
 
-Result<std::uint64_t> resolve_height(const engine::View& view, std::optional<std::uint64_t> height) {
+Result<std::uint64_t> resolve_height(const engine::View& view,
+                                     std::optional<std::uint64_t> height) {
     if (height) return *height;
     if (!view.tip()) return make_error(ErrorCode::kNotFound, "the database is empty");
     return *view.tip();
@@ -222,7 +229,8 @@ int main(int argc, char** argv) {
     std::uint64_t height = 0;
     std::int64_t signed_height = 0;
 
-    auto* apply = app.add_subcommand("apply", "Apply a change file (JSON lines, one height each; - for stdin)");
+    auto* apply = app.add_subcommand(
+        "apply", "Apply a change file (JSON lines, one height each; - for stdin)");
     apply->add_option("--db", db, "Database directory (created if missing)")->required();
     apply->add_option("file", file, "Change file, or - for stdin")->required();
 
@@ -230,60 +238,91 @@ int main(int argc, char** argv) {
     root->add_option("--db", db, "Database directory")->required();
     auto* root_h = root->add_option("--height", height, "Height");
 
-    auto* get = app.add_subcommand("get", "Print the value of a key at a height (exit 1 if absent)");
+    auto* get =
+        app.add_subcommand("get", "Print the value of a key at a height (exit 1 if absent)");
     get->add_option("--db", db, "Database directory")->required();
     get->add_option("--key", key, "Key in hex")->required();
     auto* get_h = get->add_option("--height", height, "Height (default: the tip)");
 
-    auto* prove = app.add_subcommand("prove", "Print an inclusion or exclusion proof of a key (JSON)");
+    auto* prove =
+        app.add_subcommand("prove", "Print an inclusion or exclusion proof of a key (JSON)");
     prove->add_option("--db", db, "Database directory")->required();
     prove->add_option("--key", key, "Key in hex")->required();
     auto* prove_h = prove->add_option("--height", height, "Height (default: the tip)");
 
-    auto* verify = app.add_subcommand("verify", "Verify a proof file: prints valid (exit 0) or invalid: <reason> (exit 1)");
-    verify->add_option("--proof", file, "Proof file (JSON, as printed by prove; - for stdin)")->required();
-    verify->add_option("--root", root_hex, "Trusted root to check against (default: the proof's own root)");
+    auto* verify = app.add_subcommand(
+        "verify", "Verify a proof file: prints valid (exit 0) or invalid: <reason> (exit 1)");
+    verify->add_option("--proof", file, "Proof file (JSON, as printed by prove; - for stdin)")
+        ->required();
+    verify->add_option("--root", root_hex,
+                       "Trusted root to check against (default: the proof's own root)");
     verify->add_option("--db", db, "Check against this database's root at the proof's height");
 
-    auto* rollback = app.add_subcommand("rollback", "Remove every height above --height (-1 or below the first: all)");
+    auto* rollback = app.add_subcommand(
+        "rollback", "Remove every height above --height (-1 or below the first: all)");
     rollback->add_option("--db", db, "Database directory")->required();
     rollback->add_option("--height", signed_height, "Height to keep as the new tip")->required();
 
-    auto* info = app.add_subcommand("info", "Print format version, tip, live keys and bytes on disk (JSON)");
+    auto* info =
+        app.add_subcommand("info", "Print format version, tip, live keys and bytes on disk (JSON)");
     info->add_option("--db", db, "Database directory")->required();
 
-    auto* check = app.add_subcommand("check", "Recompute the root at a height from the stored values and compare");
+    auto* check = app.add_subcommand(
+        "check", "Recompute the root at a height from the stored values and compare");
     check->add_option("--db", db, "Database directory")->required();
     auto* check_h = check->add_option("--height", height, "Height (default: the tip)");
 
-    auto* blockhash = app.add_subcommand("blockhash", "Print the block hash stored for a height (display order; exit 1 if none)");
+    auto* blockhash = app.add_subcommand(
+        "blockhash", "Print the block hash stored for a height (display order; exit 1 if none)");
     blockhash->add_option("--db", db, "Database directory")->required();
     auto* blockhash_h = blockhash->add_option("--height", height, "Height (default: the tip)");
 
     IndexOptions index_opts;
     std::uint64_t exit_at = 0, start_height = 0;
-    auto* index = app.add_subcommand("index", "Replay blocks from files in height order along the best chain (reorg-safe)");
+    auto* index = app.add_subcommand(
+        "index", "Replay blocks from files in height order along the best chain (reorg-safe)");
     index->add_option("--db", index_opts.db, "Database directory (created if missing)")->required();
-    index->add_option("--blocks", index_opts.block_files, "blk-framed or raw block files, in any order");
-    index->add_option("--blocks-dir", index_opts.blocks_dir, "A Bitcoin Core blocks directory (blk?????.dat, xor.dat)");
-    index->add_option("--network", index_opts.network, "mainnet, testnet3, testnet4, signet or regtest")->capture_default_str();
-    index->add_option("--indexer", index_opts.indexer, "The indexer turning blocks into changes")->capture_default_str();
+    index->add_option("--blocks", index_opts.block_files,
+                      "blk-framed or raw block files, in any order");
+    index->add_option("--blocks-dir", index_opts.blocks_dir,
+                      "A Bitcoin Core blocks directory (blk?????.dat, xor.dat)");
+    index
+        ->add_option("--network", index_opts.network,
+                     "mainnet, testnet3, testnet4, signet or regtest")
+        ->capture_default_str();
+    index->add_option("--indexer", index_opts.indexer, "The indexer turning blocks into changes")
+        ->capture_default_str();
     auto* exit_at_opt = index->add_option("--exit-at", exit_at, "Stop after this height");
-    index->add_option("--max-reorg-depth", index_opts.max_reorg_depth, "Deepest rollback a reorg may make")->capture_default_str();
+    index
+        ->add_option("--max-reorg-depth", index_opts.max_reorg_depth,
+                     "Deepest rollback a reorg may make")
+        ->capture_default_str();
     index->add_flag("--allow-missing-prevouts", index_opts.allow_missing_prevouts,
-                    "Start mid-chain: skip spends of unknown outputs; on an empty database the first block may have an unknown parent");
-    auto* start_opt = index->add_option("--start-height", start_height, "Height of that first block (default: its BIP34 coinbase height)");
+                    "Start mid-chain: skip spends of unknown outputs; on an empty database the "
+                    "first block may have an unknown parent");
+    auto* start_opt =
+        index->add_option("--start-height", start_height,
+                          "Height of that first block (default: its BIP34 coinbase height)");
 
     BenchOptions bench_opts;
-    auto* bench = app.add_subcommand("bench", "Measure commit throughput and latency against this machine's ceilings");
-    bench->add_option("--keys", bench_opts.keys, "Keys preloaded before measuring (N)")->capture_default_str();
-    bench->add_option("--block-keys", bench_opts.block_keys, "Changed keys per height (K)")->capture_default_str();
+    auto* bench = app.add_subcommand(
+        "bench", "Measure commit throughput and latency against this machine's ceilings");
+    bench->add_option("--keys", bench_opts.keys, "Keys preloaded before measuring (N)")
+        ->capture_default_str();
+    bench->add_option("--block-keys", bench_opts.block_keys, "Changed keys per height (K)")
+        ->capture_default_str();
     bench->add_option("--blocks", bench_opts.blocks, "Heights measured (B)")->capture_default_str();
-    bench->add_option("--db", bench_opts.db, "Database directory (default: a temporary one, removed after)");
-    bench->add_flag("--json", bench_opts.json, "Print one JSON object with the results as the last line");
+    bench->add_option("--db", bench_opts.db,
+                      "Database directory (default: a temporary one, removed after)");
+    bench->add_flag("--json", bench_opts.json,
+                    "Print one JSON object with the results as the last line");
     bench->add_option("--seed", bench_opts.seed, "Random seed")->capture_default_str();
-    bench->add_option("--preload-batch", bench_opts.preload_batch, "Keys per height while preloading")->capture_default_str();
-    bench->add_option("--cache-mb", bench_opts.cache_mb, "RocksDB block cache in MiB")->capture_default_str();
+    bench
+        ->add_option("--preload-batch", bench_opts.preload_batch,
+                     "Keys per height while preloading")
+        ->capture_default_str();
+    bench->add_option("--cache-mb", bench_opts.cache_mb, "RocksDB block cache in MiB")
+        ->capture_default_str();
 
     try {
         app.parse(argc, argv);

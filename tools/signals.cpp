@@ -17,7 +17,8 @@ void on_signal(int) {
         (void)!write(STDERR_FILENO, kMsg, sizeof kMsg - 1);
         _exit(130);
     }
-    constexpr char kMsg[] = "\nstateroot: stopping after the current height (signal again to exit now)\n";
+    constexpr char kMsg[] =
+        "\nstateroot: stopping after the current height (signal again to exit now)\n";
     (void)!write(STDERR_FILENO, kMsg, sizeof kMsg - 1);
 }
 

@@ -15,8 +15,8 @@ Status check_key_size(ByteView key) {
     if (key.empty()) return make_error(ErrorCode::kInvalidArgument, "empty key");
     if (key.size() > kMaxKeySize) {
         return make_error(ErrorCode::kInvalidArgument,
-                          fmt::format("key {} is longer than the {}-byte limit", key_for_message(key),
-                                      kMaxKeySize));
+                          fmt::format("key {} is longer than the {}-byte limit",
+                                      key_for_message(key), kMaxKeySize));
     }
     return {};
 }
@@ -49,9 +49,9 @@ Result<std::vector<NormalChange>> normalize(const Changes& changes) {
     }
     std::sort(out.begin(), out.end(),
               [](const NormalChange& a, const NormalChange& b) { return a.path < b.path; });
-    const auto dup = std::adjacent_find(out.begin(), out.end(), [](const NormalChange& a, const NormalChange& b) {
-        return a.path == b.path;
-    });
+    const auto dup = std::adjacent_find(
+        out.begin(), out.end(),
+        [](const NormalChange& a, const NormalChange& b) { return a.path == b.path; });
     if (dup != out.end()) {
         return make_error(ErrorCode::kInvalidArgument,
                           fmt::format("key {} appears more than once", key_for_message(*dup->key)));

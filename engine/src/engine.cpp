@@ -26,8 +26,9 @@ Bytes be64(std::uint64_t v) {
     return b;
 }
 
-Result<std::optional<std::uint64_t>> read_meta_height(const storage::Store& store, std::string_view name,
-                                                      const std::shared_ptr<const storage::Snapshot>& snap) {
+Result<std::optional<std::uint64_t>> read_meta_height(
+    const storage::Store& store, std::string_view name,
+    const std::shared_ptr<const storage::Snapshot>& snap) {
     auto v = store.get(schema::meta_key(name), snap);
     if (!v) return std::unexpected(v.error());
     if (!*v) return std::optional<std::uint64_t>();
@@ -42,7 +43,8 @@ Result<schema::HeightRecord> read_record(const storage::Store& store, std::uint6
     auto v = store.get(schema::height_key(height), snap);
     if (!v) return std::unexpected(v.error());
     if (!*v) {
-        return make_error(ErrorCode::kCorruption, fmt::format("height record {} is missing", height));
+        return make_error(ErrorCode::kCorruption,
+                          fmt::format("height record {} is missing", height));
     }
     return schema::decode_height_record(**v, height);
 }
@@ -53,9 +55,11 @@ Result<schema::HeightRecord> read_record(const storage::Store& store, std::uint6
 
 Result<std::unique_ptr<Engine>> Engine::open(const std::string& dir, const EngineOptions& options) {
     std::error_code ec;
-    if (fs::is_directory(dir, ec) && !fs::is_empty(dir, ec) && !fs::exists(fs::path(dir) / "CURRENT", ec)) {
-        return make_error(ErrorCode::kInvalidArgument,
-                          fmt::format("{} is not a stateroot database (it holds other files)", dir));
+    if (fs::is_directory(dir, ec) && !fs::is_empty(dir, ec) &&
+        !fs::exists(fs::path(dir) / "CURRENT", ec)) {
+        return make_error(
+            ErrorCode::kInvalidArgument,
+            fmt::format("{} is not a stateroot database (it holds other files)", dir));
     }
     storage::StoreOptions so = options.store;
     so.create_if_missing = !options.must_exist && !options.read_only;
@@ -117,13 +121,15 @@ Status Engine::load() {
 Result<CommitResult> Engine::check_committed(const Changes& changes, const Hash& digest) {
     auto rec = read_record(*store_, changes.height, nullptr);
     if (!rec) return std::unexpected(rec.error());
-    const bool hash_differs = changes.block_hash && rec->block_hash && *changes.block_hash != *rec->block_hash;
+    const bool hash_differs =
+        changes.block_hash && rec->block_hash && *changes.block_hash != *rec->block_hash;
     if (rec->digest != digest || hash_differs) {
-        return make_error(ErrorCode::kConflict,
-                          fmt::format("height {} is already committed with different {}; to replace "
-                                      "it, roll back first (stateroot rollback --height {})",
-                                      changes.height, hash_differs ? "block hash" : "changes",
-                                      static_cast<std::int64_t>(changes.height) - 1));
+        return make_error(
+            ErrorCode::kConflict,
+            fmt::format("height {} is already committed with different {}; to replace "
+                        "it, roll back first (stateroot rollback --height {})",
+                        changes.height, hash_differs ? "block hash" : "changes",
+                        static_cast<std::int64_t>(changes.height) - 1));
     }
     CommitResult r;
     r.height = changes.height;
@@ -147,8 +153,9 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
     const std::uint64_t h = changes.height;
     if (tip_ && h <= *tip_) {
         if (h < *first_) {
-            return make_error(ErrorCode::kInvalidArgument,
-                              fmt::format("height {} is below the first committed height {}", h, *first_));
+            return make_error(
+                ErrorCode::kInvalidArgument,
+                fmt::format("height {} is below the first committed height {}", h, *first_));
         }
         return check_committed(changes, changes_digest(*normal));
     }
@@ -157,7 +164,8 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
                           fmt::format("height gap: the next height is {}, got {}", *tip_ + 1, h));
     }
     if (h == ~std::uint64_t{0}) {
-        return make_error(ErrorCode::kInvalidArgument, "height 18446744073709551615 is out of range");
+        return make_error(ErrorCode::kInvalidArgument,
+                          "height 18446744073709551615 is out of range");
     }
 
     std::vector<TreeChange> tree_changes(normal->size());
@@ -177,8 +185,9 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
     for (std::size_t i = 0; i < normal->size(); ++i) {
         const NormalChange& c = (*normal)[i];
         index[i] = {c.value != nullptr, *c.key};
-        batch.put(schema::value_key(c.path, h),
-                  schema::encode_value_row(c.value ? std::optional<ByteView>(*c.value) : std::nullopt));
+        batch.put(
+            schema::value_key(c.path, h),
+            schema::encode_value_row(c.value ? std::optional<ByteView>(*c.value) : std::nullopt));
     }
 
     schema::HeightRecord rec;
@@ -186,13 +195,15 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
     rec.root_id = update->root_id;
     rec.first_chunk = writer.first_chunk();
     rec.end_chunk = writer.end_chunk();
-    rec.live_keys = static_cast<std::uint64_t>(static_cast<std::int64_t>(live_keys_) + update->live_key_delta);
+    rec.live_keys =
+        static_cast<std::uint64_t>(static_cast<std::int64_t>(live_keys_) + update->live_key_delta);
     rec.digest = changes_digest(*normal);
     rec.block_hash = changes.block_hash;
 
     batch.put(schema::changes_key(h), schema::encode_change_index(index));
     writer.write_to(batch);
-    if (!update->stale_ids.empty()) batch.put(schema::stale_key(h), schema::encode_stale(update->stale_ids));
+    if (!update->stale_ids.empty())
+        batch.put(schema::stale_key(h), schema::encode_stale(update->stale_ids));
     batch.put(schema::height_key(h), schema::encode(rec));
     batch.put(schema::meta_key(schema::kMetaTip), be64(h));
     if (!first_) batch.put(schema::meta_key(schema::kMetaFirst), be64(h));
@@ -232,12 +243,14 @@ Status Engine::rollback(std::optional<std::uint64_t> height) {
         auto idx_row = store_->get(schema::changes_key(t));
         if (!idx_row) return std::unexpected(idx_row.error());
         if (!*idx_row) {
-            return make_error(ErrorCode::kCorruption, fmt::format("change index of height {} is missing", t));
+            return make_error(ErrorCode::kCorruption,
+                              fmt::format("change index of height {} is missing", t));
         }
         auto index = schema::decode_change_index(**idx_row, t);
         if (!index) return std::unexpected(index.error());
         for (const schema::ChangeEntry& e : *index) batch.del(schema::value_key(sha256(e.key), t));
-        for (std::uint64_t c = rec->first_chunk; c < rec->end_chunk; ++c) batch.del(schema::node_chunk_key(c));
+        for (std::uint64_t c = rec->first_chunk; c < rec->end_chunk; ++c)
+            batch.del(schema::node_chunk_key(c));
         batch.del(schema::changes_key(t));
         batch.del(schema::stale_key(t));
         batch.del(schema::height_key(t));
@@ -276,13 +289,14 @@ Result<View> Engine::view() const {
 // ------------------------------------------------------------------------------ View
 
 View::View(const storage::Store& store, std::shared_ptr<const storage::Snapshot> snapshot)
-    : store_(store), snapshot_(std::move(snapshot)),
+    : store_(store),
+      snapshot_(std::move(snapshot)),
       nodes_(std::make_unique<NodeReader>(store, snapshot_)) {}
 
 Status View::check_height(std::uint64_t height) const {
     if (!tip_ || height < *first_ || height > *tip_) {
-        return make_error(ErrorCode::kNotFound,
-                          fmt::format("height {} not found ({})", height, describe_heights(first_, tip_)));
+        return make_error(ErrorCode::kNotFound, fmt::format("height {} not found ({})", height,
+                                                            describe_heights(first_, tip_)));
     }
     return {};
 }
@@ -354,7 +368,8 @@ Result<std::vector<StoredChange>> View::changes(std::uint64_t height) const {
     auto row = store_.get(schema::changes_key(height), snapshot_);
     if (!row) return std::unexpected(row.error());
     if (!*row) {
-        return make_error(ErrorCode::kCorruption, fmt::format("change index of height {} is missing", height));
+        return make_error(ErrorCode::kCorruption,
+                          fmt::format("change index of height {} is missing", height));
     }
     auto index = schema::decode_change_index(**row, height);
     if (!index) return std::unexpected(index.error());
@@ -365,7 +380,8 @@ Result<std::vector<StoredChange>> View::changes(std::uint64_t height) const {
         if (e.put) {
             auto v = store_.get(schema::value_key(sha256(c.key), height), snapshot_);
             if (!v) return std::unexpected(v.error());
-            const auto decoded = *v ? schema::decode_value_row(**v) : Result<std::optional<ByteView>>();
+            const auto decoded =
+                *v ? schema::decode_value_row(**v) : Result<std::optional<ByteView>>();
             if (!*v || !decoded || !*decoded) {
                 return make_error(ErrorCode::kCorruption,
                                   fmt::format("value of key {} at height {} is missing",
@@ -382,7 +398,8 @@ Result<std::optional<Bytes>> View::aux(ByteView key) const {
     return store_.get(schema::aux_key(key), snapshot_);
 }
 
-Status View::scan_aux(ByteView prefix, const std::function<void(ByteView key, ByteView value)>& fn) const {
+Status View::scan_aux(ByteView prefix,
+                      const std::function<void(ByteView key, ByteView value)>& fn) const {
     const Bytes start = schema::aux_key(prefix);
     storage::IteratorOptions io;
     io.snapshot = snapshot_;

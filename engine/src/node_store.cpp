@@ -69,7 +69,8 @@ void ChunkWriter::clear() {
     count_ = 0;
 }
 
-NodeReader::NodeReader(const storage::Store& store, std::shared_ptr<const storage::Snapshot> snapshot)
+NodeReader::NodeReader(const storage::Store& store,
+                       std::shared_ptr<const storage::Snapshot> snapshot)
     : store_(store), snapshot_(std::move(snapshot)), cache_(kCachedChunks) {}
 
 void NodeReader::reset() {
@@ -106,7 +107,8 @@ Result<NodeRecord> NodeReader::read(NodeId id) {
     if (!data) return std::unexpected(data.error());
     const Bytes& c = **data;
     auto bad = [&] {
-        return make_error(ErrorCode::kCorruption, fmt::format("corrupt node {} in chunk {}", id, number));
+        return make_error(ErrorCode::kCorruption,
+                          fmt::format("corrupt node {} in chunk {}", id, number));
     };
     if (c.size() < 2) return bad();
     const std::size_t count = std::size_t{c[0]} << 8 | c[1];

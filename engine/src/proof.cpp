@@ -53,14 +53,17 @@ Result<std::optional<Bytes>> optional_hex_field(const json& j, const char* name)
     return std::optional<Bytes>(std::move(*b));
 }
 
-std::unexpected<Error> invalid(const std::string& why) { return make_error(ErrorCode::kInvalid, why); }
+std::unexpected<Error> invalid(const std::string& why) {
+    return make_error(ErrorCode::kInvalid, why);
+}
 
 }  // namespace
 
 Result<Proof> proof_from_json(const json& j) {
     if (!j.is_object()) return not_a_proof("expected a JSON object");
     Proof p;
-    if (!j.contains("height") || !j["height"].is_number_integer() || j["height"].get<std::int64_t>() < 0) {
+    if (!j.contains("height") || !j["height"].is_number_integer() ||
+        j["height"].get<std::int64_t>() < 0) {
         return not_a_proof("\"height\" must be a non-negative integer");
     }
     p.height = j["height"].get<std::uint64_t>();
@@ -103,9 +106,11 @@ Status verify(const Proof& p, const Hash& root) {
         return invalid("a proof of presence cannot carry a non-membership leaf");
     }
     if (p.sibling_data.has_value() != (depth > 0)) {
-        return invalid(depth > 0 ? "sibling_data is missing" : "sibling_data given with no side nodes");
+        return invalid(depth > 0 ? "sibling_data is missing"
+                                 : "sibling_data given with no side nodes");
     }
-    if (p.sibling_data && (p.sibling_data->size() != 65 || sha256(*p.sibling_data) != p.side_nodes[0])) {
+    if (p.sibling_data &&
+        (p.sibling_data->size() != 65 || sha256(*p.sibling_data) != p.side_nodes[0])) {
         return invalid("sibling_data does not hash to the first side node");
     }
 
@@ -128,7 +133,8 @@ Status verify(const Proof& p, const Hash& root) {
     }
     for (std::size_t i = 0; i < depth; ++i) {
         const Hash& s = p.side_nodes[i];
-        cur = bit(p.path, static_cast<int>(depth - 1 - i)) == 1 ? node_hash(s, cur) : node_hash(cur, s);
+        cur = bit(p.path, static_cast<int>(depth - 1 - i)) == 1 ? node_hash(s, cur)
+                                                                : node_hash(cur, s);
     }
     if (cur != root) {
         return invalid(fmt::format("the proof computes root {}, not {}", cur.hex(), root.hex()));
@@ -190,7 +196,8 @@ struct BranchView {
         }
         Hash below = *own_hash;  // hash at depth j + 1 while wrapping level j
         for (int j = rec.depth - 1; j > at; --j) {
-            below = bit(prefix_path, j) == 0 ? node_hash(below, kZeroHash) : node_hash(kZeroHash, below);
+            below = bit(prefix_path, j) == 0 ? node_hash(below, kZeroHash)
+                                             : node_hash(kZeroHash, below);
         }
         Bytes data = bit(prefix_path, at) == 0 ? node_data(kNodePrefix, below, kZeroHash)
                                                : node_data(kNodePrefix, kZeroHash, below);

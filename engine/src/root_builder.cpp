@@ -13,7 +13,8 @@ Hash RootBuilder::hash_at(const Subtree& s, int depth) const {
     return h;
 }
 
-RootBuilder::Subtree RootBuilder::merge(const Subtree& left, const Subtree& right, int depth) const {
+RootBuilder::Subtree RootBuilder::merge(const Subtree& left, const Subtree& right,
+                                        int depth) const {
     return {node_hash(hash_at(left, depth + 1), hash_at(right, depth + 1)), depth, left.path, 0};
 }
 

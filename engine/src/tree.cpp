@@ -38,7 +38,7 @@ struct Tree::Leaf {
 // Fixed-size blocks, so references stay valid while the arena grows.
 template <class T>
 class Tree::Arena {
-public:
+  public:
     std::uint64_t alloc(const T& value) {
         std::uint64_t i;
         if (!free_.empty()) {
@@ -61,7 +61,7 @@ public:
         size_ = 0;
     }
 
-private:
+  private:
     static constexpr int kShift = 12;
     static constexpr std::uint64_t kBlock = std::uint64_t{1} << kShift;
     std::vector<std::unique_ptr<T[]>> blocks_;
@@ -81,16 +81,17 @@ struct Tree::Sub {
     enum Kind : std::uint8_t { kZ, kLeaf, kBranch };
     Kind kind = kZ;
     bool pending = false;
-    Slot slot = kEmpty;      // kLeaf, and kBranch when !pending: the node
-    Hash top;                // kBranch: the hash at depth `at`
+    Slot slot = kEmpty;  // kLeaf, and kBranch when !pending: the node
+    Hash top;            // kBranch: the hash at depth `at`
     int at = 0;
-    int depth = 0;           // pending: split depth
+    int depth = 0;                     // pending: split depth
     Slot child[2] = {kEmpty, kEmpty};  // pending: final children
-    Slot replaced = kEmpty;  // pending: the existing branch this one supersedes
+    Slot replaced = kEmpty;            // pending: the existing branch this one supersedes
 };
 
 Tree::Tree(NodeReader& reader)
-    : reader_(reader), branches_(std::make_unique<Arena<Branch>>()),
+    : reader_(reader),
+      branches_(std::make_unique<Arena<Branch>>()),
       leaves_(std::make_unique<Arena<Leaf>>()) {}
 
 Tree::~Tree() = default;
@@ -128,18 +129,25 @@ Result<Slot> Tree::load(Slot slot) {
 
 NodeId Tree::id_of(Slot slot) const {
     switch (tag(slot)) {
-        case kTagStored: return payload(slot);
-        case kTagBranch: return branches_->at(payload(slot)).id;
-        case kTagLeaf: return leaves_->at(payload(slot)).id;
-        default: return kNoNode;
+        case kTagStored:
+            return payload(slot);
+        case kTagBranch:
+            return branches_->at(payload(slot)).id;
+        case kTagLeaf:
+            return leaves_->at(payload(slot)).id;
+        default:
+            return kNoNode;
     }
 }
 
 Hash Tree::hash_of(const Sub& sub) const {
     switch (sub.kind) {
-        case Sub::kLeaf: return leaves_->at(payload(sub.slot)).hash;
-        case Sub::kBranch: return sub.top;
-        default: return kZeroHash;
+        case Sub::kLeaf:
+            return leaves_->at(payload(sub.slot)).hash;
+        case Sub::kBranch:
+            return sub.top;
+        default:
+            return kZeroHash;
     }
 }
 
@@ -331,8 +339,8 @@ Result<std::optional<Tree::Sub>> Tree::apply_at(Slot* loc, int at, std::span<con
     }
 
     // A branch. Changes are sorted, so those with bit `at` = 0 come first.
-    const auto mid = std::partition_point(cs.begin(), cs.end(),
-                                          [at](const TreeChange& c) { return bit(c.path, at) == 0; });
+    const auto mid = std::partition_point(
+        cs.begin(), cs.end(), [at](const TreeChange& c) { return bit(c.path, at) == 0; });
     const std::size_t m = static_cast<std::size_t>(mid - cs.begin());
     const std::span<const TreeChange> side_cs[2] = {cs.first(m), cs.subspan(m)};
     const std::uint64_t index = payload(slot);

@@ -26,7 +26,7 @@ namespace {
 
 // Reads little-endian fields from a block, failing with the offset where data ran out.
 class Reader {
-public:
+  public:
     explicit Reader(ByteView data) : data_(data) {}
     std::size_t pos() const { return pos_; }
     bool ok() const { return error_.empty(); }
@@ -49,7 +49,8 @@ public:
         const std::size_t at = pos_;
         const std::uint64_t n = compact_size();
         if (ok() && n > (data_.size() - pos_) / std::max<std::size_t>(min_item, 1)) {
-            fail_at(at, fmt::format("{} {} exceeds the {} bytes left", what, n, data_.size() - pos_));
+            fail_at(at,
+                    fmt::format("{} {} exceeds the {} bytes left", what, n, data_.size() - pos_));
         }
         return ok() ? n : 0;
     }
@@ -76,7 +77,7 @@ public:
         if (error_.empty()) error_ = fmt::format("at byte {}: {}", at, why);
     }
 
-private:
+  private:
     bool need(std::uint64_t n) {
         if (!ok()) return false;
         if (n > data_.size() - pos_) {
@@ -126,7 +127,8 @@ Transaction parse_tx(Reader& r) {
     if (segwit) {
         for (std::size_t i = 0; i < tx.inputs.size() && r.ok(); ++i) {
             const std::uint64_t items = r.count("witness item count", 1);
-            for (std::uint64_t k = 0; k < items && r.ok(); ++k) r.skip(r.count("witness item length", 1));
+            for (std::uint64_t k = 0; k < items && r.ok(); ++k)
+                r.skip(r.count("witness item length", 1));
         }
     }
     const std::size_t locktime_at = r.pos();

@@ -22,22 +22,32 @@ std::optional<Network> parse_network(std::string_view name) {
 
 std::string_view network_name(Network n) {
     switch (n) {
-        case Network::kMainnet: return "mainnet";
-        case Network::kTestnet3: return "testnet3";
-        case Network::kTestnet4: return "testnet4";
-        case Network::kSignet: return "signet";
-        case Network::kRegtest: return "regtest";
+        case Network::kMainnet:
+            return "mainnet";
+        case Network::kTestnet3:
+            return "testnet3";
+        case Network::kTestnet4:
+            return "testnet4";
+        case Network::kSignet:
+            return "signet";
+        case Network::kRegtest:
+            return "regtest";
     }
     return "?";
 }
 
 std::array<std::uint8_t, 4> network_magic(Network n) {
     switch (n) {
-        case Network::kMainnet: return {0xf9, 0xbe, 0xb4, 0xd9};
-        case Network::kTestnet3: return {0x0b, 0x11, 0x09, 0x07};
-        case Network::kTestnet4: return {0x1c, 0x16, 0x3f, 0x28};
-        case Network::kSignet: return {0x0a, 0x03, 0xcf, 0x40};
-        case Network::kRegtest: return {0xfa, 0xbf, 0xb5, 0xda};
+        case Network::kMainnet:
+            return {0xf9, 0xbe, 0xb4, 0xd9};
+        case Network::kTestnet3:
+            return {0x0b, 0x11, 0x09, 0x07};
+        case Network::kTestnet4:
+            return {0x1c, 0x16, 0x3f, 0x28};
+        case Network::kSignet:
+            return {0x0a, 0x03, 0xcf, 0x40};
+        case Network::kRegtest:
+            return {0xfa, 0xbf, 0xb5, 0xda};
     }
     return {};
 }
@@ -45,13 +55,15 @@ std::array<std::uint8_t, 4> network_magic(Network n) {
 namespace {
 
 std::unexpected<Error> bad(const std::string& file, std::uint64_t offset, const std::string& why) {
-    return make_error(ErrorCode::kInvalidArgument, fmt::format("{}: offset {}: {}", file, offset, why));
+    return make_error(ErrorCode::kInvalidArgument,
+                      fmt::format("{}: offset {}: {}", file, offset, why));
 }
 
 // A file read at arbitrary offsets with its obfuscation undone.
 class File {
-public:
-    File(const std::string& path, std::optional<XorKey> key) : path_(path), in_(path, std::ios::binary), key_(key) {
+  public:
+    File(const std::string& path, std::optional<XorKey> key)
+        : path_(path), in_(path, std::ios::binary), key_(key) {
         std::error_code ec;
         size_ = fs::file_size(path, ec);
         if (ec) in_.setstate(std::ios::failbit);
@@ -66,7 +78,8 @@ public:
         in_.seekg(static_cast<std::streamoff>(offset));
         in_.read(reinterpret_cast<char*>(b.data()), static_cast<std::streamsize>(n));
         if (!in_) {
-            return make_error(ErrorCode::kIoError, fmt::format("{}: offset {}: read error", path_, offset));
+            return make_error(ErrorCode::kIoError,
+                              fmt::format("{}: offset {}: read error", path_, offset));
         }
         if (key_) {
             for (std::uint64_t i = 0; i < n; ++i) b[i] ^= (*key_)[(offset + i) % 8];
@@ -74,7 +87,7 @@ public:
         return b;
     }
 
-private:
+  private:
     std::string path_;
     std::ifstream in_;
     std::optional<XorKey> key_;
@@ -86,7 +99,8 @@ private:
 Result<std::vector<FoundBlock>> scan_blk_file(const std::string& path, Network network,
                                               const std::optional<XorKey>& xor_key) {
     File f(path, xor_key);
-    if (!f.ok()) return make_error(ErrorCode::kInvalidArgument, fmt::format("cannot read {}", path));
+    if (!f.ok())
+        return make_error(ErrorCode::kInvalidArgument, fmt::format("cannot read {}", path));
     const auto magic = network_magic(network);
     std::vector<FoundBlock> out;
     std::uint64_t pos = 0;
@@ -95,7 +109,8 @@ Result<std::vector<FoundBlock>> scan_blk_file(const std::string& path, Network n
         // Skip zero padding (Bitcoin Core preallocates files and fills them with zeros).
         auto head = f.read(pos, kChunk);
         if (!head) return std::unexpected(head.error());
-        const auto nonzero = std::find_if(head->begin(), head->end(), [](std::uint8_t b) { return b != 0; });
+        const auto nonzero =
+            std::find_if(head->begin(), head->end(), [](std::uint8_t b) { return b != 0; });
         if (nonzero == head->end()) {
             pos += head->size();
             continue;
@@ -104,21 +119,29 @@ Result<std::vector<FoundBlock>> scan_blk_file(const std::string& path, Network n
         auto frame = f.read(pos, 8 + kHeaderSize);
         if (!frame) return std::unexpected(frame.error());
         if (frame->size() < 8) {
-            return bad(path, pos, fmt::format("truncated record: {} bytes left, a record header needs 8", frame->size()));
+            return bad(path, pos,
+                       fmt::format("truncated record: {} bytes left, a record header needs 8",
+                                   frame->size()));
         }
         if (!std::equal(magic.begin(), magic.end(), frame->begin())) {
-            return bad(path, pos, fmt::format("wrong magic {} (expected {} for {})", to_hex(ByteView(*frame).first(4)),
-                                              to_hex(magic), network_name(network)));
+            return bad(path, pos,
+                       fmt::format("wrong magic {} (expected {} for {})",
+                                   to_hex(ByteView(*frame).first(4)), to_hex(magic),
+                                   network_name(network)));
         }
-        const std::uint32_t size = static_cast<std::uint32_t>((*frame)[4]) | static_cast<std::uint32_t>((*frame)[5]) << 8 |
+        const std::uint32_t size = static_cast<std::uint32_t>((*frame)[4]) |
+                                   static_cast<std::uint32_t>((*frame)[5]) << 8 |
                                    static_cast<std::uint32_t>((*frame)[6]) << 16 |
                                    static_cast<std::uint32_t>((*frame)[7]) << 24;
         const std::uint64_t left = f.size() - pos - 8;
         if (size > left) {
-            return bad(path, pos, fmt::format("block length {} runs past the end of the file ({} bytes left)", size, left));
+            return bad(path, pos,
+                       fmt::format("block length {} runs past the end of the file ({} bytes left)",
+                                   size, left));
         }
         if (size < kHeaderSize) {
-            return bad(path, pos, fmt::format("block length {} is shorter than a block header", size));
+            return bad(path, pos,
+                       fmt::format("block length {} is shorter than a block header", size));
         }
         auto header = parse_header(ByteView(*frame).subspan(8));
         if (!header) return bad(path, pos, header.error().message);
@@ -130,7 +153,8 @@ Result<std::vector<FoundBlock>> scan_blk_file(const std::string& path, Network n
 
 Result<FoundBlock> scan_raw_file(const std::string& path) {
     File f(path, std::nullopt);
-    if (!f.ok()) return make_error(ErrorCode::kInvalidArgument, fmt::format("cannot read {}", path));
+    if (!f.ok())
+        return make_error(ErrorCode::kInvalidArgument, fmt::format("cannot read {}", path));
     if (f.size() > 0xffffffffu) return bad(path, 0, "file is too large to be one block");
     auto head = f.read(0, kHeaderSize);
     if (!head) return std::unexpected(head.error());
@@ -141,14 +165,17 @@ Result<FoundBlock> scan_raw_file(const std::string& path) {
 
 Result<std::vector<FoundBlock>> scan_blocks_dir(const std::string& dir, Network network) {
     std::error_code ec;
-    if (!fs::is_directory(dir, ec)) return make_error(ErrorCode::kInvalidArgument, fmt::format("{} is not a directory", dir));
+    if (!fs::is_directory(dir, ec))
+        return make_error(ErrorCode::kInvalidArgument, fmt::format("{} is not a directory", dir));
     std::optional<XorKey> key;
     const fs::path xor_path = fs::path(dir) / "xor.dat";
     if (fs::exists(xor_path, ec)) {
         File f(xor_path.string(), std::nullopt);
         auto bytes = f.read(0, 8);
         if (!bytes) return std::unexpected(bytes.error());
-        if (bytes->size() != 8) return bad(xor_path.string(), 0, fmt::format("xor.dat holds {} bytes, not 8", bytes->size()));
+        if (bytes->size() != 8)
+            return bad(xor_path.string(), 0,
+                       fmt::format("xor.dat holds {} bytes, not 8", bytes->size()));
         XorKey k;
         std::copy(bytes->begin(), bytes->end(), k.begin());
         if (std::any_of(k.begin(), k.end(), [](std::uint8_t b) { return b != 0; })) key = k;
@@ -160,7 +187,9 @@ Result<std::vector<FoundBlock>> scan_blocks_dir(const std::string& dir, Network 
             files.push_back(entry.path().string());
         }
     }
-    if (ec) return make_error(ErrorCode::kIoError, fmt::format("cannot list {}: {}", dir, ec.message()));
+    if (ec)
+        return make_error(ErrorCode::kIoError,
+                          fmt::format("cannot list {}: {}", dir, ec.message()));
     std::sort(files.begin(), files.end());
     std::vector<FoundBlock> out;
     for (const std::string& file : files) {
@@ -176,7 +205,8 @@ Result<Bytes> read_block(const BlockLocation& loc) {
     if (!f.ok()) return make_error(ErrorCode::kIoError, fmt::format("cannot read {}", loc.file));
     auto b = f.read(loc.offset, loc.size);
     if (!b) return std::unexpected(b.error());
-    if (b->size() != loc.size) return bad(loc.file, loc.offset, "the file is shorter than when it was scanned");
+    if (b->size() != loc.size)
+        return bad(loc.file, loc.offset, "the file is shorter than when it was scanned");
     return b;
 }
 

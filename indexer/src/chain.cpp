@@ -65,7 +65,8 @@ Work Work::from_bits(std::uint32_t bits) {
         if (shift >= 256 - 23) return {};  // overflows 256 bits
         const std::uint32_t limb = shift / 64, off = shift % 64;
         target[limb] = static_cast<std::uint64_t>(mantissa) << off;
-        if (off > 40 && limb + 1 < 4) target[limb + 1] = static_cast<std::uint64_t>(mantissa) >> (64 - off);
+        if (off > 40 && limb + 1 < 4)
+            target[limb + 1] = static_cast<std::uint64_t>(mantissa) >> (64 - off);
     }
     if (target == Limbs{}) return {};
     // 2^256 / (target + 1) = ~target / (target + 1) + 1, computed within 256 bits.
@@ -94,7 +95,9 @@ Work Work::operator+(const Work& o) const {
 
 std::strong_ordering Work::operator<=>(const Work& o) const {
     const int c = compare(limb, o.limb);
-    return c < 0 ? std::strong_ordering::less : c > 0 ? std::strong_ordering::greater : std::strong_ordering::equal;
+    return c < 0   ? std::strong_ordering::less
+           : c > 0 ? std::strong_ordering::greater
+                   : std::strong_ordering::equal;
 }
 
 std::size_t ChainIndex::HashOf::operator()(const Hash& h) const {

@@ -27,18 +27,19 @@ Bytes row_key(std::string_view prefix, const Hash& hash) {
 // "file: offset N: block HASH", the way errors about a block start.
 std::string where(const ChainEntry& e) {
     if (!e.location) return fmt::format("block {}", display_hex(e.header.hash));
-    return fmt::format("{}: offset {}: block {}", e.location->file, e.location->offset, display_hex(e.header.hash));
+    return fmt::format("{}: offset {}: block {}", e.location->file, e.location->offset,
+                       display_hex(e.header.hash));
 }
 
 class TipState final : public StateReader {
-public:
+  public:
     explicit TipState(engine::View view) : view_(std::move(view)) {}
     Result<std::optional<Bytes>> get(ByteView key) override {
         if (!view_.tip()) return std::optional<Bytes>();
         return view_.get(key, *view_.tip());
     }
 
-private:
+  private:
     engine::View view_;
 };
 
@@ -77,7 +78,8 @@ Result<ChainIndex> build_index(const engine::View& view, const std::vector<Found
     if (!bad) return std::unexpected(bad.error());
     scanned = view.scan_aux(as_bytes(kBodyPrefix), [&](ByteView key, ByteView) {
         if (key.size() != kBodyPrefix.size() + 32) return;
-        if (ChainEntry* e = index.find(Hash::from(key.subspan(kBodyPrefix.size())))) e->body_stored = true;
+        if (ChainEntry* e = index.find(Hash::from(key.subspan(kBodyPrefix.size()))))
+            e->body_stored = true;
     });
     if (!scanned) return std::unexpected(scanned.error());
     for (const FoundBlock& fb : input) {
@@ -90,8 +92,8 @@ Result<ChainIndex> build_index(const engine::View& view, const std::vector<Found
 
 }  // namespace
 
-Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer, const std::vector<FoundBlock>& input,
-                             const LoopOptions& options) {
+Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
+                             const std::vector<FoundBlock>& input, const LoopOptions& options) {
     using Clock = std::chrono::steady_clock;
     const auto started = Clock::now();
     auto view = engine.view();
@@ -110,19 +112,22 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer, cons
         auto rec = view->record(*engine.first());
         if (!rec) return std::unexpected(rec.error());
         if (!rec->block_hash) {
-            return make_error(ErrorCode::kInvalidArgument,
-                              fmt::format("height {} has no block hash: this database was not built from blocks",
-                                          *engine.first()));
+            return make_error(
+                ErrorCode::kInvalidArgument,
+                fmt::format("height {} has no block hash: this database was not built from blocks",
+                            *engine.first()));
         }
         root = reversed(*rec->block_hash);
         root_height = *engine.first();
         if (!index.find(root)) {
-            return make_error(ErrorCode::kCorruption,
-                              fmt::format("the block index lacks the first block {}", display_hex(root)));
+            return make_error(
+                ErrorCode::kCorruption,
+                fmt::format("the block index lacks the first block {}", display_hex(root)));
         }
     } else {
-        const auto genesis = std::find_if(input.begin(), input.end(),
-                                          [](const FoundBlock& fb) { return fb.header.prev == Hash{}; });
+        const auto genesis = std::find_if(input.begin(), input.end(), [](const FoundBlock& fb) {
+            return fb.header.prev == Hash{};
+        });
         if (genesis != input.end()) {
             root = genesis->header.hash;
         } else if (input.empty()) {
@@ -130,11 +135,13 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer, cons
         } else {
             const FoundBlock& first = input.front();
             if (!options.allow_missing_prevouts) {
-                return make_error(ErrorCode::kInvalidArgument,
-                                  fmt::format("{}: offset {}: block {} has an unknown parent {} and the input has no "
-                                              "genesis block (use --allow-missing-prevouts to start mid-chain)",
-                                              first.location.file, first.location.offset, display_hex(first.header.hash),
-                                              display_hex(first.header.prev)));
+                return make_error(
+                    ErrorCode::kInvalidArgument,
+                    fmt::format(
+                        "{}: offset {}: block {} has an unknown parent {} and the input has no "
+                        "genesis block (use --allow-missing-prevouts to start mid-chain)",
+                        first.location.file, first.location.offset, display_hex(first.header.hash),
+                        display_hex(first.header.prev)));
             }
             root = first.header.hash;
             if (options.start_height) {
@@ -143,12 +150,17 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer, cons
                 auto bytes = read_block(first.location);
                 if (!bytes) return std::unexpected(bytes.error());
                 auto block = parse_block(*bytes);
-                if (!block) return with_context(block.error(), fmt::format("{}: offset {}", first.location.file, first.location.offset));
+                if (!block)
+                    return with_context(
+                        block.error(),
+                        fmt::format("{}: offset {}", first.location.file, first.location.offset));
                 const auto h = bip34_height(block->txs[0]);
                 if (!h) {
-                    return make_error(ErrorCode::kInvalidArgument,
-                                      fmt::format("block {} has no BIP34 height in its coinbase: give --start-height",
-                                                  display_hex(first.header.hash)));
+                    return make_error(
+                        ErrorCode::kInvalidArgument,
+                        fmt::format(
+                            "block {} has no BIP34 height in its coinbase: give --start-height",
+                            display_hex(first.header.hash)));
                 }
                 root_height = *h;
             }
@@ -157,9 +169,11 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer, cons
     index.connect(root, root_height);
     for (const ChainEntry* e : index.unconnected()) {
         if (e->location) {
-            return make_error(ErrorCode::kInvalidArgument,
-                              fmt::format("{}: offset {}: block {} has an unknown parent {}", e->location->file,
-                                          e->location->offset, display_hex(e->header.hash), display_hex(e->header.prev)));
+            return make_error(
+                ErrorCode::kInvalidArgument,
+                fmt::format("{}: offset {}: block {} has an unknown parent {}", e->location->file,
+                            e->location->offset, display_hex(e->header.hash),
+                            display_hex(e->header.prev)));
         }
     }
 
@@ -170,7 +184,8 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer, cons
         const FoundBlock& fb = *new_blocks[i];
         Bytes value;
         put_be64(value, index.find(fb.header.hash)->seq);
-        auto raw = read_block({fb.location.file, fb.location.offset, kHeaderSize, fb.location.xor_key});
+        auto raw =
+            read_block({fb.location.file, fb.location.offset, kHeaderSize, fb.location.xor_key});
         if (!raw) return std::unexpected(raw.error());
         value.insert(value.end(), raw->begin(), raw->end());
         rows.emplace_back(row_key(kHeaderPrefix, fb.header.hash), std::move(value));
@@ -198,7 +213,8 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer, cons
         if (*e->height <= best_height && on_path(*e->height) == e) continue;
         auto bytes = read_block(fb.location);
         if (!bytes) return std::unexpected(bytes.error());
-        if (Status s = engine.put_aux({{row_key(kBodyPrefix, fb.header.hash), std::move(*bytes)}}); !s) {
+        if (Status s = engine.put_aux({{row_key(kBodyPrefix, fb.header.hash), std::move(*bytes)}});
+            !s) {
             return std::unexpected(s.error());
         }
     }
@@ -216,16 +232,19 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer, cons
             if (h == root_height) break;
         }
         if (!fork) {
-            return make_error(ErrorCode::kCorruption, "the stored chain does not start at the block index's root");
+            return make_error(ErrorCode::kCorruption,
+                              "the stored chain does not start at the block index's root");
         }
         if (*fork < *engine.tip()) {
             const std::uint64_t depth = *engine.tip() - *fork;
             if (depth > options.max_reorg_depth) {
-                return make_error(ErrorCode::kInvalidArgument,
-                                  fmt::format("the best chain ({} at height {}) leaves the stored chain at height {}: a "
-                                              "reorg of depth {} exceeds --max-reorg-depth {}; nothing was changed",
-                                              display_hex(best->header.hash), best_height, *fork + 1, depth,
-                                              options.max_reorg_depth));
+                return make_error(
+                    ErrorCode::kInvalidArgument,
+                    fmt::format(
+                        "the best chain ({} at height {}) leaves the stored chain at height {}: a "
+                        "reorg of depth {} exceeds --max-reorg-depth {}; nothing was changed",
+                        display_hex(best->header.hash), best_height, *fork + 1, depth,
+                        options.max_reorg_depth));
             }
             if (Status s = engine.rollback(*fork); !s) return std::unexpected(s.error());
             result.rolled_back = depth;
@@ -234,7 +253,8 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer, cons
 
     LoopProgress& progress = result.totals;
     progress.target = result.target;
-    for (std::uint64_t h = engine.tip() ? *engine.tip() + 1 : root_height; h <= result.target; ++h) {
+    for (std::uint64_t h = engine.tip() ? *engine.tip() + 1 : root_height; h <= result.target;
+         ++h) {
         if (options.stop_requested && options.stop_requested()) {
             result.stopped = true;
             break;
@@ -250,7 +270,8 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer, cons
         const auto t1 = Clock::now();
         TipState state(std::move(*fresh));
         auto changes = indexer.changes(*block, h, state);
-        if (!changes) return with_context(changes.error(), fmt::format("{} (height {})", where(e), h));
+        if (!changes)
+            return with_context(changes.error(), fmt::format("{} (height {})", where(e), h));
         const auto t2 = Clock::now();
         changes->block_hash = reversed(e.header.hash);
         if (e.location && near_tip(h) && !e.body_stored) {
@@ -259,7 +280,8 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer, cons
             }
         }
         auto committed = engine.apply(*changes);
-        if (!committed) return with_context(committed.error(), fmt::format("{} (height {})", where(e), h));
+        if (!committed)
+            return with_context(committed.error(), fmt::format("{} (height {})", where(e), h));
         const auto t3 = Clock::now();
         progress.parse_seconds += std::chrono::duration<double>(t1 - t0).count();
         progress.index_seconds += std::chrono::duration<double>(t2 - t1).count();

@@ -15,7 +15,8 @@ Bytes UtxoIndexer::key(const Hash& txid, std::uint32_t vout) {
     return k;
 }
 
-Bytes UtxoIndexer::value(std::uint64_t amount, std::uint32_t height, bool coinbase, ByteView script) {
+Bytes UtxoIndexer::value(std::uint64_t amount, std::uint32_t height, bool coinbase,
+                         ByteView script) {
     Bytes v;
     v.reserve(13 + script.size());
     for (int i = 0; i < 8; ++i) v.push_back(static_cast<std::uint8_t>(amount >> (8 * i)));
@@ -25,9 +26,11 @@ Bytes UtxoIndexer::value(std::uint64_t amount, std::uint32_t height, bool coinba
     return v;
 }
 
-Result<engine::Changes> UtxoIndexer::changes(const Block& block, std::uint64_t height, StateReader& state) {
+Result<engine::Changes> UtxoIndexer::changes(const Block& block, std::uint64_t height,
+                                             StateReader& state) {
     if (height > 0xffffffffu) {
-        return make_error(ErrorCode::kInvalidArgument, fmt::format("height {} does not fit the 4-byte field", height));
+        return make_error(ErrorCode::kInvalidArgument,
+                          fmt::format("height {} does not fit the 4-byte field", height));
     }
     // What the block does to each key, in order: a value for an output it creates, nullopt
     // for one it spends that existed before it; keys created and spent inside it drop out.
@@ -62,8 +65,10 @@ Result<engine::Changes> UtxoIndexer::changes(const Block& block, std::uint64_t h
                 if (!exists) {
                     if (allow_missing_prevouts_) continue;
                     return make_error(ErrorCode::kInvalidArgument,
-                                      fmt::format("transaction {} input {} spends {}:{}, which does not exist at height {}",
-                                                  display_hex(tx.txid), i, display_hex(in.prev_txid), in.prev_vout, height));
+                                      fmt::format("transaction {} input {} spends {}:{}, which "
+                                                  "does not exist at height {}",
+                                                  display_hex(tx.txid), i,
+                                                  display_hex(in.prev_txid), in.prev_vout, height));
                 }
                 effect[std::move(k)] = std::nullopt;
             }
@@ -89,9 +94,12 @@ Result<engine::Changes> UtxoIndexer::changes(const Block& block, std::uint64_t h
     return c;
 }
 
-Result<std::unique_ptr<BlockIndexer>> make_indexer(std::string_view name, bool allow_missing_prevouts) {
-    if (name == "utxo") return std::unique_ptr<BlockIndexer>(new UtxoIndexer(allow_missing_prevouts));
-    return make_error(ErrorCode::kInvalidArgument, fmt::format("unknown indexer \"{}\" (built in: utxo)", name));
+Result<std::unique_ptr<BlockIndexer>> make_indexer(std::string_view name,
+                                                   bool allow_missing_prevouts) {
+    if (name == "utxo")
+        return std::unique_ptr<BlockIndexer>(new UtxoIndexer(allow_missing_prevouts));
+    return make_error(ErrorCode::kInvalidArgument,
+                      fmt::format("unknown indexer \"{}\" (built in: utxo)", name));
 }
 
 }  // namespace stateroot::indexer

@@ -37,7 +37,8 @@ std::optional<Bytes> from_hex(std::string_view text) {
 }
 
 void put_be64(Bytes& out, std::uint64_t v) {
-    for (int shift = 56; shift >= 0; shift -= 8) out.push_back(static_cast<std::uint8_t>(v >> shift));
+    for (int shift = 56; shift >= 0; shift -= 8)
+        out.push_back(static_cast<std::uint8_t>(v >> shift));
 }
 
 std::uint64_t get_be64(const std::uint8_t* p) {
@@ -47,7 +48,8 @@ std::uint64_t get_be64(const std::uint8_t* p) {
 }
 
 void put_be32(Bytes& out, std::uint32_t v) {
-    for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<std::uint8_t>(v >> shift));
+    for (int shift = 24; shift >= 0; shift -= 8)
+        out.push_back(static_cast<std::uint8_t>(v >> shift));
 }
 
 std::uint32_t get_be32(const std::uint8_t* p) {

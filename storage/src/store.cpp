@@ -23,19 +23,20 @@ Error to_error(const rocksdb::Status& s, const std::string& what) {
     // RocksDB reports a held LOCK file as an IO error mentioning the lock.
     const std::string text = s.ToString();
     if (s.IsIOError() && text.find("lock") != std::string::npos) {
-        return {ErrorCode::kBusy, what + ": the database is open in another process (" + text + ")"};
+        return {ErrorCode::kBusy,
+                what + ": the database is open in another process (" + text + ")"};
     }
     if (s.IsCorruption()) return {ErrorCode::kCorruption, what + ": " + text};
     return {ErrorCode::kIoError, what + ": " + text};
 }
 
 class RocksSnapshot final : public Snapshot {
-public:
+  public:
     RocksSnapshot(rocksdb::DB* db, const rocksdb::Snapshot* snap) : db_(db), snap_(snap) {}
     ~RocksSnapshot() override { db_->ReleaseSnapshot(snap_); }
     const rocksdb::Snapshot* get() const { return snap_; }
 
-private:
+  private:
     rocksdb::DB* db_;
     const rocksdb::Snapshot* snap_;
 };
@@ -45,7 +46,7 @@ const rocksdb::Snapshot* raw(const std::shared_ptr<const Snapshot>& s) {
 }
 
 class RocksIterator final : public Iterator {
-public:
+  public:
     RocksIterator(rocksdb::DB* db, IteratorOptions options) : options_(std::move(options)) {
         rocksdb::ReadOptions ro;
         ro.snapshot = raw(options_.snapshot);
@@ -68,7 +69,7 @@ public:
         return std::unexpected(to_error(it_->status(), "iterator"));
     }
 
-private:
+  private:
     IteratorOptions options_;  // owns the snapshot and the bound the iterator points into
     rocksdb::Slice upper_;
     std::unique_ptr<rocksdb::Iterator> it_;
@@ -159,7 +160,8 @@ Result<std::optional<Bytes>> Store::get(ByteView key,
     rocksdb::ReadOptions ro;
     ro.snapshot = raw(snapshot);
     rocksdb::PinnableSlice value;
-    const rocksdb::Status s = impl_->db->Get(ro, impl_->db->DefaultColumnFamily(), slice(key), &value);
+    const rocksdb::Status s =
+        impl_->db->Get(ro, impl_->db->DefaultColumnFamily(), slice(key), &value);
     if (s.IsNotFound()) return std::optional<Bytes>();
     if (!s.ok()) return std::unexpected(to_error(s, "read"));
     const ByteView v = view(value);

@@ -1,7 +1,7 @@
 // The `stateroot` binary, run as a user would: exit codes, stdout, stderr.
-#include <catch2/catch.hpp>
 #include <fmt/format.h>
 
+#include <catch2/catch.hpp>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -24,12 +24,14 @@ std::string slurp(const std::string& path) {
 }
 
 class Cli {
-public:
+  public:
     // Runs `stateroot <args>` with `input` on stdin.
     Run run(const std::string& args, const std::string& input = "") {
-        const std::string in = dir_.sub("stdin"), out = dir_.sub("stdout"), err = dir_.sub("stderr");
+        const std::string in = dir_.sub("stdin"), out = dir_.sub("stdout"),
+                          err = dir_.sub("stderr");
         std::ofstream(in) << input;
-        const std::string cmd = fmt::format("{} {} <{} >{} 2>{}", STATEROOT_BIN, args, in, out, err);
+        const std::string cmd =
+            fmt::format("{} {} <{} >{} 2>{}", STATEROOT_BIN, args, in, out, err);
         const int status = std::system(cmd.c_str());
         return {WEXITSTATUS(status), slurp(out), slurp(err)};
     }
@@ -40,7 +42,7 @@ public:
         return path;
     }
 
-private:
+  private:
     stateroot::test::TempDir dir_;
 };
 
@@ -57,7 +59,8 @@ std::vector<std::string> lines(const std::string& s) {
 
 TEST_CASE("cli: every command has --help", "[cli]") {
     Cli cli;
-    for (const char* cmd : {"apply", "root", "get", "prove", "verify", "rollback", "info", "check", "bench"}) {
+    for (const char* cmd :
+         {"apply", "root", "get", "prove", "verify", "rollback", "info", "check", "bench"}) {
         INFO(cmd);
         const Run r = cli.run(fmt::format("{} --help", cmd));
         CHECK(r.code == 0);
@@ -106,7 +109,8 @@ TEST_CASE("cli: apply reads stdin and stops at a bad line naming file and line",
     const std::string bad = cli.file("bad.jsonl", "{\"height\": 2}\n{\"height\": 9}\n");
     const Run gap = cli.run(fmt::format("apply --db {} {}", cli.db(), bad));
     CHECK(gap.code == 2);
-    CHECK(gap.err == fmt::format("stateroot: {}:2: height gap: the next height is 3, got 9\n", bad));
+    CHECK(gap.err ==
+          fmt::format("stateroot: {}:2: height gap: the next height is 3, got 9\n", bad));
     CHECK(lines(gap.out) == std::vector<std::string>{lines(gap.out)[0]});
 }
 
@@ -117,19 +121,22 @@ TEST_CASE("cli: root and get and check answer per height with the documented exi
     const auto roots = lines(applied.out);
 
     CHECK(cli.run(fmt::format("root --db {}", cli.db())).out == roots[5].substr(2) + "\n");
-    CHECK(cli.run(fmt::format("root --db {} --height 2", cli.db())).out == roots[2].substr(2) + "\n");
+    CHECK(cli.run(fmt::format("root --db {} --height 2", cli.db())).out ==
+          roots[2].substr(2) + "\n");
     const Run unknown = cli.run(fmt::format("root --db {} --height 6", cli.db()));
     CHECK(unknown.code == 2);
     CHECK(unknown.err == "stateroot: height 6 not found (heights 0..5 exist)\n");
 
     // "alice" is 616c696365: 64 at height 0, 5a at 1, deleted at 4.
     CHECK(cli.run(fmt::format("get --db {} --key 616c696365 --height 0", cli.db())).out == "64\n");
-    CHECK(cli.run(fmt::format("get --db {} --key 0x616C696365 --height 1", cli.db())).out == "5a\n");
+    CHECK(cli.run(fmt::format("get --db {} --key 0x616C696365 --height 1", cli.db())).out ==
+          "5a\n");
     const Run absent = cli.run(fmt::format("get --db {} --key 616c696365 --height 4", cli.db()));
     CHECK(absent.code == 1);
     CHECK(absent.out.empty());
     CHECK(cli.run(fmt::format("get --db {} --key 616c696365 --height 60", cli.db())).code == 2);
-    CHECK(cli.run(fmt::format("get --db {} --key xyz", cli.db())).err == "stateroot: --key is not valid hex\n");
+    CHECK(cli.run(fmt::format("get --db {} --key xyz", cli.db())).err ==
+          "stateroot: --key is not valid hex\n");
 
     const Run check = cli.run(fmt::format("check --db {} --height 3", cli.db()));
     CHECK(check.code == 0);
@@ -163,7 +170,8 @@ TEST_CASE("cli: proofs verify and tampered ones are invalid", "[cli][proof]") {
         CHECK(ok.out == "valid\n");
         CHECK(cli.run(fmt::format("verify --proof {} --db {}", path, cli.db())).out == "valid\n");
 
-        const Run wrong_root = cli.run(fmt::format("verify --proof {} --root {}", path, std::string(64, '1')));
+        const Run wrong_root =
+            cli.run(fmt::format("verify --proof {} --root {}", path, std::string(64, '1')));
         CHECK(wrong_root.code == 1);
         CHECK(wrong_root.out.rfind("invalid: the proof computes root ", 0) == 0);
 
@@ -181,7 +189,9 @@ TEST_CASE("cli: proofs verify and tampered ones are invalid", "[cli][proof]") {
     const std::string junk = cli.file("junk.json", "{\"hello\": 1}");
     const Run not_proof = cli.run(fmt::format("verify --proof {}", junk));
     CHECK(not_proof.code == 2);
-    CHECK(not_proof.err == fmt::format("stateroot: {}: not a proof: \"height\" must be a non-negative integer\n", junk));
+    CHECK(not_proof.err ==
+          fmt::format("stateroot: {}: not a proof: \"height\" must be a non-negative integer\n",
+                      junk));
     const std::string text = cli.file("text.json", "not json");
     CHECK(cli.run(fmt::format("verify --proof {}", text)).code == 2);
 }
@@ -198,7 +208,8 @@ TEST_CASE("cli: rollback keeps the heights at or below the target", "[cli]") {
     CHECK(cli.run(fmt::format("apply --db {} {}", cli.db(), kExample)).out == applied.out);
     const Run empty = cli.run(fmt::format("rollback --db {} --height -1", cli.db()));
     CHECK(empty.out == "empty\n");
-    CHECK(cli.run(fmt::format("root --db {}", cli.db())).err == "stateroot: the database is empty\n");
+    CHECK(cli.run(fmt::format("root --db {}", cli.db())).err ==
+          "stateroot: the database is empty\n");
 }
 
 TEST_CASE("cli: a tiny benchmark runs and prints its JSON summary last", "[cli][bench]") {
@@ -207,9 +218,9 @@ TEST_CASE("cli: a tiny benchmark runs and prints its JSON summary last", "[cli][
     REQUIRE(r.code == 0);
     const auto out = lines(r.out);
     const auto j = nlohmann::json::parse(out.back());
-    for (const char* field : {"keys_per_s", "p50_ms", "p99_ms", "hashes_per_key", "rows_per_key",
-                              "disk_bytes_per_key", "peak_rss_mb", "raw_rocksdb_keys_per_s",
-                              "sha256_node_hashes_per_s"}) {
+    for (const char* field :
+         {"keys_per_s", "p50_ms", "p99_ms", "hashes_per_key", "rows_per_key", "disk_bytes_per_key",
+          "peak_rss_mb", "raw_rocksdb_keys_per_s", "sha256_node_hashes_per_s"}) {
         INFO(field);
         CHECK(j.contains(field));
         CHECK(j[field].get<double>() > 0);

@@ -1,12 +1,12 @@
 // `stateroot index` as a process: killed, interrupted, restarted.
-#include <catch2/catch.hpp>
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <chrono>
-#include <fcntl.h>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -29,7 +29,7 @@ std::string slurp(const std::string& path) {
 
 // A `stateroot` child process with stdout and stderr in files.
 class Child {
-public:
+  public:
     Child(const std::vector<std::string>& args, const std::string& out, const std::string& err) {
         pid_ = fork();
         REQUIRE(pid_ >= 0);
@@ -53,7 +53,7 @@ public:
         return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     }
 
-private:
+  private:
     pid_t pid_;
 };
 
@@ -62,8 +62,9 @@ struct Setup {
     std::string chain = dir.sub("chain.blk");
     Setup(std::uint64_t blocks, std::uint64_t txs) {
         const Bytes bytes = test::make_chain({blocks, txs, 7});
-        std::ofstream(chain, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()),
-                                                     static_cast<std::streamsize>(bytes.size()));
+        std::ofstream(chain, std::ios::binary)
+            .write(reinterpret_cast<const char*>(bytes.data()),
+                   static_cast<std::streamsize>(bytes.size()));
     }
     std::vector<std::string> args(const std::string& db) const {
         return {"index", "--db", db, "--blocks", chain, "--network", "regtest"};
@@ -84,18 +85,22 @@ std::vector<engine::Hash> roots(const std::string& db) {
     std::vector<engine::Hash> out;
     if (!v->tip()) return out;
     for (std::uint64_t h = *v->first(); h <= *v->tip(); ++h) out.push_back(v->root(h).value());
-    for (std::uint64_t h = *v->first(); h <= *v->tip(); h += 97) REQUIRE(v->recompute_root(h).value() == out[h]);
+    for (std::uint64_t h = *v->first(); h <= *v->tip(); h += 97)
+        REQUIRE(v->recompute_root(h).value() == out[h]);
     return out;
 }
 
 }  // namespace
 
-TEST_CASE("index cli: killed with SIGKILL at random moments it resumes to the same roots", "[cli][index][crash]") {
+TEST_CASE("index cli: killed with SIGKILL at random moments it resumes to the same roots",
+          "[cli][index][crash]") {
     Setup s(600, 40);
     const std::string clean = s.dir.sub("clean"), killed = s.dir.sub("killed");
     const auto t0 = std::chrono::steady_clock::now();
     REQUIRE(s.run(clean) == 0);
-    const auto full_ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+    const auto full_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+            .count();
     const auto expected = roots(clean);
     REQUIRE(expected.size() == 600);
 
@@ -103,7 +108,8 @@ TEST_CASE("index cli: killed with SIGKILL at random moments it resumes to the sa
     int killed_mid_run = 0;
     for (int i = 0; i < 8; ++i) {
         Child c(s.args(killed), s.dir.sub("out"), s.dir.sub("err"));
-        std::this_thread::sleep_for(std::chrono::milliseconds(rng() % static_cast<std::uint64_t>(full_ms / 2 + 1)));
+        std::this_thread::sleep_for(
+            std::chrono::milliseconds(rng() % static_cast<std::uint64_t>(full_ms / 2 + 1)));
         c.signal(SIGKILL);
         if (c.wait() == 128 + SIGKILL) ++killed_mid_run;
     }
@@ -128,7 +134,8 @@ TEST_CASE("index cli: SIGINT finishes the height in progress and exits cleanly",
     CHECK(roots(db) == roots(clean));
 }
 
-TEST_CASE("index cli: a second signal exits at once and the database stays consistent", "[cli][index]") {
+TEST_CASE("index cli: a second signal exits at once and the database stays consistent",
+          "[cli][index]") {
     Setup s(600, 40);
     const std::string clean = s.dir.sub("clean"), db = s.dir.sub("db");
     REQUIRE(s.run(clean) == 0);
@@ -156,11 +163,15 @@ TEST_CASE("index cli: output and errors", "[cli][index]") {
     CHECK(slurp(s.dir.sub("err")).find("indexed 20 blocks") != std::string::npos);
 
     // Another network's magic is an error naming file and offset.
-    Child wrong({"index", "--db", s.dir.sub("db2"), "--blocks", s.chain}, s.dir.sub("out"), s.dir.sub("err"));
+    Child wrong({"index", "--db", s.dir.sub("db2"), "--blocks", s.chain}, s.dir.sub("out"),
+                s.dir.sub("err"));
     CHECK(wrong.wait() == 2);
     CHECK(slurp(s.dir.sub("err")) ==
-          fmt::format("stateroot: {}: offset 0: magic fabfb5da is regtest's, not mainnet's (use --network regtest)\n", s.chain));
+          fmt::format("stateroot: {}: offset 0: magic fabfb5da is regtest's, not mainnet's (use "
+                      "--network regtest)\n",
+                      s.chain));
     Child both({"index", "--db", db}, s.dir.sub("out"), s.dir.sub("err"));
     CHECK(both.wait() == 2);
-    CHECK(slurp(s.dir.sub("err")) == "stateroot: give either --blocks FILE... or --blocks-dir DIR\n");
+    CHECK(slurp(s.dir.sub("err")) ==
+          "stateroot: give either --blocks FILE... or --blocks-dir DIR\n");
 }

@@ -31,8 +31,8 @@ struct Coin {
 };
 
 // A legacy (non-witness) transaction; returns its bytes and sets its txid.
-Bytes tx_bytes(const std::vector<Coin>& spends, const std::vector<std::uint64_t>& values, ByteView coinbase_script,
-               std::uint64_t salt, Hash& txid) {
+Bytes tx_bytes(const std::vector<Coin>& spends, const std::vector<std::uint64_t>& values,
+               ByteView coinbase_script, std::uint64_t salt, Hash& txid) {
     Bytes t;
     le(t, 2, 4);
     if (spends.empty()) {
@@ -104,7 +104,9 @@ Bytes make_chain(const ChainSpec& spec) {
             created.push_back({txid, 0, a});
             created.push_back({txid, 1, b});
         }
-        if (height > 0) coins.insert(coins.end(), created.begin(), created.end());  // genesis outputs are unspendable
+        if (height > 0)
+            coins.insert(coins.end(), created.begin(),
+                         created.end());  // genesis outputs are unspendable
 
         Bytes block;
         le(block, 0x20000000, 4);

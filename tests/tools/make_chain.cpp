@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
     if (argc > 4) spec.seed = std::stoull(argv[4]);
     const stateroot::Bytes chain = stateroot::test::make_chain(spec);
     std::ofstream out(argv[1], std::ios::binary);
-    out.write(reinterpret_cast<const char*>(chain.data()), static_cast<std::streamsize>(chain.size()));
+    out.write(reinterpret_cast<const char*>(chain.data()),
+              static_cast<std::streamsize>(chain.size()));
     return out ? 0 : 2;
 }

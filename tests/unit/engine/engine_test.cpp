@@ -1,9 +1,9 @@
-#include <catch2/catch.hpp>
+#include "stateroot/engine/engine.hpp"
 
+#include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
 
-#include "stateroot/engine/engine.hpp"
 #include "temp_dir.hpp"
 
 using namespace stateroot;
@@ -72,7 +72,8 @@ TEST_CASE("engine: a key can be absent at some heights and present at others", "
     CHECK(e->live_keys() == 1);
 }
 
-TEST_CASE("engine: re-applying a committed height is a no-op and different changes a conflict", "[engine]") {
+TEST_CASE("engine: re-applying a committed height is a no-op and different changes a conflict",
+          "[engine]") {
     test::TempDir dir;
     auto e = open_engine(dir);
     Changes c0 = changes(5, {{"a", "1"}, {"b", "2"}}, {"z"});
@@ -148,8 +149,9 @@ TEST_CASE("engine: rollback restores every root and value and re-applying gives 
     std::vector<Changes> all;
     std::vector<Hash> roots;
     for (std::uint64_t h = 10; h < 20; ++h) {
-        all.push_back(changes(h, {{"k" + std::to_string(h % 4), "v" + std::to_string(h)}, {"x", std::to_string(h)}},
-                              h % 3 == 0 ? std::vector<std::string>{"k1"} : std::vector<std::string>{}));
+        all.push_back(changes(
+            h, {{"k" + std::to_string(h % 4), "v" + std::to_string(h)}, {"x", std::to_string(h)}},
+            h % 3 == 0 ? std::vector<std::string>{"k1"} : std::vector<std::string>{}));
         auto r = e->apply(all.back());
         REQUIRE(r);
         roots.push_back(r->root);
@@ -179,7 +181,8 @@ TEST_CASE("engine: rollback restores every root and value and re-applying gives 
     CHECK(get(*e, "x", 18) == b("17"));
 }
 
-TEST_CASE("engine: rolling back below the first height empties the database", "[engine][rollback]") {
+TEST_CASE("engine: rolling back below the first height empties the database",
+          "[engine][rollback]") {
     test::TempDir dir;
     auto e = open_engine(dir);
     REQUIRE(e->apply(changes(3, {{"a", "1"}})));
@@ -197,12 +200,14 @@ TEST_CASE("engine: rolling back below the first height empties the database", "[
     CHECK(e->first() == 0u);
 }
 
-TEST_CASE("engine: rollback costs what was written above the target and not the database", "[engine][rollback]") {
+TEST_CASE("engine: rollback costs what was written above the target and not the database",
+          "[engine][rollback]") {
     test::TempDir dir;
     auto e = open_engine(dir);
     for (std::uint64_t h = 0; h < 200; ++h) {
         Changes c = changes(h, {});
-        for (int i = 0; i < 20; ++i) c.puts.emplace_back(b("key" + std::to_string(h * 20 + i)), b("v"));
+        for (int i = 0; i < 20; ++i)
+            c.puts.emplace_back(b("key" + std::to_string(h * 20 + i)), b("v"));
         REQUIRE(e->apply(c));
     }
     std::size_t rows = 0;
@@ -216,7 +221,8 @@ TEST_CASE("engine: rollback costs what was written above the target and not the 
     CHECK(rows < 2 * (20 + 3 + 4) + 1);
 }
 
-TEST_CASE("engine: a failed height write leaves the database at the previous height", "[engine][fault]") {
+TEST_CASE("engine: a failed height write leaves the database at the previous height",
+          "[engine][fault]") {
     test::TempDir dir, reference_dir;
     auto e = open_engine(dir);
     auto reference = open_engine(reference_dir);
@@ -257,7 +263,8 @@ TEST_CASE("engine: reopening gives the same roots and values and proofs", "[engi
     {
         auto e = open_engine(dir);
         for (std::uint64_t h = 0; h < 30; ++h) {
-            auto r = e->apply(changes(h, {{"k" + std::to_string(h % 7), std::to_string(h)}}, {"k" + std::to_string((h + 3) % 7)}));
+            auto r = e->apply(changes(h, {{"k" + std::to_string(h % 7), std::to_string(h)}},
+                                      {"k" + std::to_string((h + 3) % 7)}));
             REQUIRE(r);
             roots.push_back(r->root);
         }
@@ -297,10 +304,12 @@ TEST_CASE("engine: a height's changes can be listed", "[engine]") {
     REQUIRE(list);
     std::map<Bytes, std::optional<Bytes>> got;
     for (auto& c : *list) got[c.key] = c.value;
-    CHECK(got == std::map<Bytes, std::optional<Bytes>>{{b("a"), b("3")}, {b("b"), std::nullopt}, {b("c"), std::nullopt}});
+    CHECK(got == std::map<Bytes, std::optional<Bytes>>{
+                     {b("a"), b("3")}, {b("b"), std::nullopt}, {b("c"), std::nullopt}});
 }
 
-TEST_CASE("engine: directories that are not stateroot databases are refused untouched", "[engine][identity]") {
+TEST_CASE("engine: directories that are not stateroot databases are refused untouched",
+          "[engine][identity]") {
     test::TempDir dir;
     std::ofstream(dir.sub("notes.txt")) << "hello";
     auto e = Engine::open(dir.str());
@@ -334,10 +343,13 @@ TEST_CASE("engine: directories that are not stateroot databases are refused unto
     }
     auto g = Engine::open(future.str());
     REQUIRE_FALSE(g);
-    CHECK(g.error().message == future.str() + ": database format version 2 is not supported (this build reads version 1)");
+    CHECK(g.error().message ==
+          future.str() +
+              ": database format version 2 is not supported (this build reads version 1)");
 }
 
-TEST_CASE("engine: a second writer is refused while the first has the database open", "[engine][identity]") {
+TEST_CASE("engine: a second writer is refused while the first has the database open",
+          "[engine][identity]") {
     test::TempDir dir;
     auto e = open_engine(dir);
     auto second = Engine::open(dir.str());

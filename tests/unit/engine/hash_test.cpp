@@ -1,6 +1,6 @@
-#include <catch2/catch.hpp>
-
 #include "stateroot/engine/hash.hpp"
+
+#include <catch2/catch.hpp>
 
 using namespace stateroot;
 using namespace stateroot::engine;
@@ -10,8 +10,10 @@ Hash hex_hash(std::string_view hex) { return Hash::from(*from_hex(hex)); }
 }  // namespace
 
 TEST_CASE("hash: SHA-256 matches FIPS 180-4 examples", "[engine][hash]") {
-    CHECK(sha256(as_bytes("")).hex() == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
-    CHECK(sha256(as_bytes("abc")).hex() == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    CHECK(sha256(as_bytes("")).hex() ==
+          "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    CHECK(sha256(as_bytes("abc")).hex() ==
+          "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
 TEST_CASE("hash: leaf and node hashes follow the spec's worked example", "[engine][hash]") {
@@ -23,7 +25,8 @@ TEST_CASE("hash: leaf and node hashes follow the spec's worked example", "[engin
     const Hash l1 = leaf_hash(k1, data);
     CHECK(l0.hex() == "39f36a7cb4dfb1b46f03d044265df6a491dffc1034121bc1071a34ddce9bb14b");
     CHECK(l1.hex() == "d7cb6616832899ac111a852ca8df2d63a1cdb36cb84651ffde72e264506a456f");
-    CHECK(node_hash(l1, l0).hex() == "4983b5ef655e2c8b3652832d9a842824d4e02d0fce117756e81575ed7747d7d1");
+    CHECK(node_hash(l1, l0).hex() ==
+          "4983b5ef655e2c8b3652832d9a842824d4e02d0fce117756e81575ed7747d7d1");
 }
 
 TEST_CASE("hash: bits are numbered from the most significant bit of byte 0", "[engine][hash]") {

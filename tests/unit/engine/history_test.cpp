@@ -1,7 +1,6 @@
 // Random histories with fixed seeds: the engine against a model of the state and an
 // independent naive tree, at every height.
 #include <catch2/catch.hpp>
-
 #include <map>
 #include <random>
 #include <set>
@@ -17,7 +16,7 @@ namespace {
 
 // Every version of every key: value_at(key, h) is the latest version at or below h.
 class Model {
-public:
+  public:
     void set(const Bytes& key, std::uint64_t h, std::optional<Bytes> value) {
         versions_[key].emplace_back(h, std::move(value));
     }
@@ -43,11 +42,12 @@ public:
         }
         return s;
     }
-    const std::map<Bytes, std::vector<std::pair<std::uint64_t, std::optional<Bytes>>>>& versions() const {
+    const std::map<Bytes, std::vector<std::pair<std::uint64_t, std::optional<Bytes>>>>& versions()
+        const {
         return versions_;
     }
 
-private:
+  private:
     std::map<Bytes, std::vector<std::pair<std::uint64_t, std::optional<Bytes>>>> versions_;
 };
 

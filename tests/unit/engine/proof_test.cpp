@@ -1,9 +1,9 @@
-#include <catch2/catch.hpp>
+#include "stateroot/engine/proof.hpp"
 
+#include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
 #include "stateroot/engine/engine.hpp"
-#include "stateroot/engine/proof.hpp"
 #include "temp_dir.hpp"
 #include "tree_harness.hpp"
 
@@ -21,7 +21,8 @@ Bytes leaf_data(const test::naive::Digest& path, const test::naive::Digest& vh) 
 
 }  // namespace
 
-TEST_CASE("proofs: the walk over stored nodes equals the naive walk with chains included", "[engine][proof]") {
+TEST_CASE("proofs: the walk over stored nodes equals the naive walk with chains included",
+          "[engine][proof]") {
     for (std::uint64_t seed = 1; seed <= 8; ++seed) {
         std::mt19937_64 rng(seed);
         test::TreeHarness t;
@@ -32,7 +33,8 @@ TEST_CASE("proofs: the walk over stored nodes equals the naive walk with chains 
             const int shared = static_cast<int>(rng() % 256);
             for (int b = 0; b < shared; ++b) {
                 const int mask = 1 << (7 - b % 8);
-                p.bytes[b / 8] = static_cast<std::uint8_t>((p.bytes[b / 8] & ~mask) | (stem.bytes[b / 8] & mask));
+                p.bytes[b / 8] = static_cast<std::uint8_t>((p.bytes[b / 8] & ~mask) |
+                                                           (stem.bytes[b / 8] & mask));
             }
             return p;
         };
@@ -60,12 +62,14 @@ TEST_CASE("proofs: the walk over stored nodes equals the naive walk with chains 
                     CHECK(nodes->value_hash == test::to_hash(expected.leaf->second));
                     CHECK_FALSE(nodes->non_membership_leaf);
                 } else if (expected.leaf) {
-                    CHECK(nodes->non_membership_leaf == leaf_data(expected.leaf->first, expected.leaf->second));
+                    CHECK(nodes->non_membership_leaf ==
+                          leaf_data(expected.leaf->first, expected.leaf->second));
                 } else {
                     CHECK_FALSE(nodes->non_membership_leaf);
                 }
                 REQUIRE(nodes->sibling_data.has_value() == !nodes->side_nodes.empty());
-                if (nodes->sibling_data) CHECK(sha256(*nodes->sibling_data) == nodes->side_nodes[0]);
+                if (nodes->sibling_data)
+                    CHECK(sha256(*nodes->sibling_data) == nodes->side_nodes[0]);
             }
         }
     }
@@ -108,7 +112,9 @@ TEST_CASE("proofs: present and absent keys verify at every height", "[engine][pr
     int present = 0, absent_leaf = 0, absent_empty = 0;
     for (std::uint64_t h = 0; h < 5; ++h) {
         std::vector<Bytes> probes = f.keys;
-        for (int i = 0; i < 200; ++i) probes.push_back(Bytes{static_cast<std::uint8_t>(rng()), static_cast<std::uint8_t>(rng()), 0x55});
+        for (int i = 0; i < 200; ++i)
+            probes.push_back(
+                Bytes{static_cast<std::uint8_t>(rng()), static_cast<std::uint8_t>(rng()), 0x55});
         for (const Bytes& k : probes) {
             auto p = view->prove(k, h);
             REQUIRE(p);
@@ -141,7 +147,9 @@ TEST_CASE("proofs: tampering with any field makes verification fail", "[engine][
     std::mt19937_64 rng(4);
     bool have_present = false, have_leaf = false, have_empty = false;
     for (int i = 0; (!have_present || !have_leaf || !have_empty) && i < 5000; ++i) {
-        Bytes k = i < 100 ? f.keys[i] : Bytes{static_cast<std::uint8_t>(rng()), static_cast<std::uint8_t>(rng()), 1};
+        Bytes k =
+            i < 100 ? f.keys[i]
+                    : Bytes{static_cast<std::uint8_t>(rng()), static_cast<std::uint8_t>(rng()), 1};
         auto p = view->prove(k, 4);
         REQUIRE(p);
         bool& have = p->value ? have_present : p->non_membership_leaf ? have_leaf : have_empty;
@@ -179,9 +187,12 @@ TEST_CASE("proofs: tampering with any field makes verification fail", "[engine][
         fails("sibling data changed", [](Proof& p, Hash&) { (*p.sibling_data)[64] ^= 1; });
         fails("sibling data removed", [](Proof& p, Hash&) { p.sibling_data.reset(); });
         if (good.non_membership_leaf) {
-            fails("non-membership leaf changed", [](Proof& p, Hash&) { (*p.non_membership_leaf)[40] ^= 1; });
-            fails("non-membership leaf removed", [](Proof& p, Hash&) { p.non_membership_leaf.reset(); });
-            fails("non-membership leaf prefix", [](Proof& p, Hash&) { (*p.non_membership_leaf)[0] = 1; });
+            fails("non-membership leaf changed",
+                  [](Proof& p, Hash&) { (*p.non_membership_leaf)[40] ^= 1; });
+            fails("non-membership leaf removed",
+                  [](Proof& p, Hash&) { p.non_membership_leaf.reset(); });
+            fails("non-membership leaf prefix",
+                  [](Proof& p, Hash&) { (*p.non_membership_leaf)[0] = 1; });
         } else {
             fails("non-membership leaf added", [](Proof& p, Hash&) {
                 Bytes d{0};
@@ -201,13 +212,15 @@ TEST_CASE("proofs: JSON that is not a proof is rejected naming the field", "[eng
     j["root"] = std::string(64, 'a');
     j["path"] = std::string(64, 'b');
     j["side_nodes"] = json::array({"zz"});
-    CHECK(proof_from_json(j).error().message == "not a proof: every side node must be 32 bytes of hex");
+    CHECK(proof_from_json(j).error().message ==
+          "not a proof: every side node must be 32 bytes of hex");
     j["side_nodes"] = json::array();
     j.erase("sibling_data");
     CHECK(proof_from_json(j).error().message == "not a proof: \"sibling_data\" is missing");
     j["sibling_data"] = nullptr;
     j["height"] = -1;
-    CHECK(proof_from_json(j).error().message == "not a proof: \"height\" must be a non-negative integer");
+    CHECK(proof_from_json(j).error().message ==
+          "not a proof: \"height\" must be a non-negative integer");
     j["height"] = 3;
     CHECK(proof_from_json(j));
 }

@@ -1,6 +1,7 @@
+#include "stateroot/engine/root_builder.hpp"
+
 #include <catch2/catch.hpp>
 
-#include "stateroot/engine/root_builder.hpp"
 #include "tree_harness.hpp"
 
 using namespace stateroot;
@@ -27,7 +28,8 @@ TEST_CASE("root builder: matches the naive tree on random and chained sets", "[e
                 const int shared = static_cast<int>(rng() % 256);
                 for (int bit = 0; bit < shared; ++bit) {
                     const int mask = 1 << (7 - bit % 8);
-                    p.bytes[bit / 8] = static_cast<std::uint8_t>((p.bytes[bit / 8] & ~mask) | (stem.bytes[bit / 8] & mask));
+                    p.bytes[bit / 8] = static_cast<std::uint8_t>((p.bytes[bit / 8] & ~mask) |
+                                                                 (stem.bytes[bit / 8] & mask));
                 }
             }
             state[p.bytes] = test::random_hash(rng).bytes;

@@ -2,9 +2,8 @@
 // for tests that drive the tree with chosen paths.
 #pragma once
 
-#include <catch2/catch.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <random>
 
 #include "naive_smt.hpp"
@@ -26,7 +25,7 @@ inline engine::Hash random_hash(std::mt19937_64& rng) {
 }
 
 class TreeHarness {
-public:
+  public:
     TreeHarness() {
         auto s = storage::Store::open(dir_.str(), {});
         REQUIRE(s);
@@ -63,7 +62,7 @@ public:
     engine::NodeReader& reader() { return *reader_; }
     storage::Store& store() { return *store_; }
 
-private:
+  private:
     TempDir dir_;
     std::unique_ptr<storage::Store> store_;
     std::unique_ptr<engine::NodeReader> reader_;

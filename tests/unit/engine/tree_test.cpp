@@ -1,7 +1,7 @@
-#include <catch2/catch.hpp>
-
-#include <cmath>
 #include <fmt/format.h>
+
+#include <catch2/catch.hpp>
+#include <cmath>
 #include <map>
 #include <set>
 
@@ -16,7 +16,7 @@ namespace {
 // Paths that share long prefixes with one of a few stems, so that branches with long
 // one-sided chains above them appear, move, grow and vanish.
 class PathPool {
-public:
+  public:
     PathPool(std::mt19937_64& rng, std::size_t size) {
         std::vector<Hash> stems;
         for (int i = 0; i < 6; ++i) stems.push_back(test::random_hash(rng));
@@ -26,7 +26,8 @@ public:
             Hash p = test::random_hash(rng);
             for (int b = 0; b < shared && b < 256; ++b) {
                 const int mask = 1 << (7 - b % 8);
-                p.bytes[b / 8] = static_cast<std::uint8_t>((p.bytes[b / 8] & ~mask) | (stem.bytes[b / 8] & mask));
+                p.bytes[b / 8] = static_cast<std::uint8_t>((p.bytes[b / 8] & ~mask) |
+                                                           (stem.bytes[b / 8] & mask));
             }
             paths_.push_back(p);
         }
@@ -35,7 +36,7 @@ public:
     }
     const Hash& pick(std::mt19937_64& rng) const { return paths_[rng() % paths_.size()]; }
 
-private:
+  private:
     std::vector<Hash> paths_;
 };
 
@@ -69,7 +70,8 @@ TEST_CASE("tree: chained paths match the naive tree after every batch", "[engine
                 }
             }
             if (round % 40 == 39) {  // empty the tree now and then
-                for (const auto& [path, vh] : model) batch[test::to_hash(path)] = test::del(test::to_hash(path));
+                for (const auto& [path, vh] : model)
+                    batch[test::to_hash(path)] = test::del(test::to_hash(path));
             }
             std::vector<TreeChange> changes;
             for (const auto& [p, c] : batch) {
@@ -110,15 +112,17 @@ TEST_CASE("tree: a commit costs O(k log N) node reads and hashes", "[engine][tre
             if (!used.insert(p).second) continue;
             changes.push_back(i % 10 == 0 ? test::del(p) : test::put(p, test::random_hash(rng)));
         }
-        for (std::uint64_t i = 0; i < k / 5; ++i) changes.push_back(test::put(test::random_hash(rng), test::random_hash(rng)));
+        for (std::uint64_t i = 0; i < k / 5; ++i)
+            changes.push_back(test::put(test::random_hash(rng), test::random_hash(rng)));
         const TreeStats s = t.apply(changes);
         return std::pair{static_cast<double>(s.node_reads) / static_cast<double>(changes.size()),
                          static_cast<double>(s.hashes) / static_cast<double>(changes.size())};
     };
     const auto [reads_small, hashes_small] = measure(1 << 10, 64);
     const auto [reads_large, hashes_large] = measure(1 << 16, 64);
-    INFO(fmt::format("per key: N=2^10 {:.1f} reads {:.1f} hashes; N=2^16 {:.1f} reads {:.1f} hashes",
-                     reads_small, hashes_small, reads_large, hashes_large));
+    INFO(
+        fmt::format("per key: N=2^10 {:.1f} reads {:.1f} hashes; N=2^16 {:.1f} reads {:.1f} hashes",
+                    reads_small, hashes_small, reads_large, hashes_large));
     const double levels_small = 10 + 3, levels_large = 16 + 3;
     CHECK(reads_small <= 2 * levels_small);
     CHECK(reads_large <= 2 * levels_large);
@@ -164,11 +168,13 @@ TEST_CASE("tree: abort leaves the tree as it was", "[engine][tree]") {
     CHECK(t.tree().root_hash() != before);
 }
 
-TEST_CASE("tree: a node that cannot be read fails the update and changes nothing", "[engine][tree]") {
+TEST_CASE("tree: a node that cannot be read fails the update and changes nothing",
+          "[engine][tree]") {
     std::mt19937_64 rng(3);
     TreeHarness t;
     std::vector<TreeChange> batch;
-    for (int i = 0; i < 50; ++i) batch.push_back(test::put(test::random_hash(rng), test::random_hash(rng)));
+    for (int i = 0; i < 50; ++i)
+        batch.push_back(test::put(test::random_hash(rng), test::random_hash(rng)));
     t.apply(batch);
     const Hash before = t.tree().root_hash();
     // Lose the chunk holding the first records.
@@ -179,7 +185,8 @@ TEST_CASE("tree: a node that cannot be read fails the update and changes nothing
     ChunkWriter writer(1000);
     std::vector<TreeChange> changes{test::put(test::random_hash(rng), test::random_hash(rng))};
     for (const auto& c : batch) changes.push_back(test::del(c.path));
-    std::sort(changes.begin(), changes.end(), [](const auto& x, const auto& y) { return x.path < y.path; });
+    std::sort(changes.begin(), changes.end(),
+              [](const auto& x, const auto& y) { return x.path < y.path; });
     auto update = t.tree().apply(changes, writer);
     REQUIRE_FALSE(update);
     CHECK(update.error().code == ErrorCode::kCorruption);

@@ -1,6 +1,5 @@
 // The 19 vectors of the Fuel SMT test suite (tests/fixtures/vectors.json).
 #include <catch2/catch.hpp>
-
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -65,7 +64,8 @@ TEST_CASE("vectors: every Fuel vector's root with operations batched", "[engine]
     }
 }
 
-TEST_CASE("vectors: every Fuel vector's root through the engine with raw keys", "[engine][vectors]") {
+TEST_CASE("vectors: every Fuel vector's root through the engine with raw keys",
+          "[engine][vectors]") {
     for (const auto& v : load_vectors()) {
         INFO(v["name"].get<std::string>());
         test::TempDir dir;
@@ -86,6 +86,7 @@ TEST_CASE("vectors: every Fuel vector's root through the engine with raw keys", 
         CHECK((*e)->root().hex() == v["expected_root"].get<std::string>());
         auto view = (*e)->view();
         REQUIRE(view);
-        CHECK(view->recompute_root(height - 1).value().hex() == v["expected_root"].get<std::string>());
+        CHECK(view->recompute_root(height - 1).value().hex() ==
+              v["expected_root"].get<std::string>());
     }
 }

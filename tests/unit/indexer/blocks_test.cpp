@@ -1,7 +1,7 @@
 // Parsing real blocks and reading block files.
-#include <catch2/catch.hpp>
 #include <fmt/format.h>
 
+#include <catch2/catch.hpp>
 #include <fstream>
 #include <random>
 
@@ -14,7 +14,9 @@ using namespace stateroot::indexer;
 
 namespace {
 
-std::string fixture(const std::string& name) { return std::string(STATEROOT_FIXTURES) + "/blocks/" + name; }
+std::string fixture(const std::string& name) {
+    return std::string(STATEROOT_FIXTURES) + "/blocks/" + name;
+}
 
 Bytes read_file(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
@@ -22,7 +24,8 @@ Bytes read_file(const std::string& path) {
 }
 
 void write_file(const std::string& path, ByteView b) {
-    std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+    std::ofstream(path, std::ios::binary)
+        .write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
 }
 
 std::vector<FoundBlock> scan(const std::string& name) {
@@ -42,7 +45,8 @@ std::string error_of(const std::vector<std::uint8_t>& bytes, const test::TempDir
 
 }  // namespace
 
-TEST_CASE("blocks: every shipped block parses with its hash and a matching merkle root", "[indexer][blocks]") {
+TEST_CASE("blocks: every shipped block parses with its hash and a matching merkle root",
+          "[indexer][blocks]") {
     const auto mainnet = scan("mainnet_0-589.blk");
     REQUIRE(mainnet.size() == 590);
     std::size_t txs = 0;
@@ -55,10 +59,14 @@ TEST_CASE("blocks: every shipped block parses with its hash and a matching merkl
         txs += block->txs.size();
     }
     CHECK(txs == 605);
-    CHECK(display_hex(mainnet[0].header.hash) == "000000000019d6689c085ae165831e934ff763ae46a2a6c172b3f1b60a8ce26f");
-    CHECK(display_hex(mainnet[1].header.hash) == "00000000839a8e6886ab5951d76f411475428afc90947ee320161bbf18eb6048");
-    CHECK(display_hex(mainnet[170].header.hash) == "00000000d1145790a8694403d4063f323d499e655c83426834d4ce2f8dd4a2ee");
-    CHECK(display_hex(mainnet[589].header.hash) == "00000000b96305605f1eb5ab800024ff3fa260deedf6005e1e3987daa11d3935");
+    CHECK(display_hex(mainnet[0].header.hash) ==
+          "000000000019d6689c085ae165831e934ff763ae46a2a6c172b3f1b60a8ce26f");
+    CHECK(display_hex(mainnet[1].header.hash) ==
+          "00000000839a8e6886ab5951d76f411475428afc90947ee320161bbf18eb6048");
+    CHECK(display_hex(mainnet[170].header.hash) ==
+          "00000000d1145790a8694403d4063f323d499e655c83426834d4ce2f8dd4a2ee");
+    CHECK(display_hex(mainnet[589].header.hash) ==
+          "00000000b96305605f1eb5ab800024ff3fa260deedf6005e1e3987daa11d3935");
 
     const std::vector<std::pair<std::string, std::vector<std::string>>> btcd = {
         {"btcd_reorg_blk_0_to_4.dat",
@@ -67,9 +75,12 @@ TEST_CASE("blocks: every shipped block parses with its hash and a matching merkl
           "00000000952ccb1bf9b799fcd0cc654dd48363f76781f8b1c61dbf1696c39f97",
           "00000000bc3589303953766cc9364130cb97bc3749bae170f476d45f1e23f850",
           "000000002f264d6504013e73b9c913de9098d4d771c1bb219af475d2a01b128e"}},
-        {"btcd_reorg_blk_3A.dat", {"00000000474284d20067a4d33f6a02284e6ef70764a3a26d6a5b9df52ef663dd"}},
-        {"btcd_reorg_blk_4A.dat", {"00000000551dc04c148242d1f648802577df8cf7d4e1b469211016280204a2bf"}},
-        {"btcd_reorg_blk_5A.dat", {"00000000195f85184e77c18914bd0febd11278d950f5e4731a38f71ed79f044e"}},
+        {"btcd_reorg_blk_3A.dat",
+         {"00000000474284d20067a4d33f6a02284e6ef70764a3a26d6a5b9df52ef663dd"}},
+        {"btcd_reorg_blk_4A.dat",
+         {"00000000551dc04c148242d1f648802577df8cf7d4e1b469211016280204a2bf"}},
+        {"btcd_reorg_blk_5A.dat",
+         {"00000000195f85184e77c18914bd0febd11278d950f5e4731a38f71ed79f044e"}},
     };
     for (const auto& [file, hashes] : btcd) {
         const auto found = scan(file);
@@ -85,7 +96,8 @@ TEST_CASE("blocks: every shipped block parses with its hash and a matching merkl
     REQUIRE(raw);
     auto block = parse_block(read_block(raw->location).value());
     REQUIRE(block);
-    CHECK(display_hex(block->header.hash) == "000000000000000000000c835b2adcaedc20fdf6ee440009c249452c726dafae");
+    CHECK(display_hex(block->header.hash) ==
+          "000000000000000000000c835b2adcaedc20fdf6ee440009c249452c726dafae");
     CHECK(block->txs.size() == 2500);
     CHECK(bip34_height(block->txs[0]) == 702861u);
 }
@@ -99,20 +111,23 @@ TEST_CASE("blocks: a flipped byte in a transaction fails the merkle check", "[in
     CHECK(r.error().message.rfind("merkle root mismatch: header has ", 0) == 0);
 }
 
-TEST_CASE("blocks: a malformed transaction is reported with its index and byte offset", "[indexer][blocks]") {
+TEST_CASE("blocks: a malformed transaction is reported with its index and byte offset",
+          "[indexer][blocks]") {
     const auto found = scan("mainnet_0-589.blk");
     Bytes bytes = read_block(found[1].location).value();
     // Block 1's coinbase: version at 81, one input (86..133), the output count at 134.
     bytes[134] = 0xfd;  // a two-byte count follows: 0xf200
     auto r = parse_block(bytes);
     REQUIRE_FALSE(r);
-    CHECK(r.error().message == "malformed transaction 0 at byte 134: output count 61952 exceeds the 78 bytes left");
+    CHECK(r.error().message ==
+          "malformed transaction 0 at byte 134: output count 61952 exceeds the 78 bytes left");
     Bytes truncated = read_block(found[1].location).value();
     truncated.resize(150);  // cut inside the output script
     CHECK(parse_block(truncated).error().message ==
           "malformed transaction 0 at byte 143: script length 67 exceeds the 6 bytes left");
     Bytes no_tx(truncated.begin(), truncated.begin() + 100);
-    CHECK(parse_block(no_tx).error().message == "malformed block at byte 80: transaction count 1 exceeds the 19 bytes left");
+    CHECK(parse_block(no_tx).error().message ==
+          "malformed block at byte 80: transaction count 1 exceeds the 19 bytes left");
 }
 
 TEST_CASE("blocks: bad framing is an error naming file and offset", "[indexer][blocks]") {
@@ -123,24 +138,28 @@ TEST_CASE("blocks: bad framing is an error naming file and offset", "[indexer][b
     const std::uint64_t second = blocks[1].location.offset - 8;  // start of the second record
 
     Bytes truncated(good.begin(), good.begin() + static_cast<std::ptrdiff_t>(second + 50));
-    CHECK(error_of(truncated, dir) ==
-          fmt::format("{}: offset {}: block length {} runs past the end of the file (42 bytes left)", path, second,
-                      blocks[1].location.size));
+    CHECK(
+        error_of(truncated, dir) ==
+        fmt::format("{}: offset {}: block length {} runs past the end of the file (42 bytes left)",
+                    path, second, blocks[1].location.size));
 
     Bytes wrong = good;
     wrong[second] = 0x0b;
     CHECK(error_of(wrong, dir) ==
-          fmt::format("{}: offset {}: wrong magic 0bbeb4d9 (expected f9beb4d9 for mainnet)", path, second));
+          fmt::format("{}: offset {}: wrong magic 0bbeb4d9 (expected f9beb4d9 for mainnet)", path,
+                      second));
 
     Bytes stub(good.begin(), good.begin() + static_cast<std::ptrdiff_t>(second + 5));
     CHECK(error_of(stub, dir) ==
-          fmt::format("{}: offset {}: truncated record: 5 bytes left, a record header needs 8", path, second));
+          fmt::format("{}: offset {}: truncated record: 5 bytes left, a record header needs 8",
+                      path, second));
 
     Bytes short_block = good;
     short_block[second + 4] = 10;
     short_block[second + 5] = 0;
-    CHECK(error_of(short_block, dir) ==
-          fmt::format("{}: offset {}: block length 10 is shorter than a block header", path, second));
+    CHECK(
+        error_of(short_block, dir) ==
+        fmt::format("{}: offset {}: block length 10 is shorter than a block header", path, second));
 
     // Zero padding between and after records is skipped.
     Bytes padded(good.begin(), good.begin() + static_cast<std::ptrdiff_t>(second));
@@ -153,7 +172,8 @@ TEST_CASE("blocks: bad framing is an error naming file and offset", "[indexer][b
     CHECK(r->size() == 5);
 }
 
-TEST_CASE("blocks: a Bitcoin Core directory is read with its XOR key and in file order", "[indexer][blocks]") {
+TEST_CASE("blocks: a Bitcoin Core directory is read with its XOR key and in file order",
+          "[indexer][blocks]") {
     test::TempDir dir;
     const Bytes plain = read_file(fixture("mainnet_0-589.blk"));
     std::mt19937_64 rng(42);
@@ -167,8 +187,10 @@ TEST_CASE("blocks: a Bitcoin Core directory is read with its XOR key and in file
         for (std::size_t i = 0; i < b.size(); ++i) b[i] ^= key[i % 8];
         return b;
     };
-    write_file(dir.sub("blk00000.dat"), obfuscate(Bytes(plain.begin() + static_cast<std::ptrdiff_t>(cut), plain.end())));
-    write_file(dir.sub("blk00001.dat"), obfuscate(Bytes(plain.begin(), plain.begin() + static_cast<std::ptrdiff_t>(cut))));
+    write_file(dir.sub("blk00000.dat"),
+               obfuscate(Bytes(plain.begin() + static_cast<std::ptrdiff_t>(cut), plain.end())));
+    write_file(dir.sub("blk00001.dat"),
+               obfuscate(Bytes(plain.begin(), plain.begin() + static_cast<std::ptrdiff_t>(cut))));
     write_file(dir.sub("xor.dat"), key);
     write_file(dir.sub("rev00000.dat"), Bytes{1, 2, 3});  // undo data: not a block file
 
@@ -186,7 +208,8 @@ TEST_CASE("blocks: a Bitcoin Core directory is read with its XOR key and in file
 TEST_CASE("chain: work follows the compact target", "[indexer][chain]") {
     // Difficulty 1 (mainnet genesis): 2^256 / (0xffff * 2^208 + 1) = 0x100010001.
     CHECK(Work::from_bits(0x1d00ffff) == Work{{0x100010001ull, 0, 0, 0}});
-    CHECK(Work::from_bits(0x1d00ffff) + Work::from_bits(0x1d00ffff) == Work{{0x200020002ull, 0, 0, 0}});
+    CHECK(Work::from_bits(0x1d00ffff) + Work::from_bits(0x1d00ffff) ==
+          Work{{0x200020002ull, 0, 0, 0}});
     CHECK(Work::from_bits(0x1b0404cb) > Work::from_bits(0x1d00ffff));
     CHECK(Work::from_bits(0x00800000) == Work{});  // negative
     CHECK(Work::from_bits(0) == Work{});

@@ -1,8 +1,8 @@
-#include <catch2/catch.hpp>
+#include "stateroot/indexer/change_file.hpp"
 
+#include <catch2/catch.hpp>
 #include <sstream>
 
-#include "stateroot/indexer/change_file.hpp"
 #include "temp_dir.hpp"
 
 using namespace stateroot;
@@ -17,7 +17,8 @@ std::string parse_error(std::string_view line) {
 }
 }  // namespace
 
-TEST_CASE("change file: a full line parses with hex in either case with or without 0x", "[indexer][changes]") {
+TEST_CASE("change file: a full line parses with hex in either case with or without 0x",
+          "[indexer][changes]") {
     auto r = parse_change_line(
         R"({"height": 7, "block_hash": "0x00000000000000000000000000000000000000000000000000000000000000AB",)"
         R"( "puts": [["0A", "Ff"], ["0x0b", ""]], "deletes": ["0C"]})");
@@ -50,19 +51,29 @@ TEST_CASE("change file: each bad line gets its own message", "[indexer][changes]
     CHECK(parse_error(R"({"height": "1"})") == "\"height\" must be a non-negative integer");
     CHECK(parse_error(R"({"height": 1.5})") == "\"height\" must be a non-negative integer");
     CHECK(parse_error(R"({"height": 1, "put": []})") == "unknown field \"put\"");
-    CHECK(parse_error(R"({"height": 1, "block_hash": "abcd"})") == "\"block_hash\" must be 32 bytes");
-    CHECK(parse_error(R"({"height": 1, "block_hash": "xyz"})") == "\"block_hash\" is not valid hex");
-    CHECK(parse_error(R"({"height": 1, "puts": {}})") == "\"puts\" must be an array of [key, value] pairs");
-    CHECK(parse_error(R"({"height": 1, "puts": [["01"]]})") == "puts[0] must be a [key, value] pair");
-    CHECK(parse_error(R"({"height": 1, "puts": [["01", "02"], ["0g", "02"]]})") == "puts[1] key is not valid hex");
-    CHECK(parse_error(R"({"height": 1, "puts": [["01", "123"]]})") == "puts[0] value is not valid hex");
-    CHECK(parse_error(R"({"height": 1, "puts": [[1, "02"]]})") == "puts[0] key must be a hex string");
-    CHECK(parse_error(R"({"height": 1, "deletes": "01"})") == "\"deletes\" must be an array of keys");
-    CHECK(parse_error(R"({"height": 1, "deletes": ["01", null]})") == "deletes[1] must be a hex string");
+    CHECK(parse_error(R"({"height": 1, "block_hash": "abcd"})") ==
+          "\"block_hash\" must be 32 bytes");
+    CHECK(parse_error(R"({"height": 1, "block_hash": "xyz"})") ==
+          "\"block_hash\" is not valid hex");
+    CHECK(parse_error(R"({"height": 1, "puts": {}})") ==
+          "\"puts\" must be an array of [key, value] pairs");
+    CHECK(parse_error(R"({"height": 1, "puts": [["01"]]})") ==
+          "puts[0] must be a [key, value] pair");
+    CHECK(parse_error(R"({"height": 1, "puts": [["01", "02"], ["0g", "02"]]})") ==
+          "puts[1] key is not valid hex");
+    CHECK(parse_error(R"({"height": 1, "puts": [["01", "123"]]})") ==
+          "puts[0] value is not valid hex");
+    CHECK(parse_error(R"({"height": 1, "puts": [[1, "02"]]})") ==
+          "puts[0] key must be a hex string");
+    CHECK(parse_error(R"({"height": 1, "deletes": "01"})") ==
+          "\"deletes\" must be an array of keys");
+    CHECK(parse_error(R"({"height": 1, "deletes": ["01", null]})") ==
+          "deletes[1] must be a hex string");
 }
 
-TEST_CASE("change file: a bad line stops the run naming file and line and earlier lines stay committed",
-          "[indexer][changes]") {
+TEST_CASE(
+    "change file: a bad line stops the run naming file and line and earlier lines stay committed",
+    "[indexer][changes]") {
     test::TempDir dir;
     auto e = engine::Engine::open(dir.str());
     REQUIRE(e);
@@ -73,7 +84,8 @@ TEST_CASE("change file: a bad line stops the run naming file and line and earlie
         "{\"height\": 2, \"puts\": [[\"03\", \"03\"]], \"deletes\": [\"03\"]}\n"
         "{\"height\": 3, \"puts\": [[\"04\", \"04\"]]}\n");
     std::vector<std::uint64_t> seen;
-    auto s = apply_change_stream(**e, in, "feed.jsonl", [&](const engine::CommitResult& r) { seen.push_back(r.height); });
+    auto s = apply_change_stream(**e, in, "feed.jsonl",
+                                 [&](const engine::CommitResult& r) { seen.push_back(r.height); });
     REQUIRE_FALSE(s);
     CHECK(s.error().message == "feed.jsonl:4: key 03 appears more than once");
     CHECK(seen == std::vector<std::uint64_t>{0, 1});
@@ -81,7 +93,8 @@ TEST_CASE("change file: a bad line stops the run naming file and line and earlie
     CHECK_FALSE((*e)->view()->get(Bytes{0x03}, 1).value());
 }
 
-TEST_CASE("change file: heights already committed are reported again and gaps are errors", "[indexer][changes]") {
+TEST_CASE("change file: heights already committed are reported again and gaps are errors",
+          "[indexer][changes]") {
     test::TempDir dir;
     auto e = engine::Engine::open(dir.str());
     REQUIRE(e);

@@ -1,13 +1,14 @@
 // The indexer loop on real blocks: replay, reorgs, resume, bad input.
-#include <catch2/catch.hpp>
+#include "stateroot/indexer/loop.hpp"
+
 #include <fmt/format.h>
 
+#include <catch2/catch.hpp>
 #include <fstream>
 #include <map>
 #include <random>
 
 #include "stateroot/indexer/change_file.hpp"
-#include "stateroot/indexer/loop.hpp"
 #include "temp_dir.hpp"
 
 using namespace stateroot;
@@ -15,7 +16,9 @@ using namespace stateroot::indexer;
 
 namespace {
 
-std::string fixture(const std::string& name) { return std::string(STATEROOT_FIXTURES) + "/blocks/" + name; }
+std::string fixture(const std::string& name) {
+    return std::string(STATEROOT_FIXTURES) + "/blocks/" + name;
+}
 
 Bytes read_file(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
@@ -23,7 +26,8 @@ Bytes read_file(const std::string& path) {
 }
 
 void write_file(const std::string& path, ByteView b) {
-    std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+    std::ofstream(path, std::ios::binary)
+        .write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
 }
 
 std::vector<FoundBlock> scan_files(const std::vector<std::string>& files) {
@@ -71,8 +75,9 @@ std::vector<Bytes> records(const std::string& file) {
     const Bytes all = read_file(file);
     std::vector<Bytes> out;
     for (const FoundBlock& fb : scan_files({file})) {
-        out.emplace_back(all.begin() + static_cast<std::ptrdiff_t>(fb.location.offset - 8),
-                         all.begin() + static_cast<std::ptrdiff_t>(fb.location.offset + fb.location.size));
+        out.emplace_back(
+            all.begin() + static_cast<std::ptrdiff_t>(fb.location.offset - 8),
+            all.begin() + static_cast<std::ptrdiff_t>(fb.location.offset + fb.location.size));
     }
     return out;
 }
@@ -95,7 +100,8 @@ TEST_CASE("loop: mainnet 0-589 replays to a UTXO set of 29,450 BTC", "[indexer][
     auto r = db.index({kMainnet});
     REQUIRE(r);
     CHECK(r->tip == 589u);
-    CHECK(display_hex(r->block_hash) == "00000000b96305605f1eb5ab800024ff3fa260deedf6005e1e3987daa11d3935");
+    CHECK(display_hex(r->block_hash) ==
+          "00000000b96305605f1eb5ab800024ff3fa260deedf6005e1e3987daa11d3935");
     CHECK(r->totals.blocks == 590);
     CHECK(r->totals.txs == 605);
 
@@ -121,7 +127,8 @@ TEST_CASE("loop: mainnet 0-589 replays to a UTXO set of 29,450 BTC", "[indexer][
     CHECK(db.engine->live_keys() == utxos.size());
     CHECK(view->recompute_root(589).value() == r->root);
     // The block hash of every height is stored, in display order.
-    CHECK(view->record(170)->block_hash->hex() == "00000000d1145790a8694403d4063f323d499e655c83426834d4ce2f8dd4a2ee");
+    CHECK(view->record(170)->block_hash->hex() ==
+          "00000000d1145790a8694403d4063f323d499e655c83426834d4ce2f8dd4a2ee");
 
     // Re-running with the same input changes nothing.
     auto again = db.index({kMainnet});
@@ -155,12 +162,14 @@ TEST_CASE("loop: stopping and resuming gives the same roots as one run", "[index
     CHECK(parts.roots() == expected);
 }
 
-TEST_CASE("loop: the btcd reorg fixture gives the winning chain's state both ways", "[indexer][loop][reorg]") {
+TEST_CASE("loop: the btcd reorg fixture gives the winning chain's state both ways",
+          "[indexer][loop][reorg]") {
     // The winning chain on its own: genesis, 1, 2, 3A, 4A, 5A.
     test::TempDir tmp;
     const auto base = records(kBtcd);
     const std::string winning = tmp.sub("winning.blk");
-    write_file(winning, join({base[0], base[1], base[2], read_file(k3A), read_file(k4A), read_file(k5A)}));
+    write_file(winning,
+               join({base[0], base[1], base[2], read_file(k3A), read_file(k4A), read_file(k5A)}));
     Db fresh;
     REQUIRE(fresh.index({winning}));
     const auto expected = fresh.roots();
@@ -175,10 +184,12 @@ TEST_CASE("loop: the btcd reorg fixture gives the winning chain's state both way
     CHECK(r->rolled_back == 2);
     const auto after = two_runs.roots();
     CHECK(after == expected);
-    CHECK(std::vector(after.begin(), after.begin() + 3) == std::vector(before.begin(), before.begin() + 3));
+    CHECK(std::vector(after.begin(), after.begin() + 3) ==
+          std::vector(before.begin(), before.begin() + 3));
     CHECK(after[3] != before[3]);
     CHECK(after[4] != before[4]);
-    CHECK(display_hex(r->block_hash) == "00000000195f85184e77c18914bd0febd11278d950f5e4731a38f71ed79f044e");
+    CHECK(display_hex(r->block_hash) ==
+          "00000000195f85184e77c18914bd0febd11278d950f5e4731a38f71ed79f044e");
 
     Db at_once;
     REQUIRE(at_once.index({kBtcd, k3A, k4A, k5A}));
@@ -212,8 +223,10 @@ TEST_CASE("loop: a reorg deeper than the limit changes nothing", "[indexer][loop
     auto r = db.index({k3A, k4A, k5A}, o);
     REQUIRE_FALSE(r);
     CHECK(r.error().message ==
-          "the best chain (00000000195f85184e77c18914bd0febd11278d950f5e4731a38f71ed79f044e at height 5) leaves the "
-          "stored chain at height 3: a reorg of depth 2 exceeds --max-reorg-depth 1; nothing was changed");
+          "the best chain (00000000195f85184e77c18914bd0febd11278d950f5e4731a38f71ed79f044e at "
+          "height 5) leaves the "
+          "stored chain at height 3: a reorg of depth 2 exceeds --max-reorg-depth 1; nothing was "
+          "changed");
     CHECK(db.roots() == before);
 }
 
@@ -237,7 +250,8 @@ TEST_CASE("loop: an XOR-obfuscated block directory replays to the same roots", "
     CHECK(db.roots() == plain.roots());
 }
 
-TEST_CASE("loop: a bad block stops the run at the last good height naming file and offset and hash", "[indexer][loop]") {
+TEST_CASE("loop: a bad block stops the run at the last good height naming file and offset and hash",
+          "[indexer][loop]") {
     test::TempDir tmp;
     auto recs = records(kMainnet);
     const std::string path = tmp.sub("bad.blk");
@@ -248,13 +262,15 @@ TEST_CASE("loop: a bad block stops the run at the last good height naming file a
     Db db;
     auto r = db.index({path});
     REQUIRE_FALSE(r);
-    CHECK(r.error().message.rfind(fmt::format("{}: offset {}: block {} (height 300): merkle root mismatch", path,
-                                              found[300].location.offset, display_hex(found[300].header.hash)),
-                                  0) == 0);
+    CHECK(r.error().message.rfind(
+              fmt::format("{}: offset {}: block {} (height 300): merkle root mismatch", path,
+                          found[300].location.offset, display_hex(found[300].header.hash)),
+              0) == 0);
     CHECK(db.engine->tip() == 299u);
 }
 
-TEST_CASE("loop: a block whose parent is unknown is an error and nothing is applied", "[indexer][loop]") {
+TEST_CASE("loop: a block whose parent is unknown is an error and nothing is applied",
+          "[indexer][loop]") {
     test::TempDir tmp;
     auto recs = records(kMainnet);
     recs.erase(recs.begin() + 11);
@@ -265,7 +281,8 @@ TEST_CASE("loop: a block whose parent is unknown is an error and nothing is appl
     auto r = db.index({path});
     REQUIRE_FALSE(r);
     CHECK(r.error().message == fmt::format("{}: offset {}: block {} has an unknown parent {}", path,
-                                           found[11].location.offset, display_hex(found[11].header.hash),
+                                           found[11].location.offset,
+                                           display_hex(found[11].header.hash),
                                            display_hex(found[11].header.prev)));
     CHECK_FALSE(db.engine->tip());
 }
@@ -300,5 +317,6 @@ TEST_CASE("loop: a database written from change files is refused", "[indexer][lo
     REQUIRE(db.engine->apply(*c));
     auto r = db.index({kBtcd});
     REQUIRE_FALSE(r);
-    CHECK(r.error().message == "height 0 has no block hash: this database was not built from blocks");
+    CHECK(r.error().message ==
+          "height 0 has no block hash: this database was not built from blocks");
 }

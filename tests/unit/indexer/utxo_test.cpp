@@ -1,6 +1,5 @@
 // The UTXO indexer's schema rules, on blocks built in the test.
 #include <catch2/catch.hpp>
-
 #include <map>
 
 #include "stateroot/indexer/block_indexer.hpp"
@@ -11,7 +10,7 @@ using namespace stateroot::indexer;
 namespace {
 
 class MapState final : public StateReader {
-public:
+  public:
     std::map<Bytes, Bytes> rows;
     Result<std::optional<Bytes>> get(ByteView key) override {
         const auto it = rows.find(Bytes(key.begin(), key.end()));
@@ -26,7 +25,8 @@ Hash h(std::uint8_t b) {
     return x;
 }
 
-Transaction tx(Hash txid, std::vector<std::pair<Hash, std::uint32_t>> spends, std::vector<TxOut> outs) {
+Transaction tx(Hash txid, std::vector<std::pair<Hash, std::uint32_t>> spends,
+               std::vector<TxOut> outs) {
     Transaction t;
     t.txid = txid;
     for (auto& [prev, vout] : spends) t.inputs.push_back({prev, vout, {}});
@@ -58,15 +58,21 @@ TEST_CASE("utxo: keys and values follow the documented layout", "[indexer][utxo]
     const Bytes k = UtxoIndexer::key(h(0xab), 0x01020304);
     CHECK(to_hex(k) == "7574786f2f" + h(0xab).hex() + "04030201");
     const Bytes v = UtxoIndexer::value(5000000000ull, 170, true, Bytes{0x76, 0xa9});
-    CHECK(to_hex(v) == "00f2052a01000000" "aa000000" "01" "76a9");
+    CHECK(to_hex(v) ==
+          "00f2052a01000000"
+          "aa000000"
+          "01"
+          "76a9");
 }
 
-TEST_CASE("utxo: a block's outputs are added and its inputs delete their prevouts", "[indexer][utxo]") {
+TEST_CASE("utxo: a block's outputs are added and its inputs delete their prevouts",
+          "[indexer][utxo]") {
     MapState state;
     state.rows[UtxoIndexer::key(h(1), 0)] = UtxoIndexer::value(10, 5, false, Bytes{0x51});
     UtxoIndexer idx(false);
-    const auto c = idx.changes(block({coinbase(h(2), 50), tx(h(3), {{h(1), 0}}, {{7, Bytes{0x52}}, {3, Bytes{0x6a, 1}}})}),
-                               9, state);
+    const auto c = idx.changes(
+        block({coinbase(h(2), 50), tx(h(3), {{h(1), 0}}, {{7, Bytes{0x52}}, {3, Bytes{0x6a, 1}}})}),
+        9, state);
     REQUIRE(c);
     const auto m = as_map(*c);
     CHECK(m.size() == 3);
@@ -76,22 +82,26 @@ TEST_CASE("utxo: a block's outputs are added and its inputs delete their prevout
     CHECK_FALSE(m.count(UtxoIndexer::key(h(3), 1)));  // OP_RETURN
 }
 
-TEST_CASE("utxo: an output created and spent in the same block leaves no entry", "[indexer][utxo]") {
+TEST_CASE("utxo: an output created and spent in the same block leaves no entry",
+          "[indexer][utxo]") {
     MapState state;
     UtxoIndexer idx(false);
-    const auto c = idx.changes(
-        block({coinbase(h(2), 50), tx(h(3), {{h(2), 0}}, {{50, Bytes{0x51}}}), tx(h(4), {{h(3), 0}}, {{49, Bytes{0x51}}})}),
-        100, state);
+    const auto c =
+        idx.changes(block({coinbase(h(2), 50), tx(h(3), {{h(2), 0}}, {{50, Bytes{0x51}}}),
+                           tx(h(4), {{h(3), 0}}, {{49, Bytes{0x51}}})}),
+                    100, state);
     REQUIRE(c);
     const auto m = as_map(*c);
     CHECK(m.size() == 1);
     CHECK(m.count(UtxoIndexer::key(h(4), 0)));
 }
 
-TEST_CASE("utxo: oversized scripts and the genesis block's outputs are not added", "[indexer][utxo]") {
+TEST_CASE("utxo: oversized scripts and the genesis block's outputs are not added",
+          "[indexer][utxo]") {
     MapState state;
     UtxoIndexer idx(false);
-    const auto big = idx.changes(block({tx(h(2), {{Hash{}, 0xffffffff}}, {{1, Bytes(10'001, 0x51)}, {1, Bytes(10'000, 0x51)}})}),
+    const auto big = idx.changes(block({tx(h(2), {{Hash{}, 0xffffffff}},
+                                           {{1, Bytes(10'001, 0x51)}, {1, Bytes(10'000, 0x51)}})}),
                                  1, state);
     REQUIRE(big);
     CHECK(big->puts.size() == 1);
@@ -108,10 +118,12 @@ TEST_CASE("utxo: a repeated txid overwrites the earlier outputs", "[indexer][utx
     UtxoIndexer idx(false);
     const auto c = idx.changes(block({coinbase(h(2), 50)}), 91842, state);
     REQUIRE(c);
-    CHECK(as_map(*c).at(UtxoIndexer::key(h(2), 0)) == UtxoIndexer::value(50, 91842, true, Bytes{0x51}));
+    CHECK(as_map(*c).at(UtxoIndexer::key(h(2), 0)) ==
+          UtxoIndexer::value(50, 91842, true, Bytes{0x51}));
 }
 
-TEST_CASE("utxo: spending an unknown outpoint is an error unless missing prevouts are allowed", "[indexer][utxo]") {
+TEST_CASE("utxo: spending an unknown outpoint is an error unless missing prevouts are allowed",
+          "[indexer][utxo]") {
     MapState state;
     const Block b = block({coinbase(h(2), 50), tx(h(3), {{h(7), 4}}, {{1, Bytes{0x51}}})});
     UtxoIndexer strict(false);
@@ -126,6 +138,8 @@ TEST_CASE("utxo: spending an unknown outpoint is an error unless missing prevout
     CHECK(ok->puts.size() == 2);
     // A double spend inside one block is a spend of something that no longer exists.
     state.rows[UtxoIndexer::key(h(7), 4)] = UtxoIndexer::value(1, 1, false, Bytes{0x51});
-    const auto twice = strict.changes(block({coinbase(h(2), 50), tx(h(3), {{h(7), 4}}, {}), tx(h(4), {{h(7), 4}}, {})}), 12, state);
+    const auto twice = strict.changes(
+        block({coinbase(h(2), 50), tx(h(3), {{h(7), 4}}, {}), tx(h(4), {{h(7), 4}}, {})}), 12,
+        state);
     REQUIRE_FALSE(twice);
 }

@@ -1,6 +1,6 @@
-#include <catch2/catch.hpp>
-
 #include "stateroot/storage/bytes.hpp"
+
+#include <catch2/catch.hpp>
 
 using namespace stateroot;
 

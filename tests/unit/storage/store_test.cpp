@@ -1,6 +1,7 @@
+#include "stateroot/storage/store.hpp"
+
 #include <catch2/catch.hpp>
 
-#include "stateroot/storage/store.hpp"
 #include "temp_dir.hpp"
 
 using namespace stateroot;
@@ -120,7 +121,8 @@ TEST_CASE("store: opening a missing database read-only is not found", "[storage]
     CHECK(s.error().code == ErrorCode::kNotFound);
 }
 
-TEST_CASE("store: an injected write fault writes nothing and returns the error", "[storage][fault]") {
+TEST_CASE("store: an injected write fault writes nothing and returns the error",
+          "[storage][fault]") {
     test::TempDir dir;
     auto store = open_store(dir);
     store->set_write_fault([](const WriteBatch&, std::uint64_t index) -> Status {

@@ -55,7 +55,7 @@ struct StoredChange {
 // A consistent read-only view of the committed heights, as of its creation. Cheap to
 // create. Not thread-safe: use one per thread (each holds its own node cache).
 class View {
-public:
+  public:
     std::optional<std::uint64_t> tip() const { return tip_; }
     std::optional<std::uint64_t> first() const { return first_; }
 
@@ -71,13 +71,14 @@ public:
     // An indexer row (see Engine::put_aux), or nullopt.
     Result<std::optional<Bytes>> aux(ByteView key) const;
     // Calls `fn` with each indexer row whose key starts with `prefix`, in key order.
-    Status scan_aux(ByteView prefix, const std::function<void(ByteView key, ByteView value)>& fn) const;
+    Status scan_aux(ByteView prefix,
+                    const std::function<void(ByteView key, ByteView value)>& fn) const;
 
     // The root at `height` recomputed from scratch from the stored values (the audit
     // path: reads every value version, uses no tree node).
     Result<Hash> recompute_root(std::uint64_t height) const;
 
-private:
+  private:
     friend class Engine;
     View(const storage::Store& store, std::shared_ptr<const storage::Snapshot> snapshot);
     Status check_height(std::uint64_t height) const;
@@ -92,11 +93,12 @@ private:
 // The writer. Not thread-safe, except view(): one thread applies and rolls back while
 // any thread may take views.
 class Engine {
-public:
+  public:
     // Opens or creates the database in `dir`. kBusy if another writer has it open;
     // kCorruption or kInvalidArgument if the directory is not a stateroot database of
     // this format version.
-    static Result<std::unique_ptr<Engine>> open(const std::string& dir, const EngineOptions& options = {});
+    static Result<std::unique_ptr<Engine>> open(const std::string& dir,
+                                                const EngineOptions& options = {});
     ~Engine();
 
     // Commits `changes` as the next height (tip + 1, or any height on an empty
@@ -127,7 +129,7 @@ public:
     // Nodes of the current tree held in memory.
     std::size_t resident_nodes() const { return tree_->resident_nodes(); }
 
-private:
+  private:
     Engine() = default;
     Status load();
     Result<CommitResult> check_committed(const Changes& changes, const Hash& digest);

@@ -34,7 +34,7 @@ struct NodeRecord {
 // Accumulates the records written at one height into chunk rows. Ids are assigned in
 // order, children before parents. Not thread-safe.
 class ChunkWriter {
-public:
+  public:
     // Ids start at the first id of `first_chunk`.
     explicit ChunkWriter(std::uint64_t first_chunk);
 
@@ -50,7 +50,7 @@ public:
     // Drops all records, keeping the first chunk.
     void clear();
 
-private:
+  private:
     NodeId next_id() const { return first_chunk_ * schema::kChunkNodes + count_; }
     void begin_record();
 
@@ -69,7 +69,7 @@ private:
 // they exist, but a rollback deletes them and later heights reuse their numbers, so a
 // reader of the latest state must be reset() after a rollback.
 class NodeReader {
-public:
+  public:
     explicit NodeReader(const storage::Store& store,
                         std::shared_ptr<const storage::Snapshot> snapshot = {});
 
@@ -81,7 +81,7 @@ public:
     std::uint64_t chunk_fetches() const { return fetches_; }
     void reset();
 
-private:
+  private:
     Result<const Bytes*> chunk(std::uint64_t number);
 
     const storage::Store& store_;

@@ -3,10 +3,9 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 #include "stateroot/engine/hash.hpp"
 #include "stateroot/engine/node_store.hpp"
@@ -19,11 +18,11 @@ struct Proof {
     std::uint64_t height = 0;
     Hash root;
     Bytes key;
-    Hash path;                                // SHA-256 of key
-    std::optional<Bytes> value;               // the value if the key is present
-    std::vector<Hash> side_nodes;             // bottom-up; side_nodes.size() is the walk depth D
-    std::optional<Bytes> non_membership_leaf; // 0x00 ‖ other path ‖ H(other value)
-    std::optional<Bytes> sibling_data;        // preimage of side_nodes[0]; absent iff D = 0
+    Hash path;                                 // SHA-256 of key
+    std::optional<Bytes> value;                // the value if the key is present
+    std::vector<Hash> side_nodes;              // bottom-up; side_nodes.size() is the walk depth D
+    std::optional<Bytes> non_membership_leaf;  // 0x00 ‖ other path ‖ H(other value)
+    std::optional<Bytes> sibling_data;         // preimage of side_nodes[0]; absent iff D = 0
 };
 
 // {"height", "root", "key", "path", "value", "side_nodes", "non_membership_leaf",

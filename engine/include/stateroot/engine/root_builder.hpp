@@ -11,7 +11,7 @@
 namespace stateroot::engine {
 
 class RootBuilder {
-public:
+  public:
     // Adds a leaf. Paths must be strictly ascending; returns false (ignoring the leaf)
     // otherwise.
     bool add(const Hash& path, const Hash& value_hash);
@@ -19,7 +19,7 @@ public:
     Hash finish();
     std::uint64_t leaves() const { return leaves_; }
 
-private:
+  private:
     struct Subtree {
         Hash own;   // hash at `depth` (a leaf: its leaf hash)
         int depth;  // split depth; 256 for a leaf

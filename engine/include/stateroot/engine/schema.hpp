@@ -59,13 +59,13 @@ Status check_format(ByteView value);
 
 // Per-height record, the value of `h` ‖ height.
 struct HeightRecord {
-    Hash root;                  // the state root after this height
-    NodeId root_id = kNoNode;   // the root node, kNoNode for the empty tree
+    Hash root;                      // the state root after this height
+    NodeId root_id = kNoNode;       // the root node, kNoNode for the empty tree
     std::uint64_t first_chunk = 0;  // node chunks [first_chunk, end_chunk) were written here
     std::uint64_t end_chunk = 0;
-    std::uint64_t live_keys = 0;    // keys present after this height
-    Hash digest;                    // changes_digest of this height's changes
-    std::optional<Hash> block_hash; // display byte order
+    std::uint64_t live_keys = 0;     // keys present after this height
+    Hash digest;                     // changes_digest of this height's changes
+    std::optional<Hash> block_hash;  // display byte order
 };
 Bytes encode(const HeightRecord& record);
 Result<HeightRecord> decode_height_record(ByteView value, std::uint64_t height);

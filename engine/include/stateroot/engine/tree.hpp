@@ -38,7 +38,7 @@ struct TreeStats {
 };
 
 class Tree {
-public:
+  public:
     // Reads nodes through `reader`, which must outlive the tree.
     explicit Tree(NodeReader& reader);
     ~Tree();
@@ -58,7 +58,7 @@ public:
         std::int64_t live_key_delta = 0;  // keys inserted minus keys deleted
         TreeStats stats;
 
-    private:
+      private:
         friend class Tree;
         std::uint64_t root_slot = 0;
         std::vector<std::uint64_t> fresh;  // nodes created, freed by abort()
@@ -78,7 +78,7 @@ public:
     // Nodes held in memory (branches, leaves).
     std::size_t resident_nodes() const;
 
-private:
+  private:
     struct Sub;
     struct Branch;
     struct Leaf;

@@ -39,7 +39,7 @@ struct ChainEntry {
 };
 
 class ChainIndex {
-public:
+  public:
     // Adds a header; returns the entry, which is new if `*added` is set. A known header
     // keeps its sequence number and gains the location if it had none.
     ChainEntry& add(const BlockHeader& header, std::optional<BlockLocation> location,
@@ -58,7 +58,7 @@ public:
     // The entries from the root to `tip`, by height.
     static std::vector<const ChainEntry*> path_to(const ChainEntry& tip);
 
-private:
+  private:
     struct HashOf {
         std::size_t operator()(const Hash& h) const;
     };

@@ -57,7 +57,7 @@ struct LoopResult {
 
 // Runs the loop over `input` (blocks in the order found). Errors name the file and
 // offset, and the height or hash when known; the database stays at its last good height.
-Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer, const std::vector<FoundBlock>& input,
-                             const LoopOptions& options);
+Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
+                             const std::vector<FoundBlock>& input, const LoopOptions& options);
 
 }  // namespace stateroot::indexer

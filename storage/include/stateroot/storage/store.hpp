@@ -39,7 +39,7 @@ struct StoreOptions {
 
 // A set of puts and deletes applied atomically by Store::write. Not thread-safe.
 class WriteBatch {
-public:
+  public:
     WriteBatch();
     ~WriteBatch();
     WriteBatch(WriteBatch&&) noexcept;
@@ -53,7 +53,7 @@ public:
     std::size_t bytes() const { return bytes_; }
     void clear();
 
-private:
+  private:
     friend class Store;
     struct Impl;
     std::unique_ptr<Impl> impl_;
@@ -65,7 +65,7 @@ private:
 // pins the data it sees. Thread-safe; release it by dropping the last shared_ptr, which
 // must happen before the Store is destroyed.
 class Snapshot {
-public:
+  public:
     virtual ~Snapshot() = default;
 };
 
@@ -83,7 +83,7 @@ struct IteratorOptions {
 
 // A forward iterator. key() and value() stay valid until the next move. Not thread-safe.
 class Iterator {
-public:
+  public:
     virtual ~Iterator() = default;
     virtual void seek(ByteView key) = 0;
     virtual void next() = 0;
@@ -95,7 +95,7 @@ public:
 };
 
 class Store {
-public:
+  public:
     // Opens (or creates) the database in `dir`. Fails with kBusy if another process has
     // it open for writing, kIoError for other storage failures.
     static Result<std::unique_ptr<Store>> open(const std::string& dir, const StoreOptions& options);
@@ -132,7 +132,7 @@ public:
     using WriteFault = std::function<Status(const WriteBatch& batch, std::uint64_t write_index)>;
     void set_write_fault(WriteFault fault) { write_fault_ = std::move(fault); }
 
-private:
+  private:
     struct Impl;
     Store(std::string dir, std::unique_ptr<Impl> impl);
 
