@@ -101,18 +101,18 @@ Status Engine::load() {
     if (tip->has_value() != first->has_value()) {
         return make_error(ErrorCode::kCorruption, "meta rows \"tip\" and \"first\" disagree");
     }
+    auto next_chunk = read_meta_height(*store_, schema::kMetaNextChunk, nullptr);
+    if (!next_chunk) return std::unexpected(next_chunk.error());
     tip_ = *tip;
     first_ = *first;
-    nodes_->reset();
+    next_chunk_ = next_chunk->value_or(0);
     if (!tip_) {
-        end_chunk_ = 0;
         live_keys_ = 0;
         tree_->reset(kNoNode, kZeroHash);
         return {};
     }
     auto rec = read_record(*store_, *tip_, nullptr);
     if (!rec) return std::unexpected(rec.error());
-    end_chunk_ = rec->end_chunk;
     live_keys_ = rec->live_keys;
     tree_->reset(rec->root_id, rec->root);
     return {};
@@ -175,7 +175,7 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
     }
     const auto t1 = Clock::now();
 
-    ChunkWriter writer(end_chunk_);
+    ChunkWriter writer(next_chunk_);
     auto update = tree_->apply(tree_changes, writer);
     if (!update) return std::unexpected(update.error());
     const auto t2 = Clock::now();
@@ -207,6 +207,9 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
     batch.put(schema::height_key(h), schema::encode(rec));
     batch.put(schema::meta_key(schema::kMetaTip), be64(h));
     if (!first_) batch.put(schema::meta_key(schema::kMetaFirst), be64(h));
+    if (writer.end_chunk() != next_chunk_) {
+        batch.put(schema::meta_key(schema::kMetaNextChunk), be64(writer.end_chunk()));
+    }
     const auto t3 = Clock::now();
 
     if (Status s = store_->write(batch); !s) {
@@ -227,7 +230,7 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
     tree_->commit(std::move(*update));
     tip_ = h;
     if (!first_) first_ = h;
-    end_chunk_ = rec.end_chunk;
+    next_chunk_ = writer.end_chunk();
     live_keys_ = rec.live_keys;
     return r;
 }

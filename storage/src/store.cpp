@@ -6,6 +6,7 @@
 #include <rocksdb/options.h>
 #include <rocksdb/slice_transform.h>
 #include <rocksdb/table.h>
+#include <rocksdb/utilities/checkpoint.h>
 #include <rocksdb/write_batch.h>
 
 #include <filesystem>
@@ -137,7 +138,9 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
     t.format_version = 5;
     o.table_factory.reset(rocksdb::NewBlockBasedTableFactory(t));
 
-    if ((!options.create_if_missing || options.read_only) &&
+    const bool secondary = !options.secondary_dir.empty();
+    if (secondary) o.max_open_files = -1;  // required of secondary instances
+    if ((!options.create_if_missing || options.read_only || secondary) &&
         !std::filesystem::exists(std::filesystem::path(dir) / "CURRENT")) {
         return make_error(ErrorCode::kNotFound, "no database at " + dir);
     }
@@ -146,8 +149,15 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
     if (ec) return make_error(ErrorCode::kIoError, "cannot create " + dir + ": " + ec.message());
 
     rocksdb::DB* db = nullptr;
-    const rocksdb::Status s = options.read_only ? rocksdb::DB::OpenForReadOnly(o, dir, &db)
-                                                : rocksdb::DB::Open(o, dir, &db);
+    rocksdb::Status s;
+    if (secondary) {
+        std::filesystem::create_directories(options.secondary_dir, ec);
+        s = rocksdb::DB::OpenAsSecondary(o, dir, options.secondary_dir, &db);
+    } else if (options.read_only) {
+        s = rocksdb::DB::OpenForReadOnly(o, dir, &db);
+    } else {
+        s = rocksdb::DB::Open(o, dir, &db);
+    }
     if (!s.ok()) return std::unexpected(to_error(s, "cannot open " + dir));
     auto impl = std::make_unique<Impl>();
     impl->db.reset(db);
@@ -199,6 +209,21 @@ std::uint64_t Store::disk_bytes() const {
 Status Store::flush() {
     const rocksdb::Status s = impl_->db->Flush(rocksdb::FlushOptions());
     if (!s.ok()) return std::unexpected(to_error(s, "flush"));
+    return {};
+}
+
+Status Store::catch_up() {
+    const rocksdb::Status s = impl_->db->TryCatchUpWithPrimary();
+    if (!s.ok()) return std::unexpected(to_error(s, "catch up with the primary"));
+    return {};
+}
+
+Status Store::checkpoint(const std::string& dir) {
+    rocksdb::Checkpoint* raw = nullptr;
+    rocksdb::Status s = rocksdb::Checkpoint::Create(impl_->db.get(), &raw);
+    std::unique_ptr<rocksdb::Checkpoint> cp(raw);
+    if (s.ok()) s = cp->CreateCheckpoint(dir);
+    if (!s.ok()) return std::unexpected(to_error(s, "checkpoint to " + dir));
     return {};
 }
 

@@ -139,7 +139,7 @@ class Engine {
     std::unique_ptr<Tree> tree_;
     std::optional<std::uint64_t> tip_;
     std::optional<std::uint64_t> first_;
-    std::uint64_t end_chunk_ = 0;
+    std::uint64_t next_chunk_ = 0;  // never decreases: chunk numbers are not reused
     std::uint64_t live_keys_ = 0;
 };
 

@@ -65,9 +65,9 @@ class ChunkWriter {
 };
 
 // Reads node records by id, through a snapshot or the latest state, keeping the last
-// few chunks it read. Not thread-safe: use one per thread. Chunks are immutable while
-// they exist, but a rollback deletes them and later heights reuse their numbers, so a
-// reader of the latest state must be reset() after a rollback.
+// few chunks it read. Not thread-safe: use one per thread. A chunk number is never
+// reused (a rollback deletes chunks, later heights take new numbers), so a chunk read
+// once stays valid for as long as anything refers to it.
 class NodeReader {
   public:
     explicit NodeReader(const storage::Store& store,

@@ -33,6 +33,9 @@ enum Prefix : std::uint8_t {
 inline constexpr std::string_view kMetaFormat = "format";  // magic ‖ version (4 BE)
 inline constexpr std::string_view kMetaTip = "tip";        // tip height (8 BE); absent if empty
 inline constexpr std::string_view kMetaFirst = "first";    // first height (8 BE); absent if empty
+// The next node chunk to write (8 BE). Never decreases, not even on rollback, so a node
+// id names the same record for the life of the database.
+inline constexpr std::string_view kMetaNextChunk = "next_chunk";
 
 // Node ids: chunk * kChunkNodes + index within the chunk.
 using NodeId = std::uint64_t;

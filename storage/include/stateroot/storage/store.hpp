@@ -23,6 +23,10 @@ struct StoreOptions {
     // Open for reading only (no lock, so a writer may have the database open; the
     // reader sees the state as of opening). Writes fail (default false).
     bool read_only = false;
+    // Open as a secondary instance that keeps its own files in this directory and
+    // follows the primary (another process, or another machine sharing the files) when
+    // catch_up() is called. Implies reading only (default empty: not a secondary).
+    std::string secondary_dir;
     // RocksDB block cache budget in MiB (default 128).
     std::size_t block_cache_mb = 128;
     // Size of one memtable in MiB (default 64); up to 3 may exist at once.
@@ -123,6 +127,14 @@ class Store {
 
     // Writes the memtables to disk (used by benchmarks to measure settled sizes).
     Status flush();
+
+    // Secondary instances: reads what the primary has written since. Not thread-safe with
+    // respect to reads: the caller keeps reads out while it runs.
+    Status catch_up();
+
+    // Writes a consistent copy of the database into `dir` (which must not exist), as
+    // hard links where possible; it opens as a complete database.
+    Status checkpoint(const std::string& dir);
 
     const std::string& dir() const { return dir_; }
 
