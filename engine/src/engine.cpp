@@ -85,6 +85,7 @@ Result<std::unique_ptr<Engine>> Engine::open(const std::string& dir, const Engin
         batch.put(schema::meta_key(schema::kMetaFormat), schema::format_value());
         if (Status s = e->store_->write(batch); !s) return std::unexpected(s.error());
     }
+    e->chunk_cache_ = std::make_unique<ChunkCache>(options.chunk_cache_mb << 20);
     e->nodes_ = std::make_unique<NodeReader>(*e->store_);
     e->tree_ = std::make_unique<Tree>(*e->nodes_);
     if (Status s = e->load(); !s) return std::unexpected(s.error());
@@ -279,7 +280,7 @@ Status Engine::put_aux(const std::vector<std::pair<Bytes, std::optional<Bytes>>>
 }
 
 Result<View> Engine::view() const {
-    View v(*store_, store_->snapshot());
+    View v(*store_, store_->snapshot(), chunk_cache_.get());
     auto tip = read_meta_height(*store_, schema::kMetaTip, v.snapshot_);
     if (!tip) return std::unexpected(tip.error());
     auto first = read_meta_height(*store_, schema::kMetaFirst, v.snapshot_);
@@ -291,10 +292,8 @@ Result<View> Engine::view() const {
 
 // ------------------------------------------------------------------------------ View
 
-View::View(const storage::Store& store, std::shared_ptr<const storage::Snapshot> snapshot)
-    : store_(store),
-      snapshot_(std::move(snapshot)),
-      nodes_(std::make_unique<NodeReader>(store, snapshot_)) {}
+View::View(const storage::Store& store, std::shared_ptr<const storage::Snapshot> snapshot, ChunkCache* cache)
+    : store_(store), snapshot_(std::move(snapshot)), nodes_(std::make_unique<NodeReader>(store, snapshot_, cache)) {}
 
 Status View::check_height(std::uint64_t height) const {
     if (!tip_ || height < *first_ || height > *tip_) {

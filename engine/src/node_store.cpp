@@ -4,6 +4,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <list>
+#include <mutex>
+#include <unordered_map>
 
 namespace stateroot::engine {
 
@@ -69,9 +72,49 @@ void ChunkWriter::clear() {
     count_ = 0;
 }
 
-NodeReader::NodeReader(const storage::Store& store,
-                       std::shared_ptr<const storage::Snapshot> snapshot)
-    : store_(store), snapshot_(std::move(snapshot)), cache_(kCachedChunks) {}
+struct ChunkCache::Shard {
+    std::mutex mu;
+    std::list<std::uint64_t> order;  // most recently used first
+    struct Entry {
+        std::shared_ptr<const Bytes> data;
+        std::list<std::uint64_t>::iterator pos;
+    };
+    std::unordered_map<std::uint64_t, Entry> entries;
+    std::size_t bytes = 0;
+};
+
+ChunkCache::ChunkCache(std::size_t capacity_bytes)
+    : shards_(std::make_unique<Shard[]>(kShards)), shard_capacity_(capacity_bytes / kShards) {}
+
+ChunkCache::~ChunkCache() = default;
+
+std::shared_ptr<const Bytes> ChunkCache::get(std::uint64_t chunk) {
+    Shard& s = shards_[chunk % kShards];
+    std::lock_guard lock(s.mu);
+    const auto it = s.entries.find(chunk);
+    if (it == s.entries.end()) return nullptr;
+    s.order.splice(s.order.begin(), s.order, it->second.pos);
+    return it->second.data;
+}
+
+void ChunkCache::put(std::uint64_t chunk, std::shared_ptr<const Bytes> data) {
+    Shard& s = shards_[chunk % kShards];
+    std::lock_guard lock(s.mu);
+    if (s.entries.count(chunk) > 0) return;
+    s.bytes += data->size();
+    s.order.push_front(chunk);
+    s.entries[chunk] = {std::move(data), s.order.begin()};
+    while (s.bytes > shard_capacity_ && s.order.size() > 1) {
+        const auto victim = s.entries.find(s.order.back());
+        s.bytes -= victim->second.data->size();
+        s.entries.erase(victim);
+        s.order.pop_back();
+    }
+}
+
+NodeReader::NodeReader(const storage::Store& store, std::shared_ptr<const storage::Snapshot> snapshot,
+                       ChunkCache* cache)
+    : store_(store), snapshot_(std::move(snapshot)), shared_(cache), cache_(kCachedChunks) {}
 
 void NodeReader::reset() {
     for (Cached& c : cache_) c = Cached{};
@@ -83,20 +126,25 @@ Result<const Bytes*> NodeReader::chunk(std::uint64_t number) {
     for (Cached& c : cache_) {
         if (c.number == number) {
             c.used = clock_;
-            return &c.data;
+            return c.data.get();
         }
         if (c.used < victim->used) victim = &c;
     }
-    auto row = store_.get(schema::node_chunk_key(number), snapshot_);
-    if (!row) return std::unexpected(row.error());
-    if (!*row) {
-        return make_error(ErrorCode::kCorruption, fmt::format("node chunk {} is missing", number));
+    std::shared_ptr<const Bytes> data = shared_ ? shared_->get(number) : nullptr;
+    if (!data) {
+        auto row = store_.get(schema::node_chunk_key(number), snapshot_);
+        if (!row) return std::unexpected(row.error());
+        if (!*row) {
+            return make_error(ErrorCode::kCorruption, fmt::format("node chunk {} is missing", number));
+        }
+        ++fetches_;
+        data = std::make_shared<const Bytes>(std::move(**row));
+        if (shared_) shared_->put(number, data);
     }
-    ++fetches_;
     victim->number = number;
-    victim->data = std::move(**row);
+    victim->data = std::move(data);
     victim->used = clock_;
-    return &victim->data;
+    return victim->data.get();
 }
 
 Result<NodeRecord> NodeReader::read(NodeId id) {

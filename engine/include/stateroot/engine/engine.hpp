@@ -30,6 +30,8 @@ struct EngineOptions {
     // Open for reading only, beside a possible writer in another process; apply() and
     // rollback() then fail (default false).
     bool read_only = false;
+    // Node chunks cached for views (proofs), shared by all of them, in MiB (default 64).
+    std::size_t chunk_cache_mb = 64;
 };
 
 struct CommitResult {
@@ -80,7 +82,7 @@ class View {
 
   private:
     friend class Engine;
-    View(const storage::Store& store, std::shared_ptr<const storage::Snapshot> snapshot);
+    View(const storage::Store& store, std::shared_ptr<const storage::Snapshot> snapshot, ChunkCache* cache);
     Status check_height(std::uint64_t height) const;
 
     const storage::Store& store_;
@@ -135,6 +137,7 @@ class Engine {
     Result<CommitResult> check_committed(const Changes& changes, const Hash& digest);
 
     std::unique_ptr<storage::Store> store_;
+    std::unique_ptr<ChunkCache> chunk_cache_;
     std::unique_ptr<NodeReader> nodes_;
     std::unique_ptr<Tree> tree_;
     std::optional<std::uint64_t> tip_;

@@ -64,14 +64,33 @@ class ChunkWriter {
     std::vector<Chunk> chunks_;
 };
 
+// Node chunks shared by every reader of a database, bounded in bytes, least recently
+// used first out. A chunk is immutable and its number never reused, so an entry never
+// goes stale. Thread-safe.
+class ChunkCache {
+public:
+    explicit ChunkCache(std::size_t capacity_bytes);
+    ~ChunkCache();
+    std::shared_ptr<const Bytes> get(std::uint64_t chunk);
+    void put(std::uint64_t chunk, std::shared_ptr<const Bytes> data);
+
+private:
+    struct Shard;
+    static constexpr std::size_t kShards = 16;
+    std::unique_ptr<Shard[]> shards_;
+    std::size_t shard_capacity_;
+};
+
 // Reads node records by id, through a snapshot or the latest state, keeping the last
 // few chunks it read. Not thread-safe: use one per thread. A chunk number is never
 // reused (a rollback deletes chunks, later heights take new numbers), so a chunk read
 // once stays valid for as long as anything refers to it.
 class NodeReader {
   public:
+    // `cache`, if given, is shared with other readers and must outlive this one.
     explicit NodeReader(const storage::Store& store,
-                        std::shared_ptr<const storage::Snapshot> snapshot = {});
+                        std::shared_ptr<const storage::Snapshot> snapshot = {},
+                        ChunkCache* cache = nullptr);
 
     // The record of `id`; kCorruption if it is missing or does not decode.
     Result<NodeRecord> read(NodeId id);
@@ -86,10 +105,11 @@ class NodeReader {
 
     const storage::Store& store_;
     std::shared_ptr<const storage::Snapshot> snapshot_;
+    ChunkCache* shared_;
     static constexpr std::size_t kCachedChunks = 32;
     struct Cached {
         std::uint64_t number = ~std::uint64_t{0};
-        Bytes data;
+        std::shared_ptr<const Bytes> data;
         std::uint64_t used = 0;
     };
     std::vector<Cached> cache_;
