@@ -1,10 +1,12 @@
-// Shared pieces of the `stateroot` commands.
+// The `stateroot` commands. main.cpp parses the command line; each command gets the
+// effective configuration (config.hpp) and its own arguments.
 #pragma once
 
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "config.hpp"
 #include "stateroot/engine/engine.hpp"
 #include "stateroot/storage/result.hpp"
 
@@ -19,12 +21,41 @@ inline constexpr int kExitError = 2;  // an error, reported on stderr
 int fail(const Error& error);
 int fail(const std::string& message);
 
-// Opens an existing database for reading (beside a possible writer).
-Result<std::unique_ptr<engine::Engine>> open_for_reading(const std::string& db);
+// The engine settings of a configuration.
+engine::EngineOptions engine_options(const Config& config);
+// kInvalidArgument unless the configuration names a database.
+Status require_db(const Config& config);
 
-// The height a query is about: `height` if given, else the tip (kNotFound if empty).
-Result<std::uint64_t> resolve_height(const engine::View& view, std::optional<std::uint64_t> height);
+// State commands (commands.cpp). `height` nullopt means the tip.
+int cmd_apply(const Config& c, const std::string& file);
+int cmd_root(const Config& c, std::optional<std::uint64_t> height);
+int cmd_get(const Config& c, const std::string& key_hex, std::optional<std::uint64_t> height);
+int cmd_prove(const Config& c, const std::string& key_hex, std::optional<std::uint64_t> height);
+int cmd_verify(const Config& c, const std::string& file, const std::string& root_hex);
+int cmd_rollback(const Config& c, std::int64_t height);
+int cmd_info(const Config& c);
+int cmd_check(const Config& c, std::optional<std::uint64_t> height);
+int cmd_blockhash(const Config& c, std::optional<std::uint64_t> height);
 
+// Server commands (serve_cmd.cpp).
+struct ServerOptions;
+ServerOptions server_options(const Config& c);
+int cmd_serve(const Config& c);
+int cmd_snapshot(const Config& c, const std::string& out);
+int cmd_config_print(const Config& c);
+
+// Indexing (index_cmd.cpp): serves the query API meanwhile if rpc_addr was given.
+struct IndexOptions {
+    std::vector<std::string> block_files;
+    std::string blocks_dir;
+    std::string indexer = "utxo";
+    std::optional<std::uint64_t> exit_at;
+    bool allow_missing_prevouts = false;
+    std::optional<std::uint64_t> start_height;
+};
+int cmd_index(const Config& c, const IndexOptions& options);
+
+// Benchmark (bench.cpp).
 struct BenchOptions {
     std::uint64_t keys = 1'000'000;
     std::uint64_t block_keys = 10'000;
@@ -36,18 +67,5 @@ struct BenchOptions {
     std::size_t cache_mb = 128;
 };
 int run_bench(const BenchOptions& options);
-
-struct IndexOptions {
-    std::string db;
-    std::vector<std::string> block_files;
-    std::string blocks_dir;
-    std::string network = "mainnet";
-    std::string indexer = "utxo";
-    std::optional<std::uint64_t> exit_at;
-    std::uint64_t max_reorg_depth = 100;
-    bool allow_missing_prevouts = false;
-    std::optional<std::uint64_t> start_height;
-};
-int run_index_command(const IndexOptions& options);
 
 }  // namespace stateroot::tools

@@ -3,10 +3,13 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <fstream>
 
 #include "cli.hpp"
+#include "rpc.hpp"
+#include "server.hpp"
 #include "signals.hpp"
 #include "stateroot/indexer/loop.hpp"
 
@@ -74,21 +77,40 @@ Result<std::vector<indexer::FoundBlock>> scan_inputs(const IndexOptions& o,
 
 }  // namespace
 
-int run_index_command(const IndexOptions& o) {
+int cmd_index(const Config& c, const IndexOptions& o) {
     // Before anything else, so that a signal at any moment takes the clean path.
     install_stop_handlers();
-    const auto network = indexer::parse_network(o.network);
+    if (Status s = require_db(c); !s) return fail(s.error());
+    const auto network = indexer::parse_network(c.network);
     if (!network)
         return fail(fmt::format(
-            "unknown network \"{}\" (mainnet, testnet3, testnet4, signet, regtest)", o.network));
+            "unknown network \"{}\" (mainnet, testnet3, testnet4, signet, regtest)", c.network));
     if (o.block_files.empty() == o.blocks_dir.empty())
         return fail("give either --blocks FILE... or --blocks-dir DIR");
     auto indexer = indexer::make_indexer(o.indexer, o.allow_missing_prevouts);
     if (!indexer) return fail(indexer.error());
-    auto engine = engine::Engine::open(o.db);
+    auto engine = engine::Engine::open(c.db, engine_options(c));
     if (!engine) return fail(engine.error());
     auto input = scan_inputs(o, *network);
     if (!input) return fail(input.error());
+
+    // The query API, while indexing, when an address was configured.
+    std::atomic<std::uint64_t> at_height{0}, target{0};
+    std::atomic<bool> indexing{true};
+    Metrics metrics;
+    EngineSource source(**engine);
+    Rpc rpc(source, metrics, [&] {
+        return IndexerStatus{indexing ? "indexing" : "done", at_height.load(), target.load()};
+    });
+    std::unique_ptr<HttpServer> server;
+    if (c.given.count("rpc_addr") > 0) {
+        server = std::make_unique<HttpServer>(rpc, server_options(c));
+        auto port = server->start();
+        if (!port) return fail(port.error());
+        spdlog::info("serving on http://{}:{}", parse_addr(c.rpc_addr)->first, *port);
+    }
+    std::uint64_t keys_before = 0;
+    double commit_before = 0;
 
     const bool tty = isatty(STDERR_FILENO) == 1;
     const std::uint64_t first_height = (*engine)->tip() ? *(*engine)->tip() + 1 : 0;
@@ -96,11 +118,16 @@ int run_index_command(const IndexOptions& o) {
     auto last_print = tty ? Clock::now() - std::chrono::hours(1) : Clock::now();
     indexer::LoopOptions lo;
     lo.exit_at = o.exit_at;
-    lo.max_reorg_depth = o.max_reorg_depth;
+    lo.max_reorg_depth = c.max_reorg_depth;
     lo.allow_missing_prevouts = o.allow_missing_prevouts;
     lo.start_height = o.start_height;
     lo.stop_requested = stop_requested;
     lo.on_progress = [&](const indexer::LoopProgress& p) {
+        metrics.observe_commit(p.changed_keys - keys_before, p.commit_seconds - commit_before);
+        keys_before = p.changed_keys;
+        commit_before = p.commit_seconds;
+        at_height = p.height;
+        target = p.target;
         const auto now = Clock::now();
         if (tty && now - last_print > std::chrono::milliseconds(200)) {
             fmt::print(stderr, "\r{}\x1b[K", progress_line(p, std::min(first_height, p.height)));
@@ -111,6 +138,8 @@ int run_index_command(const IndexOptions& o) {
         }
     };
     auto result = indexer::run_index(**engine, **indexer, *input, lo);
+    indexing = false;
+    if (server) server->stop();
     if (tty) fmt::print(stderr, "\r\x1b[K");
     if (!result) return fail(result.error());
 

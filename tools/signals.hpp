@@ -1,6 +1,6 @@
-// SIGINT / SIGTERM: the first asks the running command to stop after the height in
-// progress; the second exits at once (every height is atomic, so the database is
-// consistent either way).
+// SIGINT / SIGTERM: the first asks the running command to stop cleanly (the indexer
+// after the height in progress, the server after the requests in flight); the second
+// exits at once (every height is atomic, so the database is consistent either way).
 #pragma once
 
 namespace stateroot::tools {

@@ -61,15 +61,18 @@ Result<std::unique_ptr<Engine>> Engine::open(const std::string& dir, const Engin
             ErrorCode::kInvalidArgument,
             fmt::format("{} is not a stateroot database (it holds other files)", dir));
     }
+    const bool read_only = options.read_only || !options.secondary_dir.empty();
     storage::StoreOptions so = options.store;
-    so.create_if_missing = !options.must_exist && !options.read_only;
+    so.create_if_missing = !options.must_exist && !read_only;
     so.read_only = options.read_only;
+    so.secondary_dir = options.secondary_dir;
     so.seek_prefix_length = schema::kValueSeekPrefix;
     auto store = storage::Store::open(dir, so);
     if (!store) return std::unexpected(store.error());
 
     std::unique_ptr<Engine> e(new Engine());
     e->store_ = std::move(*store);
+    e->read_only_ = read_only;
     auto format = e->store_->get(schema::meta_key(schema::kMetaFormat));
     if (!format) return std::unexpected(format.error());
     if (*format) {
@@ -77,7 +80,7 @@ Result<std::unique_ptr<Engine>> Engine::open(const std::string& dir, const Engin
     } else {
         auto it = e->store_->iterator();
         it->seek({});
-        if (it->valid() || options.read_only) {
+        if (it->valid() || read_only) {
             return make_error(ErrorCode::kInvalidArgument,
                               fmt::format("{} is not a stateroot database (no format row)", dir));
         }
@@ -145,9 +148,13 @@ using Clock = std::chrono::steady_clock;
 double seconds(Clock::time_point from, Clock::time_point to) {
     return std::chrono::duration<double>(to - from).count();
 }
+std::unexpected<Error> read_only_error() {
+    return make_error(ErrorCode::kInvalidArgument, "the database is open for reading only");
+}
 }  // namespace
 
 Result<CommitResult> Engine::apply(const Changes& changes) {
+    if (read_only_) return read_only_error();
     const auto t0 = Clock::now();
     auto normal = normalize(changes);
     if (!normal) return std::unexpected(normal.error());
@@ -237,6 +244,7 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
 }
 
 Status Engine::rollback(std::optional<std::uint64_t> height) {
+    if (read_only_) return read_only_error();
     if (!tip_ || (height && *height >= *tip_)) return {};
     const bool to_empty = !height || *height < *first_;
     const std::uint64_t lowest = to_empty ? *first_ : *height + 1;
@@ -270,7 +278,15 @@ Status Engine::rollback(std::optional<std::uint64_t> height) {
     return load();
 }
 
+Status Engine::catch_up() {
+    if (Status s = store_->catch_up(); !s) return s;
+    return load();
+}
+
+Status Engine::checkpoint(const std::string& dir) { return store_->checkpoint(dir); }
+
 Status Engine::put_aux(const std::vector<std::pair<Bytes, std::optional<Bytes>>>& rows) {
+    if (read_only_) return read_only_error();
     storage::WriteBatch batch;
     for (const auto& [key, value] : rows) {
         value ? batch.put(schema::aux_key(key), *value) : batch.del(schema::aux_key(key));

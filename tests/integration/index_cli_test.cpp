@@ -127,7 +127,7 @@ TEST_CASE("index cli: SIGINT finishes the height in progress and exits cleanly",
     c.signal(SIGINT);
     CHECK(c.wait() == 0);
     const std::string err = slurp(s.dir.sub("err"));
-    CHECK(err.find("stopping after the current height") != std::string::npos);
+    CHECK(err.find("stopping (signal again to exit now)") != std::string::npos);
     CHECK(err.find("stopped by a signal; run again to continue") != std::string::npos);
     CHECK(roots(db).size() < 600);
     REQUIRE(s.run(db) == 0);

@@ -32,6 +32,10 @@ struct EngineOptions {
     bool read_only = false;
     // Node chunks cached for views (proofs), shared by all of them, in MiB (default 64).
     std::size_t chunk_cache_mb = 64;
+    // Open as a read replica of a primary in another process (a RocksDB secondary
+    // instance keeping its own files in this directory); see catch_up(). Implies
+    // reading only (default empty).
+    std::string secondary_dir;
 };
 
 struct CommitResult {
@@ -119,6 +123,14 @@ class Engine {
     // rollback leaves them alone.
     Status put_aux(const std::vector<std::pair<Bytes, std::optional<Bytes>>>& rows);
 
+    // Replicas: reads what the primary has committed since. Views must not be in use
+    // while it runs (a replica's snapshots do not hold back catching up).
+    Status catch_up();
+
+    // Writes a consistent copy of the database to `dir` (which must not exist) that
+    // opens as a complete database with the same heights and roots.
+    Status checkpoint(const std::string& dir);
+
     std::optional<std::uint64_t> tip() const { return tip_; }
     std::optional<std::uint64_t> first() const { return first_; }
     std::uint64_t live_keys() const { return live_keys_; }
@@ -144,6 +156,7 @@ class Engine {
     std::optional<std::uint64_t> first_;
     std::uint64_t next_chunk_ = 0;  // never decreases: chunk numbers are not reused
     std::uint64_t live_keys_ = 0;
+    bool read_only_ = false;
 };
 
 // "heights 3..10 exist" / "the database is empty": for error messages.

@@ -1,0 +1,222 @@
+// The state commands: apply, root, get, prove, verify, rollback, info, check, blockhash.
+#include <fmt/format.h>
+
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "cli.hpp"
+#include "stateroot/engine/proof.hpp"
+#include "stateroot/indexer/change_file.hpp"
+
+namespace stateroot::tools {
+namespace {
+
+using engine::Engine;
+
+Result<Bytes> parse_hex_arg(const std::string& text, const char* what) {
+    auto b = from_hex(text);
+    if (!b) return make_error(ErrorCode::kInvalidArgument, fmt::format("{} is not valid hex", what));
+    return *b;
+}
+
+// An existing database opened for reading (beside a possible writer), a view of it, and
+// the height a query is about (the tip if none was given).
+struct Reading {
+    std::unique_ptr<Engine> engine;
+    std::optional<engine::View> view;
+    std::uint64_t height = 0;
+};
+
+Result<std::unique_ptr<Engine>> open_for_reading(const Config& c) {
+    if (Status s = require_db(c); !s) return std::unexpected(s.error());
+    engine::EngineOptions o = engine_options(c);
+    o.read_only = true;
+    return Engine::open(c.db, o);
+}
+
+Result<Reading> read_at(const Config& c, std::optional<std::uint64_t> height) {
+    auto e = open_for_reading(c);
+    if (!e) return std::unexpected(e.error());
+    auto v = (*e)->view();
+    if (!v) return std::unexpected(v.error());
+    Reading r{std::move(*e), std::move(*v), 0};
+    if (height) {
+        r.height = *height;
+    } else if (r.view->tip()) {
+        r.height = *r.view->tip();
+    } else {
+        return make_error(ErrorCode::kNotFound, "the database is empty");
+    }
+    return r;
+}
+
+}  // namespace
+
+int cmd_apply(const Config& c, const std::string& file) {
+    if (Status s = require_db(c); !s) return fail(s.error());
+    auto e = Engine::open(c.db, engine_options(c));
+    if (!e) return fail(e.error());
+    auto print = [](const engine::CommitResult& r) { fmt::print("{} {}\n", r.height, r.root.hex()); };
+    Status s;
+    if (file == "-") {
+        s = indexer::apply_change_stream(**e, std::cin, "<stdin>", print);
+    } else {
+        std::ifstream in(file, std::ios::binary);
+        if (!in) return fail(fmt::format("cannot open {}", file));
+        s = indexer::apply_change_stream(**e, in, file, print);
+    }
+    std::fflush(stdout);
+    return s ? kExitOk : fail(s.error());
+}
+
+int cmd_root(const Config& c, std::optional<std::uint64_t> height) {
+    auto r = read_at(c, height);
+    if (!r) return fail(r.error());
+    auto root = r->view->root(r->height);
+    if (!root) return fail(root.error());
+    fmt::print("{}\n", root->hex());
+    return kExitOk;
+}
+
+int cmd_get(const Config& c, const std::string& key_hex, std::optional<std::uint64_t> height) {
+    auto key = parse_hex_arg(key_hex, "--key");
+    if (!key) return fail(key.error());
+    auto r = read_at(c, height);
+    if (!r) return fail(r.error());
+    auto value = r->view->get(*key, r->height);
+    if (!value) return fail(value.error());
+    if (!*value) {
+        std::cerr << fmt::format("stateroot: key {} is absent at height {}\n", to_hex(*key), r->height);
+        return kExitNo;
+    }
+    fmt::print("{}\n", to_hex(**value));
+    return kExitOk;
+}
+
+int cmd_prove(const Config& c, const std::string& key_hex, std::optional<std::uint64_t> height) {
+    auto key = parse_hex_arg(key_hex, "--key");
+    if (!key) return fail(key.error());
+    auto r = read_at(c, height);
+    if (!r) return fail(r.error());
+    auto proof = r->view->prove(*key, r->height);
+    if (!proof) return fail(proof.error());
+    fmt::print("{}\n", engine::to_json(*proof).dump(2));
+    return kExitOk;
+}
+
+int cmd_verify(const Config& c, const std::string& file, const std::string& root_hex) {
+    std::ifstream in(file == "-" ? "/dev/stdin" : file, std::ios::binary);
+    if (!in) return fail(fmt::format("cannot open {}", file));
+    nlohmann::json j;
+    try {
+        j = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception&) {
+        return fail(fmt::format("{} is not a proof: not JSON", file));
+    }
+    auto proof = engine::proof_from_json(j);
+    if (!proof) return fail(with_context(proof.error(), file).error());
+    engine::Hash root = proof->root;
+    if (!root_hex.empty()) {
+        auto r = parse_hex_arg(root_hex, "--root");
+        if (!r) return fail(r.error());
+        if (r->size() != 32) return fail("--root must be 32 bytes");
+        root = engine::Hash::from(*r);
+    } else if (!c.db.empty()) {
+        // The trusted root is the database's root at the proof's height.
+        auto r = read_at(c, proof->height);
+        if (!r) return fail(r.error());
+        auto stored = r->view->root(proof->height);
+        if (!stored) return fail(stored.error());
+        root = *stored;
+    }
+    if (Status s = engine::verify(*proof, root); !s) {
+        fmt::print("invalid: {}\n", s.error().message);
+        return kExitNo;
+    }
+    fmt::print("valid\n");
+    return kExitOk;
+}
+
+int cmd_rollback(const Config& c, std::int64_t height) {
+    if (Status s = require_db(c); !s) return fail(s.error());
+    engine::EngineOptions options = engine_options(c);
+    options.must_exist = true;
+    auto e = Engine::open(c.db, options);
+    if (!e) return fail(e.error());
+    const auto target = height < 0 ? std::nullopt : std::optional<std::uint64_t>(height);
+    if (Status s = (*e)->rollback(target); !s) return fail(s.error());
+    if ((*e)->tip()) {
+        fmt::print("{} {}\n", *(*e)->tip(), (*e)->root().hex());
+    } else {
+        fmt::print("empty\n");
+    }
+    return kExitOk;
+}
+
+int cmd_blockhash(const Config& c, std::optional<std::uint64_t> height) {
+    auto r = read_at(c, height);
+    if (!r) return fail(r.error());
+    auto rec = r->view->record(r->height);
+    if (!rec) return fail(rec.error());
+    if (!rec->block_hash) {
+        std::cerr << fmt::format("stateroot: height {} has no block hash\n", r->height);
+        return kExitNo;
+    }
+    fmt::print("{}\n", rec->block_hash->hex());
+    return kExitOk;
+}
+
+int cmd_info(const Config& c) {
+    auto e = open_for_reading(c);
+    if (!e) return fail(e.error());
+    const Engine& eng = **e;
+    const auto opt = [](std::optional<std::uint64_t> v) { return v ? nlohmann::json(*v) : nlohmann::json(nullptr); };
+    nlohmann::json j{{"format_version", engine::schema::kFormatVersion},
+                     {"first", opt(eng.first())},
+                     {"tip", opt(eng.tip())},
+                     {"root", eng.tip() ? nlohmann::json(eng.root().hex()) : nlohmann::json(nullptr)},
+                     {"live_keys", eng.live_keys()},
+                     {"bytes_on_disk", (*e)->store().disk_bytes()}};
+    fmt::print("{}\n", j.dump(2));
+    return kExitOk;
+}
+
+int cmd_check(const Config& c, std::optional<std::uint64_t> height) {
+    auto r = read_at(c, height);
+    if (!r) return fail(r.error());
+    auto stored = r->view->root(r->height);
+    if (!stored) return fail(stored.error());
+    auto recomputed = r->view->recompute_root(r->height);
+    if (!recomputed) return fail(recomputed.error());
+    if (*stored != *recomputed) {
+        fmt::print("mismatch at height {}: stored root {}, recomputed {}\n", r->height, stored->hex(),
+                   recomputed->hex());
+        return kExitNo;
+    }
+    fmt::print("ok {} {}\n", r->height, stored->hex());
+    return kExitOk;
+}
+
+int fail(const Error& error) { return fail(error.message); }
+
+int fail(const std::string& message) {
+    std::fflush(stdout);
+    std::cerr << "stateroot: " << message << "\n";
+    return kExitError;
+}
+
+engine::EngineOptions engine_options(const Config& c) {
+    engine::EngineOptions o;
+    o.store.block_cache_mb = c.cache_mb;
+    o.store.sync = c.sync;
+    o.chunk_cache_mb = c.chunk_cache_mb;
+    return o;
+}
+
+Status require_db(const Config& c) {
+    if (!c.db.empty()) return {};
+    return make_error(ErrorCode::kInvalidArgument, "--db is required (or STATEROOT_DB, or \"db\" in --config)");
+}
+
+}  // namespace stateroot::tools

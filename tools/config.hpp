@@ -1,0 +1,53 @@
+// The effective configuration of a command: defaults, overridden by a JSON file
+// (--config FILE), then by environment variables (STATEROOT_<OPTION>), then by flags.
+// configs/default.json lists every option with its default and what it does.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "stateroot/storage/result.hpp"
+
+namespace stateroot::tools {
+
+struct Config {
+    std::string db;                          // database directory (no default)
+    std::string rpc_addr = "127.0.0.1:8080"; // HOST:PORT of the JSON-RPC/REST server
+    std::string rpc_token;                   // bearer token; required to bind a non-loopback address
+    std::uint64_t rpc_threads = 8;           // request worker threads
+    std::string secondary;                   // serve as a read replica keeping its files here
+    std::uint64_t catch_up_ms = 500;         // how often a replica catches up with the primary
+    std::string network = "mainnet";         // block network: mainnet, testnet3, testnet4, signet, regtest
+    std::uint64_t max_reorg_depth = 100;     // deepest rollback a reorg may make
+    std::uint64_t cache_mb = 128;            // RocksDB block cache
+    std::uint64_t chunk_cache_mb = 64;       // tree node cache for proofs
+    bool sync = false;                       // fsync every commit (power-loss durability)
+    std::string log_level = "info";          // trace, debug, info, warn, error
+
+    // The options a file, the environment or a flag set (the rest are defaults).
+    std::set<std::string> given;
+};
+
+// Values given on the command line, by option name, as typed.
+using ConfigFlags = std::map<std::string, std::string>;
+
+// Builds the effective configuration. `file` may be empty. `env` looks up an
+// environment variable (std::getenv by default). Errors name the file, variable or
+// flag and the option: an unknown option in the file, or a value of the wrong type.
+Result<Config> load_config(const std::string& file, const ConfigFlags& flags,
+                           const std::function<const char*(const char*)>& env = nullptr);
+
+// Every option and its value, as configs/default.json spells them.
+nlohmann::json to_json(const Config& config);
+
+// The option names, in the order they are documented.
+std::vector<std::string> config_option_names();
+
+}  // namespace stateroot::tools

@@ -1,0 +1,432 @@
+#include "rpc.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <charconv>
+#include <expected>
+
+#include "stateroot/engine/proof.hpp"
+
+namespace stateroot::tools {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr int kParseError = -32700;
+constexpr int kInvalidRequest = -32600;
+constexpr int kMethodNotFound = -32601;
+constexpr int kInvalidParams = -32602;
+constexpr int kInternalError = -32603;
+constexpr int kHeightNotFound = -32001;
+constexpr std::size_t kMaxDepth = 64;
+
+struct RpcError {
+    int code;
+    std::string message;
+};
+using Answer = std::expected<json, RpcError>;
+
+std::unexpected<RpcError> rpc_error(int code, std::string message) {
+    return std::unexpected(RpcError{code, std::move(message)});
+}
+
+std::unexpected<RpcError> internal(const Error& e) { return rpc_error(kInternalError, "internal error: " + e.message); }
+
+// Deepest nesting of arrays and objects in `text`, stopping once past `limit`: JSON
+// nested deeper than any request needs is refused before it is parsed.
+std::size_t nesting(std::string_view text, std::size_t limit) {
+    std::size_t depth = 0, deepest = 0;
+    bool in_string = false, escaped = false;
+    for (const char c : text) {
+        if (in_string) {
+            if (escaped) {
+                escaped = false;
+            } else if (c == '\\') {
+                escaped = true;
+            } else if (c == '"') {
+                in_string = false;
+            }
+        } else if (c == '"') {
+            in_string = true;
+        } else if (c == '[' || c == '{') {
+            deepest = std::max(deepest, ++depth);
+            if (deepest > limit) break;
+        } else if ((c == ']' || c == '}') && depth > 0) {
+            --depth;
+        }
+    }
+    return deepest;
+}
+
+// A height parameter: a non-negative integer, a decimal string, "latest", or absent
+// (latest). nullopt means latest.
+std::expected<std::optional<std::uint64_t>, RpcError> height_param(const json& params, std::size_t i) {
+    if (params.size() <= i || params[i].is_null()) return std::optional<std::uint64_t>();
+    const json& v = params[i];
+    if (v.is_number_unsigned()) return std::optional<std::uint64_t>(v.get<std::uint64_t>());
+    if (v.is_string()) {
+        const std::string& s = v.get_ref<const std::string&>();
+        if (s == "latest") return std::optional<std::uint64_t>();
+        std::uint64_t h = 0;
+        const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), h);
+        if (ec == std::errc() && end == s.data() + s.size() && !s.empty()) return std::optional<std::uint64_t>(h);
+    }
+    return rpc_error(kInvalidParams,
+                     fmt::format("invalid params: params[{}] (height) must be a non-negative integer, a decimal string "
+                                 "or \"latest\"",
+                                 i));
+}
+
+std::expected<std::uint64_t, RpcError> resolve(const engine::View& view, std::optional<std::uint64_t> h) {
+    if (!view.tip()) {
+        return rpc_error(kHeightNotFound,
+                         h ? fmt::format("height {} not found (the database is empty)", *h)
+                           : std::string("height latest not found (the database is empty)"));
+    }
+    if (!h) return *view.tip();
+    if (*h > *view.tip()) return rpc_error(kHeightNotFound, fmt::format("height {} not found (tip is {})", *h, *view.tip()));
+    if (*h < *view.first()) {
+        return rpc_error(kHeightNotFound,
+                         fmt::format("height {} not found (heights {}..{} exist)", *h, *view.first(), *view.tip()));
+    }
+    return *h;
+}
+
+std::expected<std::uint64_t, RpcError> height_at(const engine::View& view, const json& params, std::size_t i) {
+    auto h = height_param(params, i);
+    if (!h) return std::unexpected(h.error());
+    return resolve(view, *h);
+}
+
+std::expected<Bytes, RpcError> key_param(const json& params, std::size_t i) {
+    if (params.size() <= i) return rpc_error(kInvalidParams, fmt::format("invalid params: params[{}] (key) is required", i));
+    const json& v = params[i];
+    std::optional<Bytes> key;
+    if (v.is_string()) key = from_hex(v.get_ref<const std::string&>());
+    if (!key) return rpc_error(kInvalidParams, fmt::format("invalid params: params[{}] (key) must be a hex string", i));
+    if (Status s = engine::check_key_size(*key); !s) {
+        return rpc_error(kInvalidParams, fmt::format("invalid params: params[{}] (key): {}", i, s.error().message));
+    }
+    return std::move(*key);
+}
+
+// The methods (m_ and the name without its namespace). Each gets a view of one committed
+// state and its (array) params.
+using Handler = Answer (*)(engine::View&, const json&);
+
+Answer m_height(engine::View& v, const json&) { return v.tip() ? json(*v.tip()) : json(nullptr); }
+
+Answer m_getroot(engine::View& v, const json& p) {
+    auto h = height_at(v, p, 0);
+    if (!h) return std::unexpected(h.error());
+    auto root = v.root(*h);
+    if (!root) return internal(root.error());
+    return root->hex();
+}
+
+Answer m_getblockhash(engine::View& v, const json& p) {
+    auto h = height_at(v, p, 0);
+    if (!h) return std::unexpected(h.error());
+    auto rec = v.record(*h);
+    if (!rec) return internal(rec.error());
+    return rec->block_hash ? json(rec->block_hash->hex()) : json(nullptr);
+}
+
+Answer m_get(engine::View& v, const json& p) {
+    auto key = key_param(p, 0);
+    if (!key) return std::unexpected(key.error());
+    auto h = height_at(v, p, 1);
+    if (!h) return std::unexpected(h.error());
+    auto value = v.get(*key, *h);
+    if (!value) return internal(value.error());
+    return *value ? json(to_hex(**value)) : json(nullptr);
+}
+
+Answer m_prove(engine::View& v, const json& p) {
+    auto key = key_param(p, 0);
+    if (!key) return std::unexpected(key.error());
+    auto h = height_at(v, p, 1);
+    if (!h) return std::unexpected(h.error());
+    auto proof = v.prove(*key, *h);
+    if (!proof) return internal(proof.error());
+    return engine::to_json(*proof);
+}
+
+Answer m_getchanges(engine::View& v, const json& p) {
+    auto h = height_at(v, p, 0);
+    if (!h) return std::unexpected(h.error());
+    auto changes = v.changes(*h);
+    if (!changes) return internal(changes.error());
+    json puts = json::array(), deletes = json::array();
+    for (const auto& c : *changes) {
+        if (c.value) {
+            puts.push_back(json::array({to_hex(c.key), to_hex(*c.value)}));
+        } else {
+            deletes.push_back(to_hex(c.key));
+        }
+    }
+    return json{{"height", *h}, {"puts", std::move(puts)}, {"deletes", std::move(deletes)}};
+}
+
+Answer m_metashrew_height(engine::View& v, const json&) {
+    return v.tip() ? json(std::to_string(*v.tip())) : json(nullptr);
+}
+
+Answer m_metashrew_stateroot(engine::View& v, const json& p) {
+    auto root = m_getroot(v, p);
+    if (!root) return root;
+    return "0x" + root->get<std::string>();
+}
+
+Answer m_metashrew_getblockhash(engine::View& v, const json& p) {
+    auto hash = m_getblockhash(v, p);
+    if (!hash || hash->is_null()) return hash;
+    return "0x" + hash->get<std::string>();
+}
+
+struct Method {
+    const char* name;
+    std::size_t max_params;
+    Handler fn;
+};
+
+constexpr Method kMethods[] = {
+    {"stateroot_height", 0, m_height},
+    {"stateroot_getroot", 1, m_getroot},
+    {"stateroot_getblockhash", 1, m_getblockhash},
+    {"stateroot_get", 2, m_get},
+    {"stateroot_prove", 2, m_prove},
+    {"stateroot_getchanges", 1, m_getchanges},
+    {"metashrew_height", 0, m_metashrew_height},
+    {"metashrew_stateroot", 1, m_metashrew_stateroot},
+    {"metashrew_getblockhash", 1, m_metashrew_getblockhash},
+};
+
+const Method* find_method(const std::string& name) {
+    for (const Method& m : kMethods) {
+        if (name == m.name) return &m;
+    }
+    return nullptr;
+}
+
+json error_response(const RpcError& e, const json& id) {
+    return json{{"jsonrpc", "2.0"}, {"error", {{"code", e.code}, {"message", e.message}}}, {"id", id}};
+}
+
+double since(std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+}  // namespace
+
+Result<StateSource::Lease> EngineSource::lease() {
+    auto view = engine_.view();
+    if (!view) return std::unexpected(view.error());
+    return Lease{std::move(*view), {}};
+}
+
+ReplicaSource::ReplicaSource(engine::Engine& engine, std::chrono::milliseconds interval) : engine_(engine) {
+    thread_ = std::thread([this, interval] {
+        std::unique_lock stop_lock(stop_mu_);
+        while (!stop_cv_.wait_for(stop_lock, interval, [this] { return stopping_; })) {
+            std::unique_lock lock(mu_);
+            if (Status s = engine_.catch_up(); !s) spdlog::warn("replica: {}", s.error().message);
+        }
+    });
+}
+
+ReplicaSource::~ReplicaSource() {
+    {
+        std::lock_guard lock(stop_mu_);
+        stopping_ = true;
+    }
+    stop_cv_.notify_all();
+    thread_.join();
+}
+
+Result<StateSource::Lease> ReplicaSource::lease() {
+    std::shared_lock hold(mu_);
+    auto view = engine_.view();
+    if (!view) return std::unexpected(view.error());
+    return Lease{std::move(*view), std::move(hold)};
+}
+
+Rpc::Rpc(StateSource& source, Metrics& metrics, std::function<IndexerStatus()> indexer)
+    : source_(source), metrics_(metrics), indexer_(std::move(indexer)), started_(std::chrono::steady_clock::now()) {}
+
+json Rpc::call(const json& request, bool& notification) {
+    const auto t = std::chrono::steady_clock::now();
+    notification = false;
+    const json null_id = nullptr;
+    auto fail = [&](const std::string& label, const RpcError& e, const json& id) {
+        metrics_.observe_request(label, false, since(t));
+        return error_response(e, id);
+    };
+    if (!request.is_object()) return fail("invalid", {kInvalidRequest, "invalid request: not a JSON object"}, null_id);
+    if (request.contains("id") && !request["id"].is_string() && !request["id"].is_number() && !request["id"].is_null()) {
+        return fail("invalid", {kInvalidRequest, "invalid request: \"id\" must be a string, a number or null"}, null_id);
+    }
+    const json id = request.contains("id") ? request["id"] : null_id;
+    if (!request.contains("jsonrpc") || request["jsonrpc"] != "2.0") {
+        return fail("invalid", {kInvalidRequest, "invalid request: \"jsonrpc\" must be \"2.0\""}, id);
+    }
+    if (!request.contains("method") || !request["method"].is_string()) {
+        return fail("invalid", {kInvalidRequest, "invalid request: \"method\" must be a string"}, id);
+    }
+    notification = !request.contains("id");
+    const std::string& name = request["method"].get_ref<const std::string&>();
+    const Method* m = find_method(name);
+    if (!m) return fail("unknown", {kMethodNotFound, "method not found: " + name}, id);
+    const json params = request.contains("params") ? request["params"] : json::array();
+    if (!params.is_array()) return fail(name, {kInvalidParams, "invalid params: \"params\" must be an array"}, id);
+    if (params.size() > m->max_params) {
+        return fail(name, {kInvalidParams, fmt::format("invalid params: {} takes at most {} params, got {}", name,
+                                                        m->max_params, params.size())},
+                    id);
+    }
+    auto lease = source_.lease();
+    if (!lease) return fail(name, {kInternalError, "internal error: " + lease.error().message}, id);
+    auto answer = m->fn(lease->view, params);
+    if (!answer) return fail(name, answer.error(), id);
+    metrics_.observe_request(name, true, since(t));
+    return json{{"jsonrpc", "2.0"}, {"result", std::move(*answer)}, {"id", id}};
+}
+
+HttpAnswer Rpc::post(std::string_view body) {
+    HttpAnswer a;
+    auto single_error = [&](int code, const std::string& message) {
+        metrics_.observe_request("invalid", false, 0);
+        a.body = error_response({code, message}, nullptr).dump();
+        return a;
+    };
+    if (nesting(body, kMaxDepth) > kMaxDepth) {
+        return single_error(kParseError, fmt::format("parse error: nested deeper than {} levels", kMaxDepth));
+    }
+    json request;
+    try {
+        request = json::parse(body);
+    } catch (const json::parse_error& e) {
+        std::string what = e.what();
+        if (const auto pos = what.find("] "); pos != std::string::npos) what = what.substr(pos + 2);
+        return single_error(kParseError, what);
+    }
+    bool notification = false;
+    if (!request.is_array()) {
+        json response = call(request, notification);
+        if (notification) {
+            a.status = 204;
+            return a;
+        }
+        a.body = response.dump();
+        return a;
+    }
+    if (request.empty()) return single_error(kInvalidRequest, "invalid request: empty batch");
+    if (request.size() > kMaxBatch) {
+        return single_error(kInvalidRequest,
+                            fmt::format("invalid request: a batch of {} calls exceeds {}", request.size(), kMaxBatch));
+    }
+    json responses = json::array();
+    for (const json& r : request) {
+        json response = call(r, notification);
+        if (!notification) responses.push_back(std::move(response));
+    }
+    if (responses.empty()) {
+        a.status = 204;
+        return a;
+    }
+    a.body = responses.dump();
+    return a;
+}
+
+HttpAnswer Rpc::get(const std::string& path, const std::map<std::string, std::string>& query) {
+    const auto t = std::chrono::steady_clock::now();
+    HttpAnswer a;
+    auto finish = [&](const std::string& route, Answer answer) {
+        metrics_.observe_request(route, answer.has_value(), since(t));
+        if (answer) {
+            a.body = answer->dump();
+            return a;
+        }
+        const int code = answer.error().code;
+        a.status = code == kHeightNotFound ? 404 : code == kInternalError ? 500 : 400;
+        a.body = json{{"error", {{"code", code}, {"message", answer.error().message}}}}.dump();
+        return a;
+    };
+    auto segments = [&](std::string_view prefix) -> std::optional<std::string> {
+        if (path.rfind(prefix, 0) != 0 || path.size() == prefix.size()) return std::nullopt;
+        std::string rest = path.substr(prefix.size());
+        if (rest.find('/') != std::string::npos) return std::nullopt;
+        return rest;
+    };
+    const auto height_query = [&]() -> json {
+        const auto it = query.find("height");
+        return it == query.end() ? json("latest") : json(it->second);
+    };
+
+    if (path == "/metrics") {
+        auto lease = source_.lease();
+        a.content_type = "text/plain; version=0.0.4";
+        a.body = metrics_.render(lease ? lease->view.tip() : std::nullopt, source_.disk_bytes());
+        metrics_.observe_request("rest_metrics", true, since(t));
+        return a;
+    }
+    auto lease = source_.lease();
+    if (!lease) return finish("rest", internal(lease.error()));
+    engine::View& v = lease->view;
+    if (path == "/height") return finish("rest_height", json{{"height", *m_height(v, json::array())}});
+    if (path == "/status") {
+        json status{{"tip", v.tip() ? json(*v.tip()) : json(nullptr)},
+                    {"root", nullptr},
+                    {"block_hash", nullptr},
+                    {"bytes_on_disk", source_.disk_bytes()},
+                    {"uptime_s", since(started_)}};
+        if (v.tip()) {
+            auto rec = v.record(*v.tip());
+            if (!rec) return finish("rest_status", internal(rec.error()));
+            status["root"] = rec->root.hex();
+            status["block_hash"] = rec->block_hash ? json(rec->block_hash->hex()) : json(nullptr);
+        }
+        const IndexerStatus ix = indexer_ ? indexer_() : IndexerStatus{};
+        status["indexer"] = {{"state", ix.state}};
+        if (ix.state != "none") {
+            status["indexer"]["height"] = ix.height;
+            status["indexer"]["target"] = ix.target;
+            status["indexer"]["progress"] =
+                ix.target > 0 ? static_cast<double>(ix.height) / static_cast<double>(ix.target) : 1.0;
+        }
+        return finish("rest_status", status);
+    }
+    if (auto h = segments("/root/")) {
+        auto height_value = height_at(v, json::array({*h}), 0);
+        if (!height_value) return finish("rest_root", std::unexpected(height_value.error()));
+        auto root = m_getroot(v, json::array({*height_value}));
+        if (!root) return finish("rest_root", root);
+        return finish("rest_root", json{{"height", *height_value}, {"root", *root}});
+    }
+    if (auto h = segments("/blockhash/")) {
+        auto height_value = height_at(v, json::array({*h}), 0);
+        if (!height_value) return finish("rest_blockhash", std::unexpected(height_value.error()));
+        auto hash = m_getblockhash(v, json::array({*height_value}));
+        if (!hash) return finish("rest_blockhash", hash);
+        return finish("rest_blockhash", json{{"height", *height_value}, {"block_hash", *hash}});
+    }
+    if (auto key = segments("/value/")) {
+        auto height_value = height_at(v, json::array({height_query()}), 0);
+        if (!height_value) return finish("rest_value", std::unexpected(height_value.error()));
+        auto value = m_get(v, json::array({*key, *height_value}));
+        if (!value) return finish("rest_value", value);
+        auto normal = from_hex(*key);
+        return finish("rest_value", json{{"height", *height_value}, {"key", to_hex(*normal)}, {"value", *value}});
+    }
+    if (auto key = segments("/proof/")) {
+        return finish("rest_proof", m_prove(v, json::array({*key, height_query()})));
+    }
+    a.status = 404;
+    a.body = json{{"error", {{"code", 404}, {"message", "no such route: " + path}}}}.dump();
+    metrics_.observe_request("rest_unknown", false, since(t));
+    return a;
+}
+
+}  // namespace stateroot::tools

@@ -1,0 +1,105 @@
+// The query API: JSON-RPC 2.0 methods and their REST mirrors, independent of HTTP.
+//
+// Every request reads one committed height through one lease of the state (a snapshot
+// view, held against a replica's catch-up), so no answer mixes two heights or sees a
+// half-applied one.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "metrics.hpp"
+#include "stateroot/engine/engine.hpp"
+
+namespace stateroot::tools {
+
+// Where requests read from. Thread-safe.
+class StateSource {
+public:
+    virtual ~StateSource() = default;
+    // A view of the committed state, valid while the lease lives.
+    struct Lease {
+        engine::View view;
+        std::shared_lock<std::shared_mutex> hold;
+    };
+    virtual Result<Lease> lease() = 0;
+    virtual std::uint64_t disk_bytes() = 0;
+};
+
+// The engine of this process (the writer's, or a read-only one): views are snapshots.
+class EngineSource final : public StateSource {
+public:
+    explicit EngineSource(engine::Engine& engine) : engine_(engine) {}
+    Result<Lease> lease() override;
+    std::uint64_t disk_bytes() override { return engine_.store().disk_bytes(); }
+
+private:
+    engine::Engine& engine_;
+};
+
+// A RocksDB secondary instance following a primary in another process. A snapshot of a
+// secondary does not hold back its catch-up, so requests share a lock that catch-up
+// takes exclusively, every `interval`.
+class ReplicaSource final : public StateSource {
+public:
+    ReplicaSource(engine::Engine& engine, std::chrono::milliseconds interval);
+    ~ReplicaSource() override;
+    Result<Lease> lease() override;
+    std::uint64_t disk_bytes() override { return engine_.store().disk_bytes(); }
+
+private:
+    engine::Engine& engine_;
+    std::shared_mutex mu_;
+    std::mutex stop_mu_;
+    std::condition_variable stop_cv_;
+    bool stopping_ = false;
+    std::thread thread_;
+};
+
+// What /status reports about an indexer running in this process.
+struct IndexerStatus {
+    std::string state = "none";  // none, indexing, done
+    std::uint64_t height = 0;
+    std::uint64_t target = 0;
+};
+
+struct HttpAnswer {
+    int status = 200;
+    std::string body;  // empty with status 204
+    std::string content_type = "application/json";
+};
+
+class Rpc {
+public:
+    // `indexer` (optional) is called for /status.
+    Rpc(StateSource& source, Metrics& metrics, std::function<IndexerStatus()> indexer = nullptr);
+
+    // A JSON-RPC POST body (one request or a batch).
+    HttpAnswer post(std::string_view body);
+    // A REST GET: `path` without the query, `query` its parameters.
+    HttpAnswer get(const std::string& path, const std::map<std::string, std::string>& query);
+
+    static constexpr std::size_t kMaxBatch = 1000;
+
+private:
+    nlohmann::json call(const nlohmann::json& request, bool& notification);
+
+    StateSource& source_;
+    Metrics& metrics_;
+    std::function<IndexerStatus()> indexer_;
+    std::chrono::steady_clock::time_point started_;
+};
+
+}  // namespace stateroot::tools

@@ -1,0 +1,83 @@
+// serve, snapshot, config --print.
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "cli.hpp"
+#include "rpc.hpp"
+#include "server.hpp"
+#include "signals.hpp"
+
+namespace stateroot::tools {
+
+ServerOptions server_options(const Config& c) {
+    ServerOptions o;
+    o.addr = c.rpc_addr;
+    o.token = c.rpc_token;
+    o.threads = c.rpc_threads;
+    return o;
+}
+
+int cmd_serve(const Config& c) {
+    install_stop_handlers();
+    if (Status s = require_db(c); !s) return fail(s.error());
+    engine::EngineOptions eo = engine_options(c);
+    eo.must_exist = true;
+    eo.secondary_dir = c.secondary;
+    auto e = engine::Engine::open(c.db, eo);
+    if (!e) {
+        if (e.error().code == ErrorCode::kBusy) {
+            return fail(e.error().message + "; to serve beside it, add --secondary SCRATCH_DIR");
+        }
+        return fail(e.error());
+    }
+    std::unique_ptr<StateSource> source;
+    if (c.secondary.empty()) {
+        source = std::make_unique<EngineSource>(**e);
+    } else {
+        source = std::make_unique<ReplicaSource>(**e, std::chrono::milliseconds(c.catch_up_ms));
+    }
+    Metrics metrics;
+    Rpc rpc(*source, metrics);
+    HttpServer server(rpc, server_options(c));
+    auto port = server.start();
+    if (!port) return fail(port.error());
+    const std::string host = parse_addr(c.rpc_addr)->first;
+    fmt::print("listening {}:{}\n", host, *port);
+    std::fflush(stdout);
+    spdlog::info("serving {} on http://{}:{}{}", c.db, host, *port, c.secondary.empty() ? "" : " as a replica");
+    while (!stop_requested()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    server.stop();
+    spdlog::info("stopped");
+    return kExitOk;
+}
+
+int cmd_snapshot(const Config& c, const std::string& out) {
+    if (Status s = require_db(c); !s) return fail(s.error());
+    if (out.empty()) return fail("--out is required");
+    if (std::filesystem::exists(out)) return fail(fmt::format("{} already exists", out));
+    engine::EngineOptions eo = engine_options(c);
+    eo.read_only = true;  // works beside a running writer
+    auto e = engine::Engine::open(c.db, eo);
+    if (!e) return fail(e.error());
+    if (Status s = (*e)->checkpoint(out); !s) return fail(s.error());
+    auto copy = engine::Engine::open(out, eo);
+    if (!copy) return fail(with_context(copy.error(), "the snapshot does not open").error());
+    if ((*copy)->tip()) {
+        fmt::print("{} {}\n", *(*copy)->tip(), (*copy)->root().hex());
+    } else {
+        fmt::print("empty\n");
+    }
+    return kExitOk;
+}
+
+int cmd_config_print(const Config& c) {
+    fmt::print("{}\n", to_json(c).dump(2));
+    return kExitOk;
+}
+
+}  // namespace stateroot::tools
