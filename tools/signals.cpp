@@ -18,7 +18,7 @@ void on_signal(int) {
         _exit(130);
     }
     constexpr char kMsg[] =
-        "\nstateroot: stopping after the current height (signal again to exit now)\n";
+        "\nstateroot: stopping (signal again to exit now)\n";
     (void)!write(STDERR_FILENO, kMsg, sizeof kMsg - 1);
 }
 
