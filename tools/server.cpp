@@ -60,6 +60,8 @@ Result<int> HttpServer::start() {
     s.set_read_timeout(10, 0);
     s.set_write_timeout(10, 0);
     s.set_keep_alive_max_count(10'000);
+    // Answers are small: without this, Nagle's algorithm and delayed ACKs add ~40 ms.
+    s.set_tcp_nodelay(true);
     if (!impl_->options.token.empty()) {
         const std::string expected = "Bearer " + impl_->options.token;
         s.set_pre_routing_handler([expected](const httplib::Request& req, httplib::Response& res) {

@@ -12,6 +12,10 @@
 #include <sstream>
 #include <thread>
 
+#include <httplib.h>
+
+#include <nlohmann/json.hpp>
+
 #include "chain_gen.hpp"
 #include "stateroot/engine/engine.hpp"
 #include "temp_dir.hpp"
@@ -151,6 +155,41 @@ TEST_CASE("index cli: a second signal exits at once and the database stays consi
     CHECK(std::equal(partial.begin(), partial.end(), full.begin()));
     REQUIRE(s.run(db) == 0);
     CHECK(roots(db) == full);
+}
+
+TEST_CASE("index cli: serves the query API while it indexes", "[cli][index][server]") {
+    Setup s(600, 40);
+    const std::string db = s.dir.sub("db");
+    auto args = s.args(db);
+    args.insert(args.end(), {"--rpc-addr", "127.0.0.1:0"});
+    Child c(args, s.dir.sub("out"), s.dir.sub("err"));
+    int port = 0;
+    for (int i = 0; i < 200 && port == 0; ++i) {
+        const std::string err = slurp(s.dir.sub("err"));
+        const auto at = err.find("serving on http://127.0.0.1:");
+        if (at != std::string::npos) port = std::stoi(err.substr(at + 28));
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    REQUIRE(port > 0);
+    httplib::Client client("127.0.0.1", port);
+    bool saw_indexing = false;
+    for (int i = 0; i < 100 && !saw_indexing; ++i) {
+        auto r = client.Get("/status");
+        if (r && r->status == 200) {
+            const auto status = nlohmann::json::parse(r->body);
+            if (status["indexer"]["state"] == "indexing" && status["indexer"]["height"] > 0) {
+                saw_indexing = true;
+                CHECK(status["indexer"]["target"] == 599);
+                CHECK(status["indexer"]["progress"].get<double>() > 0);
+                auto m = client.Get("/metrics");
+                REQUIRE(m);
+                CHECK(m->body.find("stateroot_heights_committed_total 0\n") == std::string::npos);
+            }
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    CHECK(saw_indexing);
+    CHECK(c.wait() == 0);
 }
 
 TEST_CASE("index cli: output and errors", "[cli][index]") {
