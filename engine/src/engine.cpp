@@ -49,6 +49,18 @@ Result<schema::HeightRecord> read_record(const storage::Store& store, std::uint6
     return schema::decode_height_record(**v, height);
 }
 
+Result<std::vector<schema::ChangeEntry>> read_change_index(
+    const storage::Store& store, std::uint64_t height,
+    const std::shared_ptr<const storage::Snapshot>& snap) {
+    auto row = store.get(schema::changes_key(height), snap);
+    if (!row) return std::unexpected(row.error());
+    if (!*row) {
+        return make_error(ErrorCode::kCorruption,
+                          fmt::format("change index of height {} is missing", height));
+    }
+    return schema::decode_change_index(**row, height);
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------- Engine
@@ -252,13 +264,7 @@ Status Engine::rollback(std::optional<std::uint64_t> height) {
     for (std::uint64_t t = *tip_;; --t) {
         auto rec = read_record(*store_, t, nullptr);
         if (!rec) return std::unexpected(rec.error());
-        auto idx_row = store_->get(schema::changes_key(t));
-        if (!idx_row) return std::unexpected(idx_row.error());
-        if (!*idx_row) {
-            return make_error(ErrorCode::kCorruption,
-                              fmt::format("change index of height {} is missing", t));
-        }
-        auto index = schema::decode_change_index(**idx_row, t);
+        auto index = read_change_index(*store_, t, nullptr);
         if (!index) return std::unexpected(index.error());
         for (const schema::ChangeEntry& e : *index) batch.del(schema::value_key(sha256(e.key), t));
         for (std::uint64_t c = rec->first_chunk; c < rec->end_chunk; ++c)
@@ -383,13 +389,7 @@ Result<Proof> View::prove(ByteView key, std::uint64_t height) {
 
 Result<std::vector<StoredChange>> View::changes(std::uint64_t height) const {
     if (Status s = check_height(height); !s) return std::unexpected(s.error());
-    auto row = store_.get(schema::changes_key(height), snapshot_);
-    if (!row) return std::unexpected(row.error());
-    if (!*row) {
-        return make_error(ErrorCode::kCorruption,
-                          fmt::format("change index of height {} is missing", height));
-    }
-    auto index = schema::decode_change_index(**row, height);
+    auto index = read_change_index(store_, height, snapshot_);
     if (!index) return std::unexpected(index.error());
     std::vector<StoredChange> out;
     out.reserve(index->size());

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "files.hpp"
 #include "temp_dir.hpp"
 
 namespace {
@@ -16,12 +17,7 @@ struct Run {
     std::string err;
 };
 
-std::string slurp(const std::string& path) {
-    std::ifstream in(path);
-    std::stringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
+using stateroot::test::slurp;
 
 class Cli {
   public:

@@ -18,48 +18,16 @@
 
 #include "chain_gen.hpp"
 #include "stateroot/engine/engine.hpp"
+#include "files.hpp"
+#include "process.hpp"
 #include "temp_dir.hpp"
 
 using namespace stateroot;
 
 namespace {
 
-std::string slurp(const std::string& path) {
-    std::ifstream in(path);
-    std::stringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
-
-// A `stateroot` child process with stdout and stderr in files.
-class Child {
-  public:
-    Child(const std::vector<std::string>& args, const std::string& out, const std::string& err) {
-        pid_ = fork();
-        REQUIRE(pid_ >= 0);
-        if (pid_ == 0) {
-            const int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-            const int e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-            dup2(o, 1);
-            dup2(e, 2);
-            std::vector<char*> argv{const_cast<char*>(STATEROOT_BIN)};
-            for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-            argv.push_back(nullptr);
-            execv(STATEROOT_BIN, argv.data());
-            _exit(127);
-        }
-    }
-    void signal(int sig) { kill(pid_, sig); }
-    // Exit code, or 128 + signal number.
-    int wait() {
-        int status = 0;
-        waitpid(pid_, &status, 0);
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    }
-
-  private:
-    pid_t pid_;
-};
+using test::Child;
+using test::slurp;
 
 struct Setup {
     test::TempDir dir;

@@ -18,6 +18,8 @@
 #include "rpc.hpp"
 #include "server.hpp"
 #include "stateroot/indexer/loop.hpp"
+#include "files.hpp"
+#include "process.hpp"
 #include "temp_dir.hpp"
 
 using namespace stateroot;
@@ -26,7 +28,7 @@ using nlohmann::json;
 
 namespace {
 
-const std::string kMainnet = std::string(STATEROOT_FIXTURES) + "/blocks/mainnet_0-589.blk";
+const std::string kMainnet = test::block_fixture("mainnet_0-589.blk");
 
 std::unique_ptr<engine::Engine> indexed_db(const std::string& dir) {
     auto e = engine::Engine::open(dir);
@@ -394,28 +396,7 @@ TEST_CASE("server: four clients read while an indexer commits and no root ever c
 
 namespace {
 
-// `stateroot <args>` as a child process, stdout and stderr in files.
-struct Child {
-    pid_t pid;
-    Child(const std::vector<std::string>& args, const std::string& out, const std::string& err) {
-        pid = fork();
-        REQUIRE(pid >= 0);
-        if (pid == 0) {
-            dup2(open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644), 1);
-            dup2(open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644), 2);
-            std::vector<char*> argv{const_cast<char*>(STATEROOT_BIN)};
-            for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-            argv.push_back(nullptr);
-            execv(STATEROOT_BIN, argv.data());
-            _exit(127);
-        }
-    }
-    int wait() {
-        int status = 0;
-        waitpid(pid, &status, 0);
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    }
-};
+using test::Child;
 
 // The port a `serve` child announced on its first stdout line.
 int announced_port(const std::string& out) {
@@ -465,7 +446,7 @@ TEST_CASE("server: a replica in another process sees new heights within a second
                         "application/json");
         CHECK(json::parse(r->body)["result"] == (*e)->root().hex());
     }
-    kill(replica.pid, SIGTERM);
+    replica.signal(SIGTERM);
     CHECK(replica.wait() == 0);
 }
 
@@ -476,7 +457,7 @@ TEST_CASE("server: SIGTERM stops serve cleanly with exit 0", "[server]") {
     const int port = announced_port(dir.sub("out"));
     httplib::Client c("127.0.0.1", port);
     CHECK(c.Get("/height")->status == 200);
-    kill(server.pid, SIGTERM);
+    server.signal(SIGTERM);
     CHECK(server.wait() == 0);
 }
 

@@ -7,6 +7,7 @@
 
 #include "stateroot/indexer/block_source.hpp"
 #include "stateroot/indexer/chain.hpp"
+#include "files.hpp"
 #include "temp_dir.hpp"
 
 using namespace stateroot;
@@ -14,19 +15,9 @@ using namespace stateroot::indexer;
 
 namespace {
 
-std::string fixture(const std::string& name) {
-    return std::string(STATEROOT_FIXTURES) + "/blocks/" + name;
-}
-
-Bytes read_file(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    return Bytes(std::istreambuf_iterator<char>(in), {});
-}
-
-void write_file(const std::string& path, ByteView b) {
-    std::ofstream(path, std::ios::binary)
-        .write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
-}
+using test::read_file;
+using test::write_file;
+std::string fixture(const std::string& name) { return test::block_fixture(name); }
 
 std::vector<FoundBlock> scan(const std::string& name) {
     auto found = scan_blk_file(fixture(name), Network::kMainnet);

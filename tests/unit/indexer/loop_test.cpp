@@ -9,6 +9,7 @@
 #include <random>
 
 #include "stateroot/indexer/change_file.hpp"
+#include "files.hpp"
 #include "temp_dir.hpp"
 
 using namespace stateroot;
@@ -16,19 +17,9 @@ using namespace stateroot::indexer;
 
 namespace {
 
-std::string fixture(const std::string& name) {
-    return std::string(STATEROOT_FIXTURES) + "/blocks/" + name;
-}
-
-Bytes read_file(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    return Bytes(std::istreambuf_iterator<char>(in), {});
-}
-
-void write_file(const std::string& path, ByteView b) {
-    std::ofstream(path, std::ios::binary)
-        .write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
-}
+using test::read_file;
+using test::write_file;
+std::string fixture(const std::string& name) { return test::block_fixture(name); }
 
 std::vector<FoundBlock> scan_files(const std::vector<std::string>& files) {
     std::vector<FoundBlock> all;
