@@ -228,7 +228,52 @@ int run_bench(const BenchOptions& o) {
     const std::uint64_t disk = eng.store().disk_bytes();
     const std::uint64_t live_keys = eng.live_keys();
     const std::uint64_t rss_kb = peak_rss_kb();
+
+    // Reads at the tip: proofs and values of live keys, timed on a second (warm) pass.
+    std::vector<double> proof_us, get_us;
+    {
+        auto view = eng.view();
+        if (!view) return fail(view.error());
+        std::vector<Bytes> sample;
+        for (int i = 0; i < 2000 && !live.empty(); ++i) sample.push_back(bench_key(o.seed, live[rng() % live.size()]));
+        for (int pass = 0; pass < 2; ++pass) {
+            for (const Bytes& k : sample) {
+                auto t = Clock::now();
+                auto p = view->prove(k, height - 1);
+                const double prove_s = seconds_since(t);
+                if (!p) return fail(p.error());
+                t = Clock::now();
+                auto v = view->get(k, height - 1);
+                const double get_s = seconds_since(t);
+                if (!v) return fail(v.error());
+                if (pass == 1) {
+                    proof_us.push_back(prove_s * 1e6);
+                    get_us.push_back(get_s * 1e6);
+                }
+            }
+        }
+    }
+
+    // Opening the database again and committing the next height (a cold tree).
     opened->reset();
+    const auto reopen_start = Clock::now();
+    auto reopened = engine::Engine::open(dir.string(), eo);
+    if (!reopened) return fail(reopened.error());
+    {
+        engine::Changes c;
+        c.height = height++;
+        for (std::uint64_t i = 0; i < o.block_keys && !live.empty(); ++i) {
+            c.puts.emplace_back(bench_key(o.seed, live[rng() % live.size()]), bench_value(rng));
+        }
+        std::sort(c.puts.begin(), c.puts.end());
+        c.puts.erase(std::unique(c.puts.begin(), c.puts.end(),
+                                 [](const auto& a, const auto& b) { return a.first == b.first; }),
+                     c.puts.end());
+        auto r = (*reopened)->apply(c);
+        if (!r) return fail(r.error());
+    }
+    const double reopen_commit_s = seconds_since(reopen_start);
+    reopened->reset();
 
     const double keys_per_s = f(changed) / commit_s;
     const double hashes_per_key = f(hashes) / f(changed);
@@ -256,6 +301,10 @@ int run_bench(const BenchOptions& o) {
         {"sha256_node_hashes_per_s", hash_rate},
         {"hash_ceiling_keys_per_s", hash_ceiling},
         {"preload_s", preload_s},
+        {"proof_us_p50", percentile(proof_us, 0.50)},
+        {"proof_us_p99", percentile(proof_us, 0.99)},
+        {"get_us_p50", percentile(get_us, 0.50)},
+        {"reopen_commit_s", reopen_commit_s},
         {"prepare_us_per_key", prepare_s * 1e6 / f(changed)},
         {"tree_us_per_key", tree_s * 1e6 / f(changed)},
         {"encode_us_per_key", encode_s * 1e6 / f(changed)},
@@ -280,6 +329,9 @@ int run_bench(const BenchOptions& o) {
         "keys/s ({:.0f} %)\n",
         *raw, 100 * keys_per_s / *raw, hash_rate, hash_ceiling,
         hash_ceiling > 0 ? 100 * keys_per_s / hash_ceiling : 0.0);
+    fmt::print("  reads:     proof p50 {:.1f} µs, p99 {:.1f} µs; value p50 {:.1f} µs (warm, at the tip)\n",
+               percentile(proof_us, 0.50), percentile(proof_us, 0.99), percentile(get_us, 0.50));
+    fmt::print("  reopen:    open and commit the next height in {:.2f} s\n", reopen_commit_s);
     fmt::print("  preload:   {:.1f} s\n", preload_s);
     if (o.json) fmt::print("{}\n", j.dump());
     return kExitOk;

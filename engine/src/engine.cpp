@@ -101,8 +101,9 @@ Result<std::unique_ptr<Engine>> Engine::open(const std::string& dir, const Engin
         if (Status s = e->store_->write(batch); !s) return std::unexpected(s.error());
     }
     e->chunk_cache_ = std::make_unique<ChunkCache>(options.chunk_cache_mb << 20);
-    e->nodes_ = std::make_unique<NodeReader>(*e->store_);
-    e->tree_ = std::make_unique<Tree>(*e->nodes_);
+    e->nodes_ = std::make_unique<NodeReader>(*e->store_, nullptr, e->chunk_cache_.get());
+    e->helper_nodes_ = std::make_unique<NodeReader>(*e->store_, nullptr, e->chunk_cache_.get());
+    e->tree_ = std::make_unique<Tree>(*e->nodes_, e->helper_nodes_.get());
     if (Status s = e->load(); !s) return std::unexpected(s.error());
     return e;
 }
@@ -195,8 +196,7 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
     }
     const auto t1 = Clock::now();
 
-    ChunkWriter writer(next_chunk_);
-    auto update = tree_->apply(tree_changes, writer);
+    auto update = tree_->apply(tree_changes, next_chunk_);
     if (!update) return std::unexpected(update.error());
     const auto t2 = Clock::now();
 
@@ -213,22 +213,22 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
     schema::HeightRecord rec;
     rec.root = update->root_hash;
     rec.root_id = update->root_id;
-    rec.first_chunk = writer.first_chunk();
-    rec.end_chunk = writer.end_chunk();
+    rec.first_chunk = update->first_chunk;
+    rec.end_chunk = update->end_chunk;
     rec.live_keys =
         static_cast<std::uint64_t>(static_cast<std::int64_t>(live_keys_) + update->live_key_delta);
     rec.digest = changes_digest(*normal);
     rec.block_hash = changes.block_hash;
 
     batch.put(schema::changes_key(h), schema::encode_change_index(index));
-    writer.write_to(batch);
+    update->write_records(batch);
     if (!update->stale_ids.empty())
         batch.put(schema::stale_key(h), schema::encode_stale(update->stale_ids));
     batch.put(schema::height_key(h), schema::encode(rec));
     batch.put(schema::meta_key(schema::kMetaTip), be64(h));
     if (!first_) batch.put(schema::meta_key(schema::kMetaFirst), be64(h));
-    if (writer.end_chunk() != next_chunk_) {
-        batch.put(schema::meta_key(schema::kMetaNextChunk), be64(writer.end_chunk()));
+    if (rec.end_chunk != next_chunk_) {
+        batch.put(schema::meta_key(schema::kMetaNextChunk), be64(rec.end_chunk));
     }
     const auto t3 = Clock::now();
 
@@ -250,7 +250,7 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
     tree_->commit(std::move(*update));
     tip_ = h;
     if (!first_) first_ = h;
-    next_chunk_ = writer.end_chunk();
+    next_chunk_ = rec.end_chunk;
     live_keys_ = rec.live_keys;
     return r;
 }
@@ -267,8 +267,9 @@ Status Engine::rollback(std::optional<std::uint64_t> height) {
         auto index = read_change_index(*store_, t, nullptr);
         if (!index) return std::unexpected(index.error());
         for (const schema::ChangeEntry& e : *index) batch.del(schema::value_key(sha256(e.key), t));
-        for (std::uint64_t c = rec->first_chunk; c < rec->end_chunk; ++c)
-            batch.del(schema::node_chunk_key(c));
+        if (rec->end_chunk > rec->first_chunk) {
+            batch.del_range(schema::node_chunk_key(rec->first_chunk), schema::node_chunk_key(rec->end_chunk));
+        }
         batch.del(schema::changes_key(t));
         batch.del(schema::stale_key(t));
         batch.del(schema::height_key(t));

@@ -1,13 +1,21 @@
 #include "stateroot/engine/tree.hpp"
 
+#include <sys/mman.h>
+
 #include <algorithm>
-#include <array>
 #include <cassert>
+#include <cstdio>
+#include <cstdlib>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
 
 namespace stateroot::engine {
 
-// A slot refers to a subtree: empty, a branch or leaf in memory, or a persisted
-// record not loaded yet. The tag lives in the top two bits.
+// A slot names a subtree: empty, a branch or leaf in memory, or a persisted record
+// not loaded yet. The tag lives in the top two bits; in-memory nodes carry the arena
+// that holds them in bit 61.
 namespace {
 using Slot = std::uint64_t;
 constexpr Slot kEmpty = 0;
@@ -15,30 +23,74 @@ constexpr Slot kTagBranch = Slot{1} << 62;
 constexpr Slot kTagLeaf = Slot{2} << 62;
 constexpr Slot kTagStored = Slot{3} << 62;
 constexpr Slot kTagMask = Slot{3} << 62;
-constexpr Slot kPayload = ~kTagMask;
+constexpr Slot kArenaBit = Slot{1} << 61;
+constexpr Slot kIndexMask = kArenaBit - 1;
 
 Slot tag(Slot s) { return s & kTagMask; }
-std::uint64_t payload(Slot s) { return s & kPayload; }
-Slot stored(NodeId id) { return id == kNoNode ? kEmpty : kTagStored | id; }
+
+// Sorts node ids least significant digit first, 11 bits at a time, for as many digits as
+// the largest id needs: a height supersedes ~10 nodes per changed key, and a
+// comparison sort of them showed in profiles.
+void radix_sort(std::vector<NodeId>& ids) {
+    if (ids.size() < 256) {
+        std::sort(ids.begin(), ids.end());
+        return;
+    }
+    const NodeId max = *std::max_element(ids.begin(), ids.end());
+    std::vector<NodeId> tmp(ids.size());
+    for (int shift = 0; shift < 64 && (max >> shift) != 0; shift += 11) {
+        std::size_t count[2049] = {};
+        for (NodeId id : ids) ++count[((id >> shift) & 2047) + 1];
+        for (std::size_t i = 1; i < 2049; ++i) count[i] += count[i - 1];
+        for (NodeId id : ids) tmp[count[(id >> shift) & 2047]++] = id;
+        ids.swap(tmp);
+    }
+}
+std::uint64_t index_of(Slot s) { return s & kIndexMask; }
+int arena_of(Slot s) { return (s & kArenaBit) ? 1 : 0; }
+Slot in_arena(Slot tag_bits, int arena, std::uint64_t index) {
+    return tag_bits | (arena ? kArenaBit : 0) | index;
+}
 }  // namespace
 
-struct Tree::Branch {
-    Hash top;  // the subtree's hash as its parent sees it
+// A link to a subtree with what its parent needs of it: its node id and its top hash
+// (its hash at this slot). The top of a stored, unloaded subtree is not known.
+struct Tree::Ref {
+    Slot slot = kEmpty;
     NodeId id = kNoNode;
-    Slot child[2] = {kEmpty, kEmpty};
+    Hash top;
+};
+
+struct Tree::Branch {
+    Ref child[2];
     std::uint8_t depth = 0;
 };
 
 struct Tree::Leaf {
-    Hash hash;
     Hash path;
-    NodeId id = kNoNode;
 };
 
-// Fixed-size blocks, so references stay valid while the arena grows.
+// Nodes in one reserved range of address space, backed by memory only as it is touched
+// and by transparent huge pages where the kernel allows: the tree is walked at random,
+// and with 4 KiB pages every level would also miss the TLB. Addresses never move, so
+// references stay valid while the arena grows and one thread may read nodes of an
+// arena that another allocates in.
 template <class T>
 class Tree::Arena {
-  public:
+public:
+    Arena() {
+        void* p = mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED) {
+            std::fprintf(stderr, "stateroot: cannot reserve %zu bytes of address space for tree nodes\n", kBytes);
+            std::abort();
+        }
+        madvise(p, kBytes, MADV_HUGEPAGE);
+        base_ = static_cast<T*>(p);
+    }
+    ~Arena() { munmap(base_, kBytes); }
+    Arena(const Arena&) = delete;
+    Arena& operator=(const Arena&) = delete;
+
     std::uint64_t alloc(const T& value) {
         std::uint64_t i;
         if (!free_.empty()) {
@@ -46,210 +98,272 @@ class Tree::Arena {
             free_.pop_back();
         } else {
             i = size_++;
-            if ((i >> kShift) == blocks_.size()) blocks_.push_back(std::make_unique<T[]>(kBlock));
+            if (i >= kMaxNodes) {
+                std::fprintf(stderr, "stateroot: more than %zu tree nodes in memory\n", kMaxNodes);
+                std::abort();
+            }
         }
-        at(i) = value;
+        new (&base_[i]) T(value);
         return i;
     }
     void free(std::uint64_t i) { free_.push_back(i); }
-    T& at(std::uint64_t i) { return blocks_[i >> kShift][i & (kBlock - 1)]; }
-    const T& at(std::uint64_t i) const { return blocks_[i >> kShift][i & (kBlock - 1)]; }
+    T& at(std::uint64_t i) { return base_[i]; }
     std::size_t live() const { return size_ - free_.size(); }
+    // Forgets every node and gives the memory back.
     void clear() {
-        blocks_.clear();
+        madvise(base_, size_ * sizeof(T), MADV_DONTNEED);
         free_.clear();
         size_ = 0;
     }
 
-  private:
-    static constexpr int kShift = 12;
-    static constexpr std::uint64_t kBlock = std::uint64_t{1} << kShift;
-    std::vector<std::unique_ptr<T[]>> blocks_;
+private:
+    static constexpr std::size_t kMaxNodes = std::size_t{1} << 30;
+    static constexpr std::size_t kBytes = kMaxNodes * sizeof(T);
+    T* base_ = nullptr;
     std::vector<std::uint64_t> free_;
     std::uint64_t size_ = 0;
+};
+
+// What one thread of an update works with and produces.
+struct Tree::Context {
+    Context(int a, NodeReader* r, std::uint64_t first_chunk) : arena(a), reader(r), writer(first_chunk) {}
+    int arena;
+    NodeReader* reader;
+    ChunkWriter writer;
+    std::vector<Slot> fresh;                       // nodes created: freed by abort()
+    std::vector<std::pair<Slot, NodeId>> stale;    // nodes superseded: freed by commit()
+    std::int64_t live_key_delta = 0;
+    TreeStats stats;
 };
 
 // A leaf on its way into build(): an existing leaf kept, or a new one.
 struct Tree::Entry {
     Hash path;
-    Slot slot;
+    Ref ref;
 };
 
-// The new content of a subtree during apply(), as its parent at depth `at - 1` sees it.
-// A pending branch has no record yet: it gets one in finalize(), once its slot is known.
+// The new content of a subtree during apply(), as its parent at depth `at - 1` sees it:
+// a link whose top is the hash at `at`. A pending branch is already in the arena but has
+// no record and no id yet: it gets them in finalize(), once its slot is known.
 struct Tree::Sub {
     enum Kind : std::uint8_t { kZ, kLeaf, kBranch };
     Kind kind = kZ;
     bool pending = false;
-    Slot slot = kEmpty;  // kLeaf, and kBranch when !pending: the node
-    Hash top;            // kBranch: the hash at depth `at`
     int at = 0;
-    int depth = 0;                     // pending: split depth
-    Slot child[2] = {kEmpty, kEmpty};  // pending: final children
-    Slot replaced = kEmpty;            // pending: the existing branch this one supersedes
+    Ref ref;
+    Slot replaced = kEmpty;  // pending: the existing branch it supersedes, if any
+    NodeId replaced_id = kNoNode;
+
+    const Hash& hash() const { return kind == kZ ? kZeroHash : ref.top; }
 };
 
-Tree::Tree(NodeReader& reader)
-    : reader_(reader),
-      branches_(std::make_unique<Arena<Branch>>()),
-      leaves_(std::make_unique<Arena<Leaf>>()) {}
+// A thread that runs one task at a time for apply().
+struct Tree::Worker {
+    Worker() : thread([this] { loop(); }) {}
+    ~Worker() {
+        {
+            std::lock_guard lock(mu);
+            stop = true;
+        }
+        cv.notify_all();
+        thread.join();
+    }
+    void run(std::function<void()> f) {
+        std::lock_guard lock(mu);
+        task = std::move(f);
+        cv.notify_all();
+    }
+    void wait() {
+        std::unique_lock lock(mu);
+        cv.wait(lock, [this] { return !task; });
+    }
+    void loop() {
+        std::unique_lock lock(mu);
+        for (;;) {
+            cv.wait(lock, [this] { return stop || task; });
+            if (stop) return;
+            lock.unlock();
+            task();
+            lock.lock();
+            task = nullptr;
+            cv.notify_all();
+        }
+    }
+
+    std::mutex mu;
+    std::condition_variable cv;
+    std::function<void()> task;
+    bool stop = false;
+    std::thread thread;
+};
+
+Tree::Update::Update() : root(std::make_unique<Ref>()) {}
+Tree::Update::~Update() = default;
+Tree::Update::Update(Update&&) noexcept = default;
+Tree::Update& Tree::Update::operator=(Update&&) noexcept = default;
+
+void Tree::Update::write_records(storage::WriteBatch& batch) const {
+    for (const auto& part : parts) part->writer.write_to(batch);
+}
+
+Tree::Tree(NodeReader& reader, NodeReader* helper)
+    : reader_(reader), helper_(helper), root_(std::make_unique<Ref>()) {
+    for (int a = 0; a < 2; ++a) {
+        branches_[a] = std::make_unique<Arena<Branch>>();
+        leaves_[a] = std::make_unique<Arena<Leaf>>();
+    }
+    if (helper_) worker_ = std::make_unique<Worker>();
+}
 
 Tree::~Tree() = default;
 
 void Tree::reset(NodeId root_id, const Hash& root_hash) {
-    branches_->clear();
-    leaves_->clear();
-    root_ = stored(root_id);
-    root_id_ = root_id;
-    root_hash_ = root_hash;
+    for (int a = 0; a < 2; ++a) {
+        branches_[a]->clear();
+        leaves_[a]->clear();
+    }
+    *root_ = Ref{root_id == kNoNode ? kEmpty : kTagStored | root_id, root_id, root_hash};
 }
 
-std::size_t Tree::resident_nodes() const { return branches_->live() + leaves_->live(); }
+const Hash& Tree::root_hash() const { return root_->slot == kEmpty ? kZeroHash : root_->top; }
+NodeId Tree::root_id() const { return root_->id; }
 
-Hash Tree::node(const Hash& left, const Hash& right) {
-    ++update_->stats.hashes;
+std::size_t Tree::resident_nodes() const {
+    std::size_t n = 0;
+    for (int a = 0; a < 2; ++a) n += branches_[a]->live() + leaves_[a]->live();
+    return n;
+}
+
+Tree::Branch& Tree::branch(Slot slot) { return branches_[arena_of(slot)]->at(index_of(slot)); }
+Tree::Leaf& Tree::leaf(Slot slot) { return leaves_[arena_of(slot)]->at(index_of(slot)); }
+
+void Tree::release(Slot slot) {
+    if (tag(slot) == kTagLeaf) leaves_[arena_of(slot)]->free(index_of(slot));
+    if (tag(slot) == kTagBranch) branches_[arena_of(slot)]->free(index_of(slot));
+}
+
+Hash Tree::node(Context& cx, const Hash& left, const Hash& right) {
+    ++cx.stats.hashes;
     return node_hash(left, right);
 }
 
-Result<Slot> Tree::load(Slot slot) {
-    if (tag(slot) != kTagStored) return slot;
-    const NodeId id = payload(slot);
-    auto rec = reader_.read(id);
+// Brings a stored subtree into memory (its record only; its children stay stored),
+// learning its top hash.
+Status Tree::load(Context& cx, Ref& ref) {
+    if (tag(ref.slot) != kTagStored) return {};
+    auto rec = cx.reader->read(ref.id);
     if (!rec) return std::unexpected(rec.error());
-    if (update_) ++update_->stats.node_reads;
-    if (rec->leaf) return kTagLeaf | leaves_->alloc(Leaf{rec->hash, rec->path, id});
+    ++cx.stats.node_reads;
+    ref.top = rec->hash;
+    if (rec->leaf) {
+        ref.slot = in_arena(kTagLeaf, cx.arena, leaves_[cx.arena]->alloc(Leaf{rec->path}));
+        return {};
+    }
     Branch b;
-    b.top = rec->hash;
-    b.id = id;
-    b.child[0] = stored(rec->child[0]);
-    b.child[1] = stored(rec->child[1]);
+    for (int side = 0; side < 2; ++side) {
+        b.child[side] = Ref{kTagStored | rec->child[side], rec->child[side], {}};
+    }
     b.depth = static_cast<std::uint8_t>(rec->depth);
-    return kTagBranch | branches_->alloc(b);
+    ref.slot = in_arena(kTagBranch, cx.arena, branches_[cx.arena]->alloc(b));
+    return {};
 }
 
-NodeId Tree::id_of(Slot slot) const {
-    switch (tag(slot)) {
-        case kTagStored:
-            return payload(slot);
-        case kTagBranch:
-            return branches_->at(payload(slot)).id;
-        case kTagLeaf:
-            return leaves_->at(payload(slot)).id;
-        default:
-            return kNoNode;
-    }
-}
-
-Hash Tree::hash_of(const Sub& sub) const {
-    switch (sub.kind) {
-        case Sub::kLeaf:
-            return leaves_->at(payload(sub.slot)).hash;
-        case Sub::kBranch:
-            return sub.top;
-        default:
-            return kZeroHash;
-    }
-}
-
-Result<Tree::Sub> Tree::existing(Slot* loc, int at) {
-    auto s = load(*loc);
-    if (!s) return std::unexpected(s.error());
-    *loc = *s;
+Result<Tree::Sub> Tree::existing(Context& cx, Ref& ref, int at) {
+    if (Status s = load(cx, ref); !s) return std::unexpected(s.error());
     Sub sub;
     sub.at = at;
-    sub.slot = *s;
-    if (tag(*s) == kTagLeaf) {
-        sub.kind = Sub::kLeaf;
-    } else if (tag(*s) == kTagBranch) {
-        sub.kind = Sub::kBranch;
-        sub.top = branches_->at(payload(*s)).top;
-    }
+    sub.ref = ref;
+    if (tag(ref.slot) == kTagLeaf) sub.kind = Sub::kLeaf;
+    if (tag(ref.slot) == kTagBranch) sub.kind = Sub::kBranch;
     return sub;
 }
 
-Result<Hash> Tree::prefix_path(Slot slot) {
-    // Any leaf below a branch carries the branch's prefix; take the leftmost.
-    Slot* loc = &slot;
+Result<Hash> Tree::prefix_path(Context& cx, Ref ref) {
+    // Any leaf below a branch carries the branch's prefix; take the leftmost. Loads go
+    // into the tree itself (through the branch's child links), never into a copy.
+    Ref* r = &ref;
     for (;;) {
-        auto s = load(*loc);
-        if (!s) return std::unexpected(s.error());
-        *loc = *s;
-        if (tag(*s) == kTagLeaf) return leaves_->at(payload(*s)).path;
-        loc = &branches_->at(payload(*s)).child[0];
+        if (Status s = load(cx, *r); !s) return std::unexpected(s.error());
+        if (tag(r->slot) == kTagLeaf) return leaf(r->slot).path;
+        r = &branch(r->slot).child[0];
     }
 }
 
-Tree::Sub Tree::lift(Sub sub, int at, int side) {
-    if (sub.kind != Sub::kBranch) return sub;  // a lone leaf moves up; empty stays empty
-    if (!sub.pending) {
-        // An existing branch whose slot moves up is rewritten with its new top hash.
-        const Branch& b = branches_->at(payload(sub.slot));
-        sub.pending = true;
-        sub.replaced = sub.slot;
-        sub.depth = b.depth;
-        sub.child[0] = b.child[0];
-        sub.child[1] = b.child[1];
-    }
-    sub.top = side == 0 ? node(sub.top, kZeroHash) : node(kZeroHash, sub.top);
-    sub.at = at;
-    return sub;
-}
-
-Tree::Sub Tree::join(int at, Sub left, Sub right) {
+Tree::Sub Tree::pending_copy(Context& cx, const Ref& existing, const Hash& top, int at) {
+    // An existing branch whose slot moves is rewritten: same children, new top hash.
+    const Slot slot = in_arena(kTagBranch, cx.arena, branches_[cx.arena]->alloc(branch(existing.slot)));
+    cx.fresh.push_back(slot);
     Sub sub;
     sub.kind = Sub::kBranch;
     sub.pending = true;
     sub.at = at;
-    sub.depth = at;
-    sub.top = node(hash_of(left), hash_of(right));
-    sub.child[0] = finalize(left);
-    sub.child[1] = finalize(right);
+    sub.ref = Ref{slot, kNoNode, top};
+    sub.replaced = existing.slot;
+    sub.replaced_id = existing.id;
     return sub;
 }
 
-Tree::Sub Tree::combine(int at, Sub left, Sub right) {
-    if (left.kind == Sub::kZ && right.kind == Sub::kZ) return Sub{};
-    if (left.kind == Sub::kZ) return lift(right, at, 1);
-    if (right.kind == Sub::kZ) return lift(left, at, 0);
-    return join(at, left, right);
+Tree::Sub Tree::lift(Context& cx, Sub sub, int at, int side) {
+    if (sub.kind != Sub::kBranch) return sub;  // a lone leaf moves up; empty stays empty
+    if (!sub.pending) sub = pending_copy(cx, sub.ref, sub.ref.top, sub.at);
+    sub.ref.top = side == 0 ? node(cx, sub.ref.top, kZeroHash) : node(cx, kZeroHash, sub.ref.top);
+    sub.at = at;
+    return sub;
 }
 
-Slot Tree::finalize(const Sub& sub) {
-    if (sub.kind == Sub::kZ) return kEmpty;
-    if (!sub.pending) return sub.slot;
+Tree::Sub Tree::join(Context& cx, int at, const Sub& left, const Sub& right) {
     Branch b;
-    b.top = sub.top;
-    b.depth = static_cast<std::uint8_t>(sub.depth);
-    b.child[0] = sub.child[0];
-    b.child[1] = sub.child[1];
-    b.id = writer_->add_branch(sub.depth, sub.top, id_of(sub.child[0]), id_of(sub.child[1]));
-    ++update_->stats.new_nodes;
-    const Slot slot = kTagBranch | branches_->alloc(b);
-    update_->fresh.push_back(slot);
-    if (sub.replaced != kEmpty) update_->stale.push_back(sub.replaced);
-    return slot;
+    b.depth = static_cast<std::uint8_t>(at);
+    b.child[0] = finalize(cx, left);
+    b.child[1] = finalize(cx, right);
+    const Slot slot = in_arena(kTagBranch, cx.arena, branches_[cx.arena]->alloc(b));
+    cx.fresh.push_back(slot);
+    Sub sub;
+    sub.kind = Sub::kBranch;
+    sub.pending = true;
+    sub.at = at;
+    sub.ref = Ref{slot, kNoNode, node(cx, b.child[0].top, b.child[1].top)};
+    return sub;
 }
 
-Slot Tree::new_leaf(const Hash& path, const Hash& value_hash, const Hash& hash) {
-    const NodeId id = writer_->add_leaf(path, value_hash);
-    ++update_->stats.new_nodes;
-    const Slot slot = kTagLeaf | leaves_->alloc(Leaf{hash, path, id});
-    update_->fresh.push_back(slot);
-    return slot;
+Tree::Sub Tree::combine(Context& cx, int at, const Sub& left, const Sub& right) {
+    if (left.kind == Sub::kZ && right.kind == Sub::kZ) return Sub{};
+    if (left.kind == Sub::kZ) return lift(cx, right, at, 1);
+    if (right.kind == Sub::kZ) return lift(cx, left, at, 0);
+    return join(cx, at, left, right);
 }
 
-Tree::Entry Tree::inserted(const TreeChange& c) {
-    ++update_->stats.hashes;
-    ++update_->live_key_delta;
-    return {c.path, new_leaf(c.path, c.value_hash, leaf_hash(c.path, c.value_hash))};
+Tree::Ref Tree::finalize(Context& cx, const Sub& sub) {
+    if (sub.kind == Sub::kZ) return Ref{};
+    if (!sub.pending) return sub.ref;
+    const Branch& b = branch(sub.ref.slot);
+    Ref ref = sub.ref;
+    ref.id = cx.writer.add_branch(b.depth, ref.top, b.child[0].id, b.child[1].id);
+    ++cx.stats.new_nodes;
+    if (sub.replaced != kEmpty) cx.stale.emplace_back(sub.replaced, sub.replaced_id);
+    return ref;
 }
 
-Tree::Sub Tree::build(int at, std::span<const Entry> entries) {
+Tree::Entry Tree::new_leaf(Context& cx, const TreeChange& c, const Hash& hash) {
+    ++cx.stats.new_nodes;
+    const NodeId id = cx.writer.add_leaf(c.path, c.value_hash);
+    const Slot slot = in_arena(kTagLeaf, cx.arena, leaves_[cx.arena]->alloc(Leaf{c.path}));
+    cx.fresh.push_back(slot);
+    return {c.path, Ref{slot, id, hash}};
+}
+
+Tree::Entry Tree::inserted(Context& cx, const TreeChange& c) {
+    ++cx.stats.hashes;
+    ++cx.live_key_delta;
+    return new_leaf(cx, c, leaf_hash(c.path, c.value_hash));
+}
+
+Tree::Sub Tree::build(Context& cx, int at, std::span<const Entry> entries) {
     Sub sub;
     if (entries.empty()) return sub;
     if (entries.size() == 1) {
         sub.kind = Sub::kLeaf;
-        sub.slot = entries[0].slot;
+        sub.ref = entries[0].ref;
         sub.at = at;
         return sub;
     }
@@ -258,84 +372,69 @@ Tree::Sub Tree::build(int at, std::span<const Entry> entries) {
     const auto mid = std::partition_point(entries.begin(), entries.end(),
                                           [d](const Entry& e) { return bit(e.path, d) == 0; });
     const std::size_t m = static_cast<std::size_t>(mid - entries.begin());
-    sub = join(d, build(d + 1, entries.first(m)), build(d + 1, entries.subspan(m)));
-    for (int j = d - 1; j >= at; --j) sub = lift(sub, j, bit(first, j));
+    sub = join(cx, d, build(cx, d + 1, entries.first(m)), build(cx, d + 1, entries.subspan(m)));
+    for (int j = d - 1; j >= at; --j) sub = lift(cx, sub, j, bit(first, j));
     return sub;
 }
 
-Result<Tree::Sub> Tree::retop(Slot slot, int at, const Hash& prefix) {
-    Branch& b = branches_->at(payload(slot));
-    Hash h[2];
-    for (int side = 0; side < 2; ++side) {
-        auto child = existing(&b.child[side], b.depth + 1);
-        if (!child) return std::unexpected(child.error());
-        h[side] = hash_of(*child);
+Result<Tree::Sub> Tree::retop(Context& cx, const Ref& ref, int at, const Hash& prefix) {
+    Branch& b = branch(ref.slot);
+    for (Ref& child : b.child) {
+        if (Status s = load(cx, child); !s) return std::unexpected(s.error());
     }
-    Sub sub;
-    sub.kind = Sub::kBranch;
-    sub.pending = true;
-    sub.replaced = slot;
-    sub.depth = b.depth;
-    sub.child[0] = b.child[0];
-    sub.child[1] = b.child[1];
-    sub.top = node(h[0], h[1]);
+    Hash top = node(cx, b.child[0].top, b.child[1].top);
     for (int j = b.depth - 1; j >= at; --j) {
-        sub.top = bit(prefix, j) == 0 ? node(sub.top, kZeroHash) : node(kZeroHash, sub.top);
+        top = bit(prefix, j) == 0 ? node(cx, top, kZeroHash) : node(cx, kZeroHash, top);
     }
-    sub.at = at;
-    return sub;
+    return pending_copy(cx, ref, top, at);
 }
 
-// The new content of the subtree in *loc, seen from depth `at`, after `cs` (all of whose
-// paths share the subtree's first `at` bits); nullopt if it does not change.
-Result<std::optional<Tree::Sub>> Tree::apply_at(Slot* loc, int at, std::span<const TreeChange> cs) {
+// The new content of the subtree at `loc`, seen from depth `at`, after `cs` (all of
+// whose paths share the subtree's first `at` bits); nullopt if it does not change.
+Result<std::optional<Tree::Sub>> Tree::apply_at(Context& cx, Ref& loc, int at,
+                                                std::span<const TreeChange> cs) {
     using R = std::optional<Sub>;
     if (cs.empty()) return R();
-    {
-        auto s = load(*loc);
-        if (!s) return std::unexpected(s.error());
-        *loc = *s;
-    }
-    const Slot slot = *loc;
+    if (Status s = load(cx, loc); !s) return std::unexpected(s.error());
     std::vector<Entry> entries;
 
-    if (tag(slot) == kEmpty || tag(slot) == kTagLeaf) {
+    if (tag(loc.slot) == kEmpty || tag(loc.slot) == kTagLeaf) {
         // The existing leaf, if any, unless a change replaces or deletes it, goes into
         // the new subtree in path order among the inserted leaves.
-        const Leaf* old = tag(slot) == kTagLeaf ? &leaves_->at(payload(slot)) : nullptr;
+        const Hash* old = tag(loc.slot) == kTagLeaf ? &leaf(loc.slot).path : nullptr;
         bool placed = old == nullptr;
         bool changed = false;
         entries.reserve(cs.size() + 1);
         for (const TreeChange& c : cs) {
-            if (!placed && old->path < c.path) {
-                entries.push_back({old->path, slot});
+            if (!placed && *old < c.path) {
+                entries.push_back({*old, loc});
                 placed = true;
             }
-            if (!placed && old->path == c.path) {
+            if (!placed && *old == c.path) {
                 placed = true;
                 if (!c.del) {
-                    ++update_->stats.hashes;
+                    ++cx.stats.hashes;
                     const Hash h = leaf_hash(c.path, c.value_hash);
-                    if (h == old->hash) {
-                        entries.push_back({c.path, slot});  // same value: the leaf stays
+                    if (h == loc.top) {
+                        entries.push_back({c.path, loc});  // same value: the leaf stays
                         continue;
                     }
-                    entries.push_back({c.path, new_leaf(c.path, c.value_hash, h)});
+                    entries.push_back(new_leaf(cx, c, h));
                 } else {
-                    --update_->live_key_delta;
+                    --cx.live_key_delta;
                 }
                 changed = true;
-                update_->stale.push_back(slot);
+                cx.stale.emplace_back(loc.slot, loc.id);
                 continue;
             }
             if (!c.del) {  // deleting an absent path changes nothing
                 changed = true;
-                entries.push_back(inserted(c));
+                entries.push_back(inserted(cx, c));
             }
         }
-        if (!placed) entries.push_back({old->path, slot});
+        if (!placed) entries.push_back({*old, loc});
         if (!changed) return R();
-        return R(build(at, entries));
+        return R(build(cx, at, entries));
     }
 
     // A branch. Changes are sorted, so those with bit `at` = 0 come first.
@@ -343,19 +442,19 @@ Result<std::optional<Tree::Sub>> Tree::apply_at(Slot* loc, int at, std::span<con
         cs.begin(), cs.end(), [at](const TreeChange& c) { return bit(c.path, at) == 0; });
     const std::size_t m = static_cast<std::size_t>(mid - cs.begin());
     const std::span<const TreeChange> side_cs[2] = {cs.first(m), cs.subspan(m)};
-    const std::uint64_t index = payload(slot);
+    Branch& b = branch(loc.slot);
 
-    if (branches_->at(index).depth > at) {
-        // A one-sided level above the split: the branch continues on side `b`; changes
+    if (b.depth > at) {
+        // A one-sided level above the split: the branch continues on side `s`; changes
         // on the other side hang a new subtree beside it.
-        auto prefix = prefix_path(slot);
+        auto prefix = prefix_path(cx, loc);
         if (!prefix) return std::unexpected(prefix.error());
-        const int b = bit(*prefix, at);
-        for (const TreeChange& c : side_cs[1 - b]) {
-            if (!c.del) entries.push_back(inserted(c));
+        const int s = bit(*prefix, at);
+        for (const TreeChange& c : side_cs[1 - s]) {
+            if (!c.del) entries.push_back(inserted(cx, c));
         }
-        const Sub other = build(at + 1, entries);
-        auto match = apply_at(loc, at + 1, side_cs[b]);
+        const Sub other = build(cx, at + 1, entries);
+        auto match = apply_at(cx, loc, at + 1, side_cs[s]);
         if (!match) return std::unexpected(match.error());
         if (!*match && other.kind == Sub::kZ) return R();
         Sub mine;
@@ -363,73 +462,118 @@ Result<std::optional<Tree::Sub>> Tree::apply_at(Slot* loc, int at, std::span<con
             mine = **match;
         } else {
             // Unchanged, but the new subtree beside it moves its slot one level down.
-            auto moved = retop(slot, at + 1, *prefix);
+            auto moved = retop(cx, loc, at + 1, *prefix);
             if (!moved) return std::unexpected(moved.error());
             mine = *moved;
         }
-        return R(b == 0 ? combine(at, mine, other) : combine(at, other, mine));
+        return R(s == 0 ? combine(cx, at, mine, other) : combine(cx, at, other, mine));
     }
 
     std::optional<Sub> result[2];
     for (int side = 0; side < 2; ++side) {
-        auto r = apply_at(&branches_->at(index).child[side], at + 1, side_cs[side]);
+        auto r = apply_at(cx, b.child[side], at + 1, side_cs[side]);
         if (!r) return std::unexpected(r.error());
-        result[side] = *r;
+        result[side] = std::move(*r);
     }
     if (!result[0] && !result[1]) return R();
     for (int side = 0; side < 2; ++side) {
         if (result[side]) continue;
-        auto e = existing(&branches_->at(index).child[side], at + 1);
+        // The child's top and id are in this branch: no need to touch the child
+        // itself, unless it has not been loaded yet.
+        auto e = existing(cx, b.child[side], at + 1);
         if (!e) return std::unexpected(e.error());
         result[side] = *e;
     }
-    update_->stale.push_back(slot);
-    return R(combine(at, *result[0], *result[1]));
+    cx.stale.emplace_back(loc.slot, loc.id);
+    return R(combine(cx, at, *result[0], *result[1]));
 }
 
-Result<Tree::Update> Tree::apply(std::span<const TreeChange> changes, ChunkWriter& writer) {
-    Update update;
-    writer_ = &writer;
-    update_ = &update;
-    auto result = apply_at(&root_, 0, changes);
-    if (!result) {
+Result<Tree::Update> Tree::apply(std::span<const TreeChange> changes, std::uint64_t first_chunk) {
+    Update u;
+    u.first_chunk = first_chunk;
+    auto fail = [&](const Error& e) -> Result<Update> {
         // Loads made so far stay: they are part of the current tree.
-        abort(std::move(update));
-        writer_ = nullptr;
-        update_ = nullptr;
-        return std::unexpected(result.error());
-    }
-    if (!*result) {
-        update.root_slot = root_;
-        update.root_hash = root_hash_;
-        update.root_id = root_id_;
-    } else {
-        update.root_hash = hash_of(**result);
-        update.root_slot = finalize(**result);
-        update.root_id = id_of(update.root_slot);
-    }
-    update.stale_ids.reserve(update.stale.size());
-    for (Slot s : update.stale) update.stale_ids.push_back(id_of(s));
-    std::sort(update.stale_ids.begin(), update.stale_ids.end());
-    writer_ = nullptr;
-    update_ = nullptr;
-    return update;
-}
+        abort(std::move(u));
+        return std::unexpected(e);
+    };
+    u.parts.push_back(std::make_unique<Context>(0, &reader_, first_chunk));
+    Context& main = *u.parts[0];
+    std::optional<Sub> result;
+    Context* final_cx = &main;
 
-void Tree::release(Slot slot) {
-    tag(slot) == kTagLeaf ? leaves_->free(payload(slot)) : branches_->free(payload(slot));
+    bool parallel = worker_ && changes.size() >= kParallelMin;
+    if (parallel) {
+        if (Status s = load(main, *root_); !s) return fail(s.error());
+        parallel = tag(root_->slot) == kTagBranch && branch(root_->slot).depth == 0;
+    }
+    if (!parallel) {
+        auto r = apply_at(main, *root_, 0, changes);
+        if (!r) return fail(r.error());
+        result = std::move(*r);
+    } else {
+        // The two subtrees under the root are disjoint: one per thread, each with its
+        // own arena, reader and node ids (chunk ranges that cannot overlap: a change
+        // writes at most one leaf and one branch per level it crosses, at most 257
+        // records), then the root is combined here.
+        const auto mid = std::partition_point(
+            changes.begin(), changes.end(), [](const TreeChange& c) { return bit(c.path, 0) == 0; });
+        const std::span<const TreeChange> left = changes.first(static_cast<std::size_t>(mid - changes.begin()));
+        const std::span<const TreeChange> right = changes.subspan(left.size());
+        const auto bound = [](std::size_t n) { return n + n / 256 + 2; };
+        u.parts.push_back(std::make_unique<Context>(1, helper_, first_chunk + bound(left.size())));
+        u.parts.push_back(
+            std::make_unique<Context>(0, &reader_, first_chunk + bound(left.size()) + bound(right.size())));
+        Context& second = *u.parts[1];
+        Context& top = *u.parts[2];
+        Branch& root = branch(root_->slot);
+        Result<std::optional<Sub>> r1 = std::optional<Sub>();
+        worker_->run([&] { r1 = apply_at(second, root.child[1], 1, right); });
+        auto r0 = apply_at(main, root.child[0], 1, left);
+        worker_->wait();
+        if (!r0) return fail(r0.error());
+        if (!r1) return fail(r1.error());
+        if (*r0 || *r1) {
+            std::optional<Sub> side[2] = {std::move(*r0), std::move(*r1)};
+            for (int s = 0; s < 2; ++s) {
+                if (side[s]) continue;
+                auto e = existing(top, root.child[s], 1);
+                if (!e) return fail(e.error());
+                side[s] = *e;
+            }
+            top.stale.emplace_back(root_->slot, root_->id);
+            result = combine(top, 0, *side[0], *side[1]);
+        }
+        final_cx = &top;
+    }
+
+    *u.root = result ? finalize(*final_cx, *result) : *root_;
+    u.root_hash = u.root->slot == kEmpty ? kZeroHash : u.root->top;
+    u.root_id = u.root->id;
+    u.end_chunk = first_chunk;
+    for (const auto& part : u.parts) {
+        u.live_key_delta += part->live_key_delta;
+        u.stats.node_reads += part->stats.node_reads;
+        u.stats.hashes += part->stats.hashes;
+        u.stats.new_nodes += part->stats.new_nodes;
+        for (const auto& [slot, id] : part->stale) u.stale_ids.push_back(id);
+        if (part->writer.nodes() > 0) u.end_chunk = std::max(u.end_chunk, part->writer.end_chunk());
+    }
+    radix_sort(u.stale_ids);
+    return u;
 }
 
 void Tree::commit(Update&& update) {
-    for (Slot s : update.stale) release(s);
-    root_ = update.root_slot;
-    root_hash_ = update.root_hash;
-    root_id_ = update.root_id;
+    for (const auto& part : update.parts) {
+        for (const auto& [slot, id] : part->stale) release(slot);
+    }
+    *root_ = *update.root;
     update = Update{};
 }
 
 void Tree::abort(Update&& update) {
-    for (Slot s : update.fresh) release(s);
+    for (const auto& part : update.parts) {
+        for (Slot s : part->fresh) release(s);
+    }
     update = Update{};
 }
 

@@ -99,6 +99,12 @@ void WriteBatch::del(ByteView key) {
     bytes_ += key.size();
 }
 
+void WriteBatch::del_range(ByteView begin, ByteView end) {
+    impl_->batch.DeleteRange(slice(begin), slice(end));
+    ++rows_;
+    bytes_ += begin.size() + end.size();
+}
+
 void WriteBatch::clear() {
     impl_->batch.Clear();
     rows_ = 0;
@@ -123,7 +129,13 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
     o.write_buffer_size = options.write_buffer_mb << 20;
     o.max_write_buffer_number = 3;
     o.level_compaction_dynamic_level_bytes = true;
-    o.compression = rocksdb::kLZ4Compression;
+    // Recent levels churn and hold mostly hashes: not worth compressing.
+    o.compression_per_level = {rocksdb::kNoCompression, rocksdb::kNoCompression, rocksdb::kLZ4Compression,
+                               rocksdb::kLZ4Compression, rocksdb::kLZ4Compression, rocksdb::kLZ4Compression,
+                               rocksdb::kLZ4Compression};
+    // Batches arrive sorted by key within each prefix: remembering where the last key of
+    // a prefix went makes the next memtable insert nearly free.
+    o.memtable_insert_with_hint_prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(1));
     o.max_total_wal_size = 4 * (options.write_buffer_mb << 20);
     if (options.seek_prefix_length > 0) {
         o.prefix_extractor.reset(rocksdb::NewCappedPrefixTransform(options.seek_prefix_length));

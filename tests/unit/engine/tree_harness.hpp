@@ -26,25 +26,26 @@ inline engine::Hash random_hash(std::mt19937_64& rng) {
 
 class TreeHarness {
   public:
-    TreeHarness() {
+    // With `parallel`, large updates use the tree's second thread.
+    explicit TreeHarness(bool parallel = true) {
         auto s = storage::Store::open(dir_.str(), {});
         REQUIRE(s);
         store_ = std::move(*s);
         reader_ = std::make_unique<engine::NodeReader>(*store_);
-        tree_ = std::make_unique<engine::Tree>(*reader_);
+        helper_ = std::make_unique<engine::NodeReader>(*store_);
+        tree_ = std::make_unique<engine::Tree>(*reader_, parallel ? helper_.get() : nullptr);
     }
 
     // Applies and commits `changes` (sorted here); returns the update's statistics.
     engine::TreeStats apply(std::vector<engine::TreeChange> changes) {
         std::sort(changes.begin(), changes.end(),
                   [](const auto& a, const auto& b) { return a.path < b.path; });
-        engine::ChunkWriter writer(next_chunk_);
-        auto update = tree_->apply(changes, writer);
+        auto update = tree_->apply(changes, next_chunk_);
         REQUIRE(update);
         storage::WriteBatch batch;
-        writer.write_to(batch);
+        update->write_records(batch);
         REQUIRE(store_->write(batch));
-        next_chunk_ = writer.end_chunk();
+        next_chunk_ = update->end_chunk;
         const engine::TreeStats stats = update->stats;
         tree_->commit(std::move(*update));
         return stats;
@@ -55,6 +56,7 @@ class TreeHarness {
         const engine::NodeId id = tree_->root_id();
         const engine::Hash root = tree_->root_hash();
         reader_->reset();
+        helper_->reset();
         tree_->reset(id, root);
     }
 
@@ -66,6 +68,7 @@ class TreeHarness {
     TempDir dir_;
     std::unique_ptr<storage::Store> store_;
     std::unique_ptr<engine::NodeReader> reader_;
+    std::unique_ptr<engine::NodeReader> helper_;
     std::unique_ptr<engine::Tree> tree_;
     std::uint64_t next_chunk_ = 0;
 };

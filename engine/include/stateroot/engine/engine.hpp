@@ -151,6 +151,7 @@ class Engine {
     std::unique_ptr<storage::Store> store_;
     std::unique_ptr<ChunkCache> chunk_cache_;
     std::unique_ptr<NodeReader> nodes_;
+    std::unique_ptr<NodeReader> helper_nodes_;  // for the tree's second thread
     std::unique_ptr<Tree> tree_;
     std::optional<std::uint64_t> tip_;
     std::optional<std::uint64_t> first_;

@@ -7,10 +7,15 @@
 // their persisted records, so a tree opened on a large database reads only what a
 // height touches.
 //
-// Updates are copy-on-write: apply() builds the new nodes for a height's changes,
-// writing their records to a ChunkWriter, and leaves the current tree untouched until
-// commit(); abort() discards them. Work per height is O(k log N) node reads and hashes
-// for k changed paths among N.
+// A branch holds, for each child, the child's top hash and node id beside the link, so
+// rehashing a level reads only the nodes on the changed paths, never their siblings:
+// at ten million keys the walk is bound by memory latency, not by hashing.
+//
+// Updates are copy-on-write: apply() builds the new nodes for a height's changes and
+// their records, and leaves the current tree untouched until commit(); abort()
+// discards them. Work per height is O(k log N) node reads and hashes for k changed
+// paths among N. With a helper reader and enough changes, the two subtrees under the
+// root are updated on two threads.
 #pragma once
 
 #include <cstdint>
@@ -21,6 +26,7 @@
 
 #include "stateroot/engine/hash.hpp"
 #include "stateroot/engine/node_store.hpp"
+#include "stateroot/storage/store.hpp"
 
 namespace stateroot::engine {
 
@@ -38,82 +44,98 @@ struct TreeStats {
 };
 
 class Tree {
-  public:
-    // Reads nodes through `reader`, which must outlive the tree.
-    explicit Tree(NodeReader& reader);
+public:
+    // Reads nodes through `reader`; with `helper` (a second reader of the same store),
+    // large updates use a second thread. Both must outlive the tree.
+    explicit Tree(NodeReader& reader, NodeReader* helper = nullptr);
     ~Tree();
 
     // Drops every node in memory and points the tree at a persisted root
     // (kNoNode for the empty tree) whose hash is `root_hash`.
     void reset(NodeId root_id, const Hash& root_hash);
 
-    const Hash& root_hash() const { return root_hash_; }
-    NodeId root_id() const { return root_id_; }
+    const Hash& root_hash() const;
+    NodeId root_id() const;
+
+    struct Ref;
+    struct Context;
 
     // The result of apply(), to be passed to exactly one of commit() or abort().
-    struct Update {
+    class Update {
+    public:
+        Update();
+        ~Update();
+        Update(Update&&) noexcept;
+        Update& operator=(Update&&) noexcept;
+
         Hash root_hash;
         NodeId root_id = kNoNode;
         std::vector<NodeId> stale_ids;    // ids of the records this update supersedes, ascending
         std::int64_t live_key_delta = 0;  // keys inserted minus keys deleted
         TreeStats stats;
+        // The node chunks this update's records may occupy (some may stay unused).
+        std::uint64_t first_chunk = 0;
+        std::uint64_t end_chunk = 0;
 
-      private:
+        // Adds the new node records to `batch` (one row per chunk used).
+        void write_records(storage::WriteBatch& batch) const;
+
+    private:
         friend class Tree;
-        std::uint64_t root_slot = 0;
-        std::vector<std::uint64_t> fresh;  // nodes created, freed by abort()
-        std::vector<std::uint64_t> stale;  // nodes superseded, freed by commit()
+        std::unique_ptr<Ref> root;
+        std::vector<std::unique_ptr<Context>> parts;  // one per thread that worked on it
     };
 
-    // Computes the tree after `changes` (sorted by path, at most one per path), appending
-    // the new node records to `writer`. The current tree is unchanged. Fails only if a
-    // node cannot be read (kCorruption / kIoError), in which case nothing has changed
-    // and `writer` must be discarded.
-    Result<Update> apply(std::span<const TreeChange> changes, ChunkWriter& writer);
+    // Computes the tree after `changes` (sorted by path, at most one per path). Its
+    // records take node ids from chunk `first_chunk` on. The current tree is unchanged.
+    // Fails only if a node cannot be read (kCorruption / kIoError), changing nothing.
+    Result<Update> apply(std::span<const TreeChange> changes, std::uint64_t first_chunk);
     // Makes `update` the current tree.
     void commit(Update&& update);
     // Discards `update`.
     void abort(Update&& update);
 
-    // Nodes held in memory (branches, leaves).
+    // Nodes held in memory.
     std::size_t resident_nodes() const;
 
-  private:
-    struct Sub;
+    // Below this many changes an update stays on one thread.
+    static constexpr std::size_t kParallelMin = 256;
+
+private:
     struct Branch;
     struct Leaf;
+    struct Sub;
+    struct Entry;
+    struct Worker;
     template <class T>
     class Arena;
-    struct Entry;
 
-    Result<std::uint64_t> load(std::uint64_t slot);
-    Result<std::optional<Sub>> apply_at(std::uint64_t* loc, int at, std::span<const TreeChange> cs);
-    Result<Sub> existing(std::uint64_t* loc, int at);
-    Result<Hash> prefix_path(std::uint64_t slot);
-    Result<Sub> retop(std::uint64_t slot, int at, const Hash& prefix);
-    Sub build(int at, std::span<const Entry> entries);
-    Sub join(int at, Sub left, Sub right);
-    Sub lift(Sub sub, int at, int side);
-    Sub combine(int at, Sub left, Sub right);
-    std::uint64_t finalize(const Sub& sub);
-    std::uint64_t new_leaf(const Hash& path, const Hash& value_hash, const Hash& hash);
+    Result<std::optional<Sub>> apply_at(Context& cx, Ref& loc, int at, std::span<const TreeChange> cs);
+    Status load(Context& cx, Ref& ref);
+    Status learn_top(Context& cx, Ref& ref);
+    Result<Sub> existing(Context& cx, Ref& ref, int at);
+    Result<Hash> prefix_path(Context& cx, Ref ref);
+    Result<Sub> retop(Context& cx, const Ref& ref, int at, const Hash& prefix);
+    Sub build(Context& cx, int at, std::span<const Entry> entries);
+    Sub join(Context& cx, int at, const Sub& left, const Sub& right);
+    Sub lift(Context& cx, Sub sub, int at, int side);
+    Sub pending_copy(Context& cx, const Ref& existing, const Hash& top, int at);
+    Sub combine(Context& cx, int at, const Sub& left, const Sub& right);
+    Ref finalize(Context& cx, const Sub& sub);
     // A new leaf for a put to an absent path.
-    Entry inserted(const TreeChange& c);
-    Hash hash_of(const Sub& sub) const;
-    NodeId id_of(std::uint64_t slot) const;
+    Entry inserted(Context& cx, const TreeChange& c);
+    Entry new_leaf(Context& cx, const TreeChange& c, const Hash& hash);
+    Hash node(Context& cx, const Hash& left, const Hash& right);
     void release(std::uint64_t slot);
-    Hash node(const Hash& left, const Hash& right);
+    Branch& branch(std::uint64_t slot);
+    Leaf& leaf(std::uint64_t slot);
 
     NodeReader& reader_;
-    std::unique_ptr<Arena<Branch>> branches_;
-    std::unique_ptr<Arena<Leaf>> leaves_;
-    std::uint64_t root_ = 0;
-    Hash root_hash_;
-    NodeId root_id_ = kNoNode;
-
-    // State of the apply() in progress.
-    ChunkWriter* writer_ = nullptr;
-    Update* update_ = nullptr;
+    NodeReader* helper_;
+    std::unique_ptr<Arena<Branch>> branches_[2];  // one per thread that allocates
+    std::unique_ptr<Arena<Leaf>> leaves_[2];
+    std::unique_ptr<Ref> root_;
+    std::unique_ptr<Worker> worker_;
 };
 
 }  // namespace stateroot::engine

@@ -51,6 +51,8 @@ class WriteBatch {
 
     void put(ByteView key, ByteView value);
     void del(ByteView key);
+    // Deletes every key in [begin, end): one row, whatever the number of keys.
+    void del_range(ByteView begin, ByteView end);
     // Number of puts and deletes in the batch.
     std::size_t rows() const { return rows_; }
     // Bytes of keys and values in the batch.
