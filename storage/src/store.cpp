@@ -133,9 +133,7 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
     o.compression_per_level = {rocksdb::kNoCompression, rocksdb::kNoCompression, rocksdb::kLZ4Compression,
                                rocksdb::kLZ4Compression, rocksdb::kLZ4Compression, rocksdb::kLZ4Compression,
                                rocksdb::kLZ4Compression};
-    // Batches arrive sorted by key within each prefix: remembering where the last key of
-    // a prefix went makes the next memtable insert nearly free.
-    o.memtable_insert_with_hint_prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(1));
+
     o.max_total_wal_size = 4 * (options.write_buffer_mb << 20);
     if (options.seek_prefix_length > 0) {
         o.prefix_extractor.reset(rocksdb::NewCappedPrefixTransform(options.seek_prefix_length));
