@@ -210,7 +210,7 @@ engine::EngineOptions engine_options(const Config& c) {
     engine::EngineOptions o;
     o.store.block_cache_mb = c.cache_mb;
     o.store.sync = c.sync;
-    o.chunk_cache_mb = c.chunk_cache_mb;
+    o.node_cache_mb = c.node_cache_mb;
     return o;
 }
 

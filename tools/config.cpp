@@ -32,7 +32,7 @@ const Option kOptions[] = {
     {"network", &Config::network},
     {"max_reorg_depth", &Config::max_reorg_depth},
     {"cache_mb", &Config::cache_mb},
-    {"chunk_cache_mb", &Config::chunk_cache_mb},
+    {"node_cache_mb", &Config::node_cache_mb},
     {"sync", &Config::sync},
     {"log_level", &Config::log_level},
 };

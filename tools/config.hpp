@@ -27,7 +27,7 @@ struct Config {
     std::string network = "mainnet";         // block network: mainnet, testnet3, testnet4, signet, regtest
     std::uint64_t max_reorg_depth = 100;     // deepest rollback a reorg may make
     std::uint64_t cache_mb = 128;            // RocksDB block cache
-    std::uint64_t chunk_cache_mb = 64;       // tree node cache for proofs
+    std::uint64_t node_cache_mb = 64;       // tree node cache for proofs
     bool sync = false;                       // fsync every commit (power-loss durability)
     std::string log_level = "info";          // trace, debug, info, warn, error
 

@@ -43,7 +43,7 @@ struct ConfigArgs {
         if (name == "network") return "mainnet (default), testnet3, testnet4, signet or regtest";
         if (name == "max_reorg_depth") return "Deepest rollback a reorg may make (default 100)";
         if (name == "cache_mb") return "RocksDB block cache in MiB (default 128)";
-        if (name == "chunk_cache_mb") return "Tree node cache for proofs in MiB (default 64)";
+        if (name == "node_cache_mb") return "Tree node cache for proofs in MiB (default 64)";
         if (name == "log_level") return "trace, debug, info (default), warn or error";
         return "";
     }
@@ -64,7 +64,7 @@ int main(int argc, char** argv) {
     std::string file, key, root_hex, out;
     std::uint64_t height = 0;
     std::int64_t signed_height = 0;
-    const std::initializer_list<const char*> kRead = {"db", "cache_mb", "chunk_cache_mb", "log_level"};
+    const std::initializer_list<const char*> kRead = {"db", "cache_mb", "node_cache_mb", "log_level"};
 
     auto* apply = app.add_subcommand("apply", "Apply a change file (JSON lines, one height each; - for stdin)");
     cfg.add(apply, {"db", "cache_mb", "sync", "log_level"});
@@ -108,7 +108,7 @@ int main(int argc, char** argv) {
     IndexOptions index_opts;
     std::uint64_t exit_at = 0, start_height = 0;
     auto* index = app.add_subcommand("index", "Replay blocks from files in height order along the best chain (reorg-safe)");
-    cfg.add(index, {"db", "network", "max_reorg_depth", "cache_mb", "chunk_cache_mb", "sync", "rpc_addr", "rpc_token",
+    cfg.add(index, {"db", "network", "max_reorg_depth", "cache_mb", "node_cache_mb", "sync", "rpc_addr", "rpc_token",
                     "rpc_threads", "log_level"});
     index->add_option("--blocks", index_opts.block_files, "blk-framed or raw block files, in any order");
     index->add_option("--blocks-dir", index_opts.blocks_dir, "A Bitcoin Core blocks directory (blk?????.dat, xor.dat)");
@@ -122,7 +122,7 @@ int main(int argc, char** argv) {
 
     auto* serve = app.add_subcommand("serve", "Serve JSON-RPC (POST /) and REST (GET) queries");
     cfg.add(serve, {"db", "rpc_addr", "rpc_token", "rpc_threads", "secondary", "catch_up_ms", "cache_mb",
-                    "chunk_cache_mb", "log_level"});
+                    "node_cache_mb", "log_level"});
 
     auto* snapshot = app.add_subcommand("snapshot", "Write a consistent copy of the database (works beside a writer)");
     cfg.add(snapshot, {"db", "log_level"});
@@ -131,7 +131,7 @@ int main(int argc, char** argv) {
     bool print = false;
     auto* config = app.add_subcommand("config", "Show the effective configuration");
     cfg.add(config, {"db", "rpc_addr", "rpc_token", "rpc_threads", "secondary", "catch_up_ms", "network",
-                     "max_reorg_depth", "cache_mb", "chunk_cache_mb", "log_level", "sync"});
+                     "max_reorg_depth", "cache_mb", "node_cache_mb", "log_level", "sync"});
     config->add_flag("--print", print, "Print every option's effective value (JSON)")->required();
 
     BenchOptions bench_opts;

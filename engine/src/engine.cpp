@@ -100,9 +100,9 @@ Result<std::unique_ptr<Engine>> Engine::open(const std::string& dir, const Engin
         batch.put(schema::meta_key(schema::kMetaFormat), schema::format_value());
         if (Status s = e->store_->write(batch); !s) return std::unexpected(s.error());
     }
-    e->chunk_cache_ = std::make_unique<ChunkCache>(options.chunk_cache_mb << 20);
-    e->nodes_ = std::make_unique<NodeReader>(*e->store_, nullptr, e->chunk_cache_.get());
-    e->helper_nodes_ = std::make_unique<NodeReader>(*e->store_, nullptr, e->chunk_cache_.get());
+    e->node_cache_ = std::make_unique<NodeCache>(options.node_cache_mb << 20);
+    e->nodes_ = std::make_unique<NodeReader>(*e->store_, nullptr, e->node_cache_.get());
+    e->helper_nodes_ = std::make_unique<NodeReader>(*e->store_, nullptr, e->node_cache_.get());
     e->tree_ = std::make_unique<Tree>(*e->nodes_, e->helper_nodes_.get());
     if (Status s = e->load(); !s) return std::unexpected(s.error());
     return e;
@@ -303,7 +303,7 @@ Status Engine::put_aux(const std::vector<std::pair<Bytes, std::optional<Bytes>>>
 }
 
 Result<View> Engine::view() const {
-    View v(*store_, store_->snapshot(), chunk_cache_.get());
+    View v(*store_, store_->snapshot(), node_cache_.get());
     auto tip = read_meta_height(*store_, schema::kMetaTip, v.snapshot_);
     if (!tip) return std::unexpected(tip.error());
     auto first = read_meta_height(*store_, schema::kMetaFirst, v.snapshot_);
@@ -315,7 +315,7 @@ Result<View> Engine::view() const {
 
 // ------------------------------------------------------------------------------ View
 
-View::View(const storage::Store& store, std::shared_ptr<const storage::Snapshot> snapshot, ChunkCache* cache)
+View::View(const storage::Store& store, std::shared_ptr<const storage::Snapshot> snapshot, NodeCache* cache)
     : store_(store), snapshot_(std::move(snapshot)), nodes_(std::make_unique<NodeReader>(store, snapshot_, cache)) {}
 
 Status View::check_height(std::uint64_t height) const {

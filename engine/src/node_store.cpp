@@ -72,48 +72,46 @@ void ChunkWriter::clear() {
     count_ = 0;
 }
 
-struct ChunkCache::Shard {
+struct NodeCache::Shard {
     std::mutex mu;
-    std::list<std::uint64_t> order;  // most recently used first
+    std::list<NodeId> order;  // most recently used first
     struct Entry {
-        std::shared_ptr<const Bytes> data;
-        std::list<std::uint64_t>::iterator pos;
+        NodeRecord record;
+        std::list<NodeId>::iterator pos;
     };
-    std::unordered_map<std::uint64_t, Entry> entries;
-    std::size_t bytes = 0;
+    std::unordered_map<NodeId, Entry> entries;
 };
 
-ChunkCache::ChunkCache(std::size_t capacity_bytes)
-    : shards_(std::make_unique<Shard[]>(kShards)), shard_capacity_(capacity_bytes / kShards) {}
+NodeCache::NodeCache(std::size_t capacity_bytes)
+    : shards_(std::make_unique<Shard[]>(kShards)),
+      // A record with its map and list entries takes about 200 bytes.
+      shard_capacity_(std::max<std::size_t>(1, capacity_bytes / 200 / kShards)) {}
 
-ChunkCache::~ChunkCache() = default;
+NodeCache::~NodeCache() = default;
 
-std::shared_ptr<const Bytes> ChunkCache::get(std::uint64_t chunk) {
-    Shard& s = shards_[chunk % kShards];
+std::optional<NodeRecord> NodeCache::get(NodeId id) {
+    Shard& s = shards_[id % kShards];
     std::lock_guard lock(s.mu);
-    const auto it = s.entries.find(chunk);
-    if (it == s.entries.end()) return nullptr;
+    const auto it = s.entries.find(id);
+    if (it == s.entries.end()) return std::nullopt;
     s.order.splice(s.order.begin(), s.order, it->second.pos);
-    return it->second.data;
+    return it->second.record;
 }
 
-void ChunkCache::put(std::uint64_t chunk, std::shared_ptr<const Bytes> data) {
-    Shard& s = shards_[chunk % kShards];
+void NodeCache::put(NodeId id, const NodeRecord& record) {
+    Shard& s = shards_[id % kShards];
     std::lock_guard lock(s.mu);
-    if (s.entries.count(chunk) > 0) return;
-    s.bytes += data->size();
-    s.order.push_front(chunk);
-    s.entries[chunk] = {std::move(data), s.order.begin()};
-    while (s.bytes > shard_capacity_ && s.order.size() > 1) {
-        const auto victim = s.entries.find(s.order.back());
-        s.bytes -= victim->second.data->size();
-        s.entries.erase(victim);
+    if (s.entries.count(id) > 0) return;
+    s.order.push_front(id);
+    s.entries.emplace(id, Shard::Entry{record, s.order.begin()});
+    if (s.entries.size() > shard_capacity_) {
+        s.entries.erase(s.order.back());
         s.order.pop_back();
     }
 }
 
 NodeReader::NodeReader(const storage::Store& store, std::shared_ptr<const storage::Snapshot> snapshot,
-                       ChunkCache* cache)
+                       NodeCache* cache)
     : store_(store), snapshot_(std::move(snapshot)), shared_(cache), cache_(kCachedChunks) {}
 
 void NodeReader::reset() {
@@ -130,17 +128,13 @@ Result<const Bytes*> NodeReader::chunk(std::uint64_t number) {
         }
         if (c.used < victim->used) victim = &c;
     }
-    std::shared_ptr<const Bytes> data = shared_ ? shared_->get(number) : nullptr;
-    if (!data) {
-        auto row = store_.get(schema::node_chunk_key(number), snapshot_);
-        if (!row) return std::unexpected(row.error());
-        if (!*row) {
-            return make_error(ErrorCode::kCorruption, fmt::format("node chunk {} is missing", number));
-        }
-        ++fetches_;
-        data = std::make_shared<const Bytes>(std::move(**row));
-        if (shared_) shared_->put(number, data);
+    auto row = store_.get(schema::node_chunk_key(number), snapshot_);
+    if (!row) return std::unexpected(row.error());
+    if (!*row) {
+        return make_error(ErrorCode::kCorruption, fmt::format("node chunk {} is missing", number));
     }
+    ++fetches_;
+    auto data = std::make_shared<const Bytes>(std::move(**row));
     victim->number = number;
     victim->data = std::move(data);
     victim->used = clock_;
@@ -149,6 +143,15 @@ Result<const Bytes*> NodeReader::chunk(std::uint64_t number) {
 
 Result<NodeRecord> NodeReader::read(NodeId id) {
     ++reads_;
+    if (shared_) {
+        if (auto hit = shared_->get(id)) return *hit;
+    }
+    auto record = decode(id);
+    if (record && shared_) shared_->put(id, *record);
+    return record;
+}
+
+Result<NodeRecord> NodeReader::decode(NodeId id) {
     const std::uint64_t number = id / schema::kChunkNodes;
     const std::size_t index = id % schema::kChunkNodes;
     auto data = chunk(number);

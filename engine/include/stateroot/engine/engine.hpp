@@ -30,8 +30,9 @@ struct EngineOptions {
     // Open for reading only, beside a possible writer in another process; apply() and
     // rollback() then fail (default false).
     bool read_only = false;
-    // Node chunks cached for views (proofs), shared by all of them, in MiB (default 64).
-    std::size_t chunk_cache_mb = 64;
+    // Node records cached for proofs and the writer's loads, shared by every view, in
+    // MiB (default 64).
+    std::size_t node_cache_mb = 64;
     // Open as a read replica of a primary in another process (a RocksDB secondary
     // instance keeping its own files in this directory); see catch_up(). Implies
     // reading only (default empty).
@@ -86,7 +87,7 @@ class View {
 
   private:
     friend class Engine;
-    View(const storage::Store& store, std::shared_ptr<const storage::Snapshot> snapshot, ChunkCache* cache);
+    View(const storage::Store& store, std::shared_ptr<const storage::Snapshot> snapshot, NodeCache* cache);
     Status check_height(std::uint64_t height) const;
 
     const storage::Store& store_;
@@ -149,7 +150,7 @@ class Engine {
     Result<CommitResult> check_committed(const Changes& changes, const Hash& digest);
 
     std::unique_ptr<storage::Store> store_;
-    std::unique_ptr<ChunkCache> chunk_cache_;
+    std::unique_ptr<NodeCache> node_cache_;
     std::unique_ptr<NodeReader> nodes_;
     std::unique_ptr<NodeReader> helper_nodes_;  // for the tree's second thread
     std::unique_ptr<Tree> tree_;

@@ -64,21 +64,22 @@ class ChunkWriter {
     std::vector<Chunk> chunks_;
 };
 
-// Node chunks shared by every reader of a database, bounded in bytes, least recently
-// used first out. A chunk is immutable and its number never reused, so an entry never
-// goes stale. Thread-safe.
-class ChunkCache {
+// Decoded node records shared by every reader of a database, bounded in bytes, least
+// recently used first out. A proof needs one or two records of each chunk it touches,
+// so records, not chunks, are what stays hot. A record is immutable and its id never
+// reused, so an entry never goes stale. Thread-safe.
+class NodeCache {
 public:
-    explicit ChunkCache(std::size_t capacity_bytes);
-    ~ChunkCache();
-    std::shared_ptr<const Bytes> get(std::uint64_t chunk);
-    void put(std::uint64_t chunk, std::shared_ptr<const Bytes> data);
+    explicit NodeCache(std::size_t capacity_bytes);
+    ~NodeCache();
+    std::optional<NodeRecord> get(NodeId id);
+    void put(NodeId id, const NodeRecord& record);
 
 private:
     struct Shard;
     static constexpr std::size_t kShards = 16;
     std::unique_ptr<Shard[]> shards_;
-    std::size_t shard_capacity_;
+    std::size_t shard_capacity_;  // records per shard
 };
 
 // Reads node records by id, through a snapshot or the latest state, keeping the last
@@ -90,7 +91,7 @@ class NodeReader {
     // `cache`, if given, is shared with other readers and must outlive this one.
     explicit NodeReader(const storage::Store& store,
                         std::shared_ptr<const storage::Snapshot> snapshot = {},
-                        ChunkCache* cache = nullptr);
+                        NodeCache* cache = nullptr);
 
     // The record of `id`; kCorruption if it is missing or does not decode.
     Result<NodeRecord> read(NodeId id);
@@ -102,10 +103,11 @@ class NodeReader {
 
   private:
     Result<const Bytes*> chunk(std::uint64_t number);
+    Result<NodeRecord> decode(NodeId id);
 
     const storage::Store& store_;
     std::shared_ptr<const storage::Snapshot> snapshot_;
-    ChunkCache* shared_;
+    NodeCache* shared_;
     static constexpr std::size_t kCachedChunks = 32;
     struct Cached {
         std::uint64_t number = ~std::uint64_t{0};
