@@ -143,7 +143,15 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
     t.block_cache = rocksdb::NewLRUCache(options.block_cache_mb << 20);
     t.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
     t.whole_key_filtering = true;
+    // Index and filters in small partitions behind a pinned top level: a lookup in a
+    // large database then loads a 4 KiB partition, not a whole table's index, and they
+    // all live within the block cache budget.
+    t.index_type = rocksdb::BlockBasedTableOptions::kTwoLevelIndexSearch;
+    t.partition_filters = true;
+    t.metadata_block_size = 4096;
     t.cache_index_and_filter_blocks = true;
+    t.cache_index_and_filter_blocks_with_high_priority = true;
+    t.pin_top_level_index_and_filter = true;
     t.pin_l0_filter_and_index_blocks_in_cache = true;
     t.format_version = 5;
     o.table_factory.reset(rocksdb::NewBlockBasedTableFactory(t));
