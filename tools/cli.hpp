@@ -36,6 +36,7 @@ int cmd_rollback(const Config& c, std::int64_t height);
 int cmd_info(const Config& c);
 int cmd_check(const Config& c, std::optional<std::uint64_t> height);
 int cmd_blockhash(const Config& c, std::optional<std::uint64_t> height);
+int cmd_prune(const Config& c, std::uint64_t keep);
 
 // Server commands (serve_cmd.cpp).
 struct ServerOptions;
@@ -52,6 +53,7 @@ struct IndexOptions {
     std::optional<std::uint64_t> exit_at;
     bool allow_missing_prevouts = false;
     std::optional<std::uint64_t> start_height;
+    std::optional<std::uint64_t> prune_keep;  // keep the last N heights' values and proofs
 };
 int cmd_index(const Config& c, const IndexOptions& options);
 

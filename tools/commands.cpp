@@ -1,5 +1,6 @@
 // The state commands: apply, root, get, prove, verify, rollback, info, check, blockhash.
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <fstream>
 #include <iostream>
@@ -195,6 +196,31 @@ int cmd_check(const Config& c, std::optional<std::uint64_t> height) {
         return kExitNo;
     }
     fmt::print("ok {} {}\n", r->height, stored->hex());
+    return kExitOk;
+}
+
+int cmd_prune(const Config& c, std::uint64_t keep) {
+    if (Status s = require_db(c); !s) return fail(s.error());
+    if (keep == 0) return fail("--keep must be at least 1");
+    engine::EngineOptions options = engine_options(c);
+    options.must_exist = true;
+    auto e = Engine::open(c.db, options);
+    if (!e) return fail(e.error());
+    Engine& eng = **e;
+    if (!eng.tip()) return fail("the database is empty");
+    const auto per_key = [&] {
+        return eng.live_keys() ? static_cast<double>(eng.store().disk_bytes()) / static_cast<double>(eng.live_keys()) : 0.0;
+    };
+    if (Status s = eng.store().compact(); !s) return fail(s.error());
+    const double before = per_key();
+    const std::uint64_t first_kept = *eng.tip() + 1 > keep ? *eng.tip() + 1 - keep : 0;
+    auto r = eng.prune(first_kept);
+    if (!r) return fail(r.error());
+    if (Status s = eng.store().compact(); !s) return fail(s.error());
+    const double after = per_key();
+    spdlog::info("removed {} value versions and {} tree nodes; {:.0f} -> {:.0f} bytes on disk per live key",
+                 r->values_removed, r->nodes_removed, before, after);
+    fmt::print("{} {}\n", r->first_kept, *eng.tip());
     return kExitOk;
 }
 

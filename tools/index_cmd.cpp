@@ -122,6 +122,7 @@ int cmd_index(const Config& c, const IndexOptions& o) {
     lo.allow_missing_prevouts = o.allow_missing_prevouts;
     lo.start_height = o.start_height;
     lo.stop_requested = stop_requested;
+    lo.prune_keep = o.prune_keep;
     lo.on_progress = [&](const indexer::LoopProgress& p) {
         metrics.observe_commit(p.changed_keys - keys_before, p.commit_seconds - commit_before);
         keys_before = p.changed_keys;

@@ -119,6 +119,15 @@ int main(int argc, char** argv) {
                     "have an unknown parent");
     auto* start_opt =
         index->add_option("--start-height", start_height, "Height of that first block (default: its BIP34 height)");
+    std::uint64_t prune_keep = 0;
+    auto* prune_opt = index->add_option("--prune-keep", prune_keep,
+                                        "Prune as it goes, keeping values and proofs of the last N heights");
+
+    std::uint64_t keep = 0;
+    auto* prune = app.add_subcommand(
+        "prune", "Keep values and proofs of the last --keep heights only (roots of all stay); prints <first kept> <tip>");
+    cfg.add(prune, {"db", "log_level"});
+    prune->add_option("--keep", keep, "Heights whose values and proofs are kept")->required();
 
     auto* serve = app.add_subcommand("serve", "Serve JSON-RPC (POST /) and REST (GET) queries");
     cfg.add(serve, {"db", "rpc_addr", "rpc_token", "rpc_threads", "secondary", "catch_up_ms", "cache_mb",
@@ -174,8 +183,10 @@ int main(int argc, char** argv) {
     if (index->parsed()) {
         index_opts.exit_at = opt_height(exit_at_opt, exit_at);
         index_opts.start_height = opt_height(start_opt, start_height);
+        index_opts.prune_keep = opt_height(prune_opt, prune_keep);
         return cmd_index(*c, index_opts);
     }
+    if (prune->parsed()) return cmd_prune(*c, keep);
     if (serve->parsed()) return cmd_serve(*c);
     if (snapshot->parsed()) return cmd_snapshot(*c, out);
     if (config->parsed()) return cmd_config_print(*c);

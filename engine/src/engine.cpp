@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <map>
 
 #include "stateroot/engine/root_builder.hpp"
 
@@ -120,6 +121,9 @@ Status Engine::load() {
     }
     auto next_chunk = read_meta_height(*store_, schema::kMetaNextChunk, nullptr);
     if (!next_chunk) return std::unexpected(next_chunk.error());
+    auto pruned = read_meta_height(*store_, schema::kMetaPruned, nullptr);
+    if (!pruned) return std::unexpected(pruned.error());
+    pruned_ = *pruned;
     tip_ = *tip;
     first_ = *first;
     next_chunk_ = next_chunk->value_or(0);
@@ -257,6 +261,10 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
 
 Status Engine::rollback(std::optional<std::uint64_t> height) {
     if (read_only_) return read_only_error();
+    if (pruned_ && (!height || *height < *pruned_)) {
+        return make_error(ErrorCode::kInvalidArgument,
+                          fmt::format("cannot roll back below height {}: older heights are pruned", *pruned_));
+    }
     if (!tip_ || (height && *height >= *tip_)) return {};
     const bool to_empty = !height || *height < *first_;
     const std::uint64_t lowest = to_empty ? *first_ : *height + 1;
@@ -285,6 +293,90 @@ Status Engine::rollback(std::optional<std::uint64_t> height) {
     return load();
 }
 
+Result<PruneResult> Engine::prune(std::uint64_t first_kept) {
+    if (read_only_) return read_only_error();
+    PruneResult result;
+    if (!tip_) return result;
+    const std::uint64_t kept = std::max(std::min(first_kept, *tip_), pruned_.value_or(*first_));
+    result.first_kept = kept;
+    if (kept != pruned_.value_or(*first_)) {
+        // Readers stop at `kept` before anything they could read is deleted.
+        storage::WriteBatch mark;
+        mark.put(schema::meta_key(schema::kMetaPruned), be64(kept));
+        if (Status s = store_->write(mark); !s) return with_context(s.error(), "prune");
+        pruned_ = kept;
+    }
+    auto done = read_meta_height(*store_, schema::kMetaPrunedDone, nullptr);
+    if (!done) return std::unexpected(done.error());
+
+    storage::IteratorOptions io;
+    io.same_prefix = true;
+    auto it = store_->iterator(io);
+    constexpr std::uint64_t kWindow = 64;  // heights cleaned per write
+    for (std::uint64_t h = done->value_or(*first_); h < kept;) {
+        const std::uint64_t end = std::min(kept, h + kWindow);
+        storage::WriteBatch batch;
+        std::map<std::uint64_t, std::vector<std::size_t>> dead;  // chunk -> record indices
+        auto drop_stale = [&](std::uint64_t height) -> Status {
+            auto row = store_->get(schema::stale_key(height));
+            if (!row) return std::unexpected(row.error());
+            if (!*row) return {};
+            auto ids = schema::decode_stale(**row, height);
+            if (!ids) return std::unexpected(ids.error());
+            for (NodeId id : *ids) dead[id / schema::kChunkNodes].push_back(id % schema::kChunkNodes);
+            batch.del(schema::stale_key(height));
+            return {};
+        };
+        // Each key changed in these heights keeps one version at or below `kept`: the
+        // latest, and not even that if it is a tombstone. Older ones (including one a
+        // previous prune kept) go.
+        std::vector<Hash> paths;
+        for (; h < end; ++h) {
+            auto index = read_change_index(*store_, h, nullptr);
+            if (!index) return std::unexpected(index.error());
+            for (const schema::ChangeEntry& e : *index) paths.push_back(sha256(e.key));
+            batch.del(schema::changes_key(h));
+            if (Status s = drop_stale(h); !s) return std::unexpected(s.error());
+        }
+        std::sort(paths.begin(), paths.end());
+        paths.erase(std::unique(paths.begin(), paths.end()), paths.end());
+        for (const Hash& path : paths) {
+            const Bytes seek = schema::value_key(path, kept);
+            bool latest = true;
+            for (it->seek(seek); it->valid(); it->next()) {
+                const ByteView k = it->key();
+                if (k.size() != schema::kValueKeySize ||
+                    !std::equal(seek.begin(), seek.begin() + schema::kValueSeekPrefix, k.begin())) {
+                    break;
+                }
+                auto row = schema::decode_value_row(it->value());
+                if (!row) return with_context(row.error(), "prune");
+                if (!latest || !*row) {
+                    batch.del(Bytes(k.begin(), k.end()));
+                    ++result.values_removed;
+                }
+                latest = false;
+            }
+            if (Status s = it->status(); !s) return std::unexpected(s.error());
+        }
+        if (h == kept) {
+            if (Status s = drop_stale(kept); !s) return std::unexpected(s.error());
+        }
+        for (const auto& [chunk, indices] : dead) {
+            auto row = store_->get(schema::node_chunk_key(chunk));
+            if (!row) return std::unexpected(row.error());
+            if (!*row) continue;
+            auto left = remove_records(**row, indices);
+            if (!left) return with_context(left.error(), fmt::format("chunk {}", chunk));
+            *left ? batch.put(schema::node_chunk_key(chunk), **left) : batch.del(schema::node_chunk_key(chunk));
+            result.nodes_removed += indices.size();
+        }
+        batch.put(schema::meta_key(schema::kMetaPrunedDone), be64(h));
+        if (Status s = store_->write(batch); !s) return with_context(s.error(), "prune");
+    }
+    return result;
+}
+
 Status Engine::catch_up() {
     if (Status s = store_->catch_up(); !s) return s;
     return load();
@@ -308,8 +400,11 @@ Result<View> Engine::view() const {
     if (!tip) return std::unexpected(tip.error());
     auto first = read_meta_height(*store_, schema::kMetaFirst, v.snapshot_);
     if (!first) return std::unexpected(first.error());
+    auto pruned = read_meta_height(*store_, schema::kMetaPruned, v.snapshot_);
+    if (!pruned) return std::unexpected(pruned.error());
     v.tip_ = *tip;
     v.first_ = *first;
+    v.pruned_ = *pruned;
     return v;
 }
 
@@ -322,6 +417,16 @@ Status View::check_height(std::uint64_t height) const {
     if (!tip_ || height < *first_ || height > *tip_) {
         return make_error(ErrorCode::kNotFound, fmt::format("height {} not found ({})", height,
                                                             describe_heights(first_, tip_)));
+    }
+    return {};
+}
+
+Status View::check_state(std::uint64_t height) const {
+    if (Status s = check_height(height); !s) return s;
+    if (pruned_ && height < *pruned_) {
+        return make_error(ErrorCode::kNotFound,
+                          fmt::format("height {} is pruned (values and proofs are kept for heights {}..{})",
+                                      height, *pruned_, *tip_));
     }
     return {};
 }
@@ -339,7 +444,7 @@ Result<Hash> View::root(std::uint64_t height) const {
 
 Result<std::optional<Bytes>> View::get(ByteView key, std::uint64_t height) const {
     if (Status s = check_key_size(key); !s) return std::unexpected(s.error());
-    if (Status s = check_height(height); !s) return std::unexpected(s.error());
+    if (Status s = check_state(height); !s) return std::unexpected(s.error());
     const Bytes seek = schema::value_key(sha256(key), height);
     storage::IteratorOptions io;
     io.snapshot = snapshot_;
@@ -363,6 +468,7 @@ Result<std::optional<Bytes>> View::get(ByteView key, std::uint64_t height) const
 
 Result<Proof> View::prove(ByteView key, std::uint64_t height) {
     if (Status s = check_key_size(key); !s) return std::unexpected(s.error());
+    if (Status s = check_state(height); !s) return std::unexpected(s.error());
     auto rec = record(height);
     if (!rec) return std::unexpected(rec.error());
     Proof p;
@@ -389,7 +495,7 @@ Result<Proof> View::prove(ByteView key, std::uint64_t height) {
 }
 
 Result<std::vector<StoredChange>> View::changes(std::uint64_t height) const {
-    if (Status s = check_height(height); !s) return std::unexpected(s.error());
+    if (Status s = check_state(height); !s) return std::unexpected(s.error());
     auto index = read_change_index(store_, height, snapshot_);
     if (!index) return std::unexpected(index.error());
     std::vector<StoredChange> out;
@@ -432,7 +538,7 @@ Status View::scan_aux(ByteView prefix,
 }
 
 Result<Hash> View::recompute_root(std::uint64_t height) const {
-    if (Status s = check_height(height); !s) return std::unexpected(s.error());
+    if (Status s = check_state(height); !s) return std::unexpected(s.error());
     storage::IteratorOptions io;
     io.snapshot = snapshot_;
     io.fill_cache = false;

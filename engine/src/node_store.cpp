@@ -25,6 +25,10 @@ void ChunkWriter::begin_record() {
     c.offsets.push_back(static_cast<std::uint16_t>(c.records.size()));
 }
 
+namespace {
+constexpr std::uint16_t kHole = 0xffff;  // offset of a record removed by pruning
+}  // namespace
+
 NodeId ChunkWriter::add_leaf(const Hash& path, const Hash& value_hash) {
     const NodeId id = next_id();
     begin_record();
@@ -110,6 +114,47 @@ void NodeCache::put(NodeId id, const NodeRecord& record) {
     }
 }
 
+Result<std::optional<Bytes>> remove_records(ByteView c, const std::vector<std::size_t>& indices) {
+    if (c.size() < 2) return make_error(ErrorCode::kCorruption, "corrupt node chunk");
+    const std::size_t count = std::size_t{c[0]} << 8 | c[1];
+    const std::size_t area = 2 + 2 * count;
+    if (c.size() < area) return make_error(ErrorCode::kCorruption, "corrupt node chunk");
+    std::vector<std::uint16_t> offsets(count);
+    for (std::size_t i = 0; i < count; ++i) offsets[i] = static_cast<std::uint16_t>(c[2 + 2 * i] << 8 | c[3 + 2 * i]);
+    for (std::size_t i : indices) {
+        if (i < count) offsets[i] = kHole;
+    }
+    // Each record runs to the next record's offset (records are stored in id order).
+    std::vector<std::pair<std::size_t, std::size_t>> spans(count, {0, 0});
+    std::size_t end = c.size() - area;
+    for (std::size_t i = count; i-- > 0;) {
+        const std::size_t off = std::size_t{c[2 + 2 * i]} << 8 | c[3 + 2 * i];
+        if (off == kHole) continue;
+        if (off > end) return make_error(ErrorCode::kCorruption, "corrupt node chunk");
+        spans[i] = {off, end};
+        end = off;
+    }
+    Bytes out;
+    out.reserve(c.size());
+    out.push_back(c[0]);
+    out.push_back(c[1]);
+    out.resize(area);
+    bool any = false;
+    for (std::size_t i = 0; i < count; ++i) {
+        std::uint16_t off = kHole;
+        if (offsets[i] != kHole) {
+            off = static_cast<std::uint16_t>(out.size() - area);
+            out.insert(out.end(), c.begin() + static_cast<std::ptrdiff_t>(area + spans[i].first),
+                       c.begin() + static_cast<std::ptrdiff_t>(area + spans[i].second));
+            any = true;
+        }
+        out[2 + 2 * i] = static_cast<std::uint8_t>(off >> 8);
+        out[3 + 2 * i] = static_cast<std::uint8_t>(off);
+    }
+    if (!any) return std::optional<Bytes>();
+    return std::optional<Bytes>(std::move(out));
+}
+
 NodeReader::NodeReader(const storage::Store& store, std::shared_ptr<const storage::Snapshot> snapshot,
                        NodeCache* cache)
     : store_(store), snapshot_(std::move(snapshot)), shared_(cache), cache_(kCachedChunks) {}
@@ -165,7 +210,11 @@ Result<NodeRecord> NodeReader::decode(NodeId id) {
     const std::size_t count = std::size_t{c[0]} << 8 | c[1];
     const std::size_t area = 2 + 2 * count;
     if (index >= count || c.size() < area) return bad();
-    const std::size_t off = area + (std::size_t{c[2 + 2 * index]} << 8 | c[3 + 2 * index]);
+    const std::size_t raw_off = std::size_t{c[2 + 2 * index]} << 8 | c[3 + 2 * index];
+    if (raw_off == kHole) {
+        return make_error(ErrorCode::kNotFound, fmt::format("node {} was pruned", id));
+    }
+    const std::size_t off = area + raw_off;
     if (off >= c.size()) return bad();
     const ByteView rec{c.data() + off, c.size() - off};
 

@@ -90,6 +90,14 @@ Result<ChainIndex> build_index(const engine::View& view, const std::vector<Found
     return index;
 }
 
+Status prune_to(engine::Engine& engine, std::uint64_t keep) {
+    if (!engine.tip() || keep == 0) return {};
+    const std::uint64_t tip = *engine.tip();
+    auto r = engine.prune(tip + 1 > keep ? tip + 1 - keep : 0);
+    if (!r) return std::unexpected(r.error());
+    return {};
+}
+
 }  // namespace
 
 Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
@@ -292,6 +300,9 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
         progress.height = h;
         progress.seconds = std::chrono::duration<double>(Clock::now() - started).count();
         if (options.on_progress) options.on_progress(progress);
+        if (options.prune_keep && (h % 64 == 0 || h == result.target)) {
+            if (Status s = prune_to(engine, *options.prune_keep); !s) return std::unexpected(s.error());
+        }
     }
 
     // Bodies deeper than max_reorg_depth below the tip can no longer be needed.

@@ -230,6 +230,14 @@ Status Store::flush() {
     return {};
 }
 
+Status Store::compact() {
+    rocksdb::CompactRangeOptions o;
+    o.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForce;
+    const rocksdb::Status s = impl_->db->CompactRange(o, nullptr, nullptr);
+    if (!s.ok()) return std::unexpected(to_error(s, "compact"));
+    return {};
+}
+
 Status Store::catch_up() {
     const rocksdb::Status s = impl_->db->TryCatchUpWithPrimary();
     if (!s.ok()) return std::unexpected(to_error(s, "catch up with the primary"));

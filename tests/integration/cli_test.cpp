@@ -208,6 +208,22 @@ TEST_CASE("cli: rollback keeps the heights at or below the target", "[cli]") {
           "stateroot: the database is empty\n");
 }
 
+TEST_CASE("cli: prune keeps the last heights' values and every root", "[cli][prune]") {
+    Cli cli;
+    const auto roots = lines(cli.run(fmt::format("apply --db {} {}", cli.db(), kExample)).out);
+    const Run r = cli.run(fmt::format("prune --db {} --keep 2", cli.db()));
+    CHECK(r.code == 0);
+    CHECK(r.out == "4 5\n");
+    CHECK(cli.run(fmt::format("root --db {} --height 1", cli.db())).out == roots[1].substr(2) + "\n");
+    CHECK(cli.run(fmt::format("get --db {} --key 626f62 --height 5", cli.db())).out == "32\n");
+    const Run gone = cli.run(fmt::format("get --db {} --key 626f62 --height 3", cli.db()));
+    CHECK(gone.code == 2);
+    CHECK(gone.err == "stateroot: height 3 is pruned (values and proofs are kept for heights 4..5)\n");
+    CHECK(cli.run(fmt::format("check --db {} --height 4", cli.db())).code == 0);
+    CHECK(cli.run(fmt::format("rollback --db {} --height 3", cli.db())).err ==
+          "stateroot: cannot roll back below height 4: older heights are pruned\n");
+}
+
 TEST_CASE("cli: a tiny benchmark runs and prints its JSON summary last", "[cli][bench]") {
     Cli cli;
     const Run r = cli.run("bench --keys 2000 --block-keys 100 --blocks 3 --json");

@@ -128,6 +128,21 @@ TEST_CASE("loop: mainnet 0-589 replays to a UTXO set of 29,450 BTC", "[indexer][
     CHECK(again->root == r->root);
 }
 
+TEST_CASE("loop: pruning as it goes keeps every root", "[indexer][loop][prune]") {
+    Db full, pruned;
+    REQUIRE(full.index({kMainnet}));
+    LoopOptions o;
+    o.prune_keep = 100;
+    auto r = pruned.index({kMainnet}, o);
+    REQUIRE(r);
+    CHECK(pruned.roots() == full.roots());
+    auto v = pruned.engine->view();
+    CHECK(v->pruned() == 490u);
+    CHECK(v->recompute_root(490).value() == full.roots()[490]);
+    CHECK_FALSE(v->changes(489));
+    CHECK(v->changes(490).value().size() == full.engine->view()->changes(490).value().size());
+}
+
 TEST_CASE("loop: stopping and resuming gives the same roots as one run", "[indexer][loop]") {
     Db whole;
     REQUIRE(whole.index({kMainnet}));

@@ -39,6 +39,12 @@ struct EngineOptions {
     std::string secondary_dir;
 };
 
+struct PruneResult {
+    std::uint64_t first_kept = 0;      // values, changes and proofs kept from this height on
+    std::uint64_t values_removed = 0;  // value versions deleted
+    std::uint64_t nodes_removed = 0;   // node records deleted
+};
+
 struct CommitResult {
     std::uint64_t height = 0;
     Hash root;
@@ -65,6 +71,8 @@ class View {
   public:
     std::optional<std::uint64_t> tip() const { return tip_; }
     std::optional<std::uint64_t> first() const { return first_; }
+    // The first height whose values and proofs are kept, if older ones were pruned.
+    std::optional<std::uint64_t> pruned() const { return pruned_; }
 
     // The record of `height`; kNotFound naming the heights that exist.
     Result<schema::HeightRecord> record(std::uint64_t height) const;
@@ -89,11 +97,14 @@ class View {
     friend class Engine;
     View(const storage::Store& store, std::shared_ptr<const storage::Snapshot> snapshot, NodeCache* cache);
     Status check_height(std::uint64_t height) const;
+    // check_height, and that the height's values and nodes were not pruned.
+    Status check_state(std::uint64_t height) const;
 
     const storage::Store& store_;
     std::shared_ptr<const storage::Snapshot> snapshot_;
     std::optional<std::uint64_t> tip_;
     std::optional<std::uint64_t> first_;
+    std::optional<std::uint64_t> pruned_;
     std::unique_ptr<NodeReader> nodes_;
 };
 
@@ -117,7 +128,15 @@ class Engine {
 
     // Removes every height above `height` in one atomic write; with nullopt or a height
     // below the first, the database becomes empty. A height at or above the tip is a no-op.
+    // kInvalidArgument below the pruned height (older states are gone).
     Status rollback(std::optional<std::uint64_t> height);
+
+    // Deletes what no height at or above `first_kept` (at most the tip) needs: older value
+    // versions, change lists and tree nodes. Roots and block hashes of every height stay;
+    // values, changes and proofs below `first_kept` become unavailable. Costs what was
+    // written below `first_kept` since the last prune, not the size of the database.
+    // Idempotent: an interrupted prune is finished by the next one.
+    Result<PruneResult> prune(std::uint64_t first_kept);
 
     // Writes rows an indexer keeps beside the state (block headers, say): puts, or
     // deletes for nullopt values, in one atomic write. They belong to no height and a
@@ -157,6 +176,7 @@ class Engine {
     std::optional<std::uint64_t> tip_;
     std::optional<std::uint64_t> first_;
     std::uint64_t next_chunk_ = 0;  // never decreases: chunk numbers are not reused
+    std::optional<std::uint64_t> pruned_;
     std::uint64_t live_keys_ = 0;
     bool read_only_ = false;
 };

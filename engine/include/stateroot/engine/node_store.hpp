@@ -64,6 +64,10 @@ class ChunkWriter {
     std::vector<Chunk> chunks_;
 };
 
+// `chunk` without the records at `indices` (which become holes: the other records keep
+// their ids), or nullopt if no record would be left. kCorruption if it does not decode.
+Result<std::optional<Bytes>> remove_records(ByteView chunk, const std::vector<std::size_t>& indices);
+
 // Decoded node records shared by every reader of a database, bounded in bytes, least
 // recently used first out. A proof needs one or two records of each chunk it touches,
 // so records, not chunks, are what stays hot. A record is immutable and its id never

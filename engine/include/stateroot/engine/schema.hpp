@@ -36,6 +36,12 @@ inline constexpr std::string_view kMetaFirst = "first";    // first height (8 BE
 // The next node chunk to write (8 BE). Never decreases, not even on rollback, so a node
 // id names the same record for the life of the database.
 inline constexpr std::string_view kMetaNextChunk = "next_chunk";
+// The first height whose values, changes and proofs are kept (8 BE); absent if nothing
+// was pruned. Roots of every height are kept.
+inline constexpr std::string_view kMetaPruned = "pruned";
+// Every height below this one has been cleaned by pruning (8 BE); an interrupted prune
+// resumes from here.
+inline constexpr std::string_view kMetaPrunedDone = "pruned_done";
 
 // Node ids: chunk * kChunkNodes + index within the chunk.
 using NodeId = std::uint64_t;

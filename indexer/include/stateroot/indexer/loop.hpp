@@ -39,6 +39,9 @@ struct LoopOptions {
     bool allow_missing_prevouts = false;
     // Height of that first block (default: the height in its coinbase, BIP34).
     std::optional<std::uint64_t> start_height;
+    // Keep values and proofs of the last N heights only, pruning every 64 heights and
+    // at the end of the run (default: keep everything).
+    std::optional<std::uint64_t> prune_keep;
     // Polled between heights; true stops the run after the height in progress.
     std::function<bool()> stop_requested;
     // Called after each committed height.

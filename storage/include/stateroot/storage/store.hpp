@@ -130,6 +130,9 @@ class Store {
     // Writes the memtables to disk (used by benchmarks to measure settled sizes).
     Status flush();
 
+    // Compacts the whole key range, so that deleted rows give their space back.
+    Status compact();
+
     // Secondary instances: reads what the primary has written since. Not thread-safe with
     // respect to reads: the caller keeps reads out while it runs.
     Status catch_up();

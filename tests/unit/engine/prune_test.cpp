@@ -1,0 +1,150 @@
+// Pruning, checked against a twin database that was never pruned.
+#include <catch2/catch.hpp>
+
+#include <nlohmann/json.hpp>
+#include <random>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "stateroot/engine/engine.hpp"
+#include "temp_dir.hpp"
+
+using namespace stateroot;
+using namespace stateroot::engine;
+
+namespace {
+
+struct Twins {
+    test::TempDir dir_a, dir_b;
+    std::unique_ptr<Engine> pruned, full;
+    std::vector<Bytes> pool;
+    std::mt19937_64 rng{5};
+    std::uint64_t height = 10;
+
+    Twins() {
+        pruned = std::move(*Engine::open(dir_a.str()));
+        full = std::move(*Engine::open(dir_b.str()));
+        for (int i = 0; i < 300; ++i) pool.push_back(Bytes{static_cast<std::uint8_t>(i), static_cast<std::uint8_t>(i >> 8), 7});
+    }
+    Changes next() {
+        Changes c;
+        c.height = height++;
+        std::set<std::size_t> used;
+        const int n = 1 + static_cast<int>(rng() % 30);
+        for (int i = 0; i < n; ++i) {
+            const std::size_t k = rng() % pool.size();
+            if (!used.insert(k).second) continue;
+            if (rng() % 4 == 0) {
+                c.deletes.push_back(pool[k]);
+            } else {
+                c.puts.emplace_back(pool[k], Bytes{static_cast<std::uint8_t>(rng()), 1});
+            }
+        }
+        return c;
+    }
+    void advance(int heights) {
+        for (int i = 0; i < heights; ++i) {
+            const Changes c = next();
+            REQUIRE(pruned->apply(c));
+            REQUIRE(full->apply(c));
+        }
+    }
+    // Every root equal; values, proofs and changes equal where kept; refused below.
+    void compare() {
+        auto a = pruned->view();
+        auto b = full->view();
+        REQUIRE(a);
+        REQUIRE(b);
+        const std::uint64_t kept = a->pruned().value_or(*a->first());
+        for (std::uint64_t h = *b->first(); h <= *b->tip(); ++h) {
+            REQUIRE(a->root(h).value() == b->root(h).value());
+            const Bytes& key = pool[rng() % pool.size()];
+            if (h < kept) {
+                auto v = a->get(key, h);
+                REQUIRE_FALSE(v);
+                CHECK(v.error().code == ErrorCode::kNotFound);
+                CHECK_FALSE(a->prove(key, h));
+                continue;
+            }
+            REQUIRE(a->get(key, h).value() == b->get(key, h).value());
+            REQUIRE(to_json(a->prove(key, h).value()) == to_json(b->prove(key, h).value()));
+            REQUIRE(a->changes(h).value().size() == b->changes(h).value().size());
+        }
+        CHECK(a->recompute_root(kept).value() == b->root(kept).value());
+        CHECK(a->recompute_root(*a->tip()).value() == b->root(*b->tip()).value());
+    }
+};
+
+}  // namespace
+
+TEST_CASE("prune: roots stay and kept heights answer exactly like an unpruned twin", "[engine][prune]") {
+    Twins t;
+    t.advance(120);
+    auto r = t.pruned->prune(*t.pruned->tip() - 49);
+    REQUIRE(r);
+    CHECK(r->first_kept == *t.pruned->tip() - 49);
+    CHECK(r->values_removed > 0);
+    CHECK(r->nodes_removed > 0);
+    t.compare();
+
+    auto v = t.pruned->view();
+    auto below = v->get(t.pool[0], r->first_kept - 1);
+    CHECK(below.error().message == fmt::format("height {} is pruned (values and proofs are kept for heights {}..{})",
+                                               r->first_kept - 1, r->first_kept, *t.pruned->tip()));
+
+    // Pruning again to the same height finds nothing left to remove.
+    auto again = t.pruned->prune(r->first_kept);
+    REQUIRE(again);
+    CHECK(again->values_removed == 0);
+    CHECK(again->nodes_removed == 0);
+
+    // The database goes on; later prunes cost what was written since the last one.
+    t.advance(80);
+    REQUIRE(t.pruned->prune(*t.pruned->tip() - 19));
+    t.compare();
+}
+
+TEST_CASE("prune: rollback stops at the pruned height and re-applying gives the same roots", "[engine][prune]") {
+    Twins t;
+    t.advance(60);
+    REQUIRE(t.pruned->prune(50));
+    auto refused = t.pruned->rollback(40);
+    REQUIRE_FALSE(refused);
+    CHECK(refused.error().message == "cannot roll back below height 50: older heights are pruned");
+    CHECK_FALSE(t.pruned->rollback(std::nullopt));
+    REQUIRE(t.pruned->rollback(55));
+    REQUIRE(t.full->rollback(55));
+    t.height = 56;
+    t.advance(10);
+    t.compare();
+}
+
+TEST_CASE("prune: an interrupted prune is finished by the next one", "[engine][prune]") {
+    Twins t;
+    t.advance(300);
+    int writes = 0;
+    t.pruned->store().set_write_fault([&](const storage::WriteBatch&, std::uint64_t) -> Status {
+        if (++writes == 3) return make_error(ErrorCode::kIoError, "power cut");
+        return {};
+    });
+    auto cut = t.pruned->prune(250);
+    REQUIRE_FALSE(cut);
+    CHECK(cut.error().message == "prune: power cut");
+    // What readers see is already consistent: nothing below 250 is served.
+    CHECK_FALSE(t.pruned->view()->get(t.pool[0], 249));
+    t.pruned->store().set_write_fault({});
+    REQUIRE(t.pruned->prune(250));
+    t.compare();
+}
+
+TEST_CASE("prune: a pruned database reopens with its pruned height", "[engine][prune]") {
+    Twins t;
+    t.advance(40);
+    REQUIRE(t.pruned->prune(30));
+    t.pruned.reset();
+    t.pruned = std::move(*Engine::open(t.dir_a.str()));
+    CHECK(t.pruned->view()->pruned() == 30u);
+    t.advance(5);
+    t.compare();
+}
