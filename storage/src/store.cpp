@@ -105,6 +105,21 @@ void WriteBatch::del_range(ByteView begin, ByteView end) {
     bytes_ += begin.size() + end.size();
 }
 
+std::vector<Bytes> WriteBatch::keys() const {
+    struct Collect : rocksdb::WriteBatch::Handler {
+        std::vector<Bytes> keys;
+        void add(const rocksdb::Slice& k) { keys.emplace_back(view(k).begin(), view(k).end()); }
+        void Put(const rocksdb::Slice& k, const rocksdb::Slice&) override { add(k); }
+        void Delete(const rocksdb::Slice& k) override { add(k); }
+        rocksdb::Status DeleteRangeCF(std::uint32_t, const rocksdb::Slice& begin, const rocksdb::Slice&) override {
+            add(begin);
+            return rocksdb::Status::OK();
+        }
+    } collect;
+    impl_->batch.Iterate(&collect);
+    return std::move(collect.keys);
+}
+
 void WriteBatch::clear() {
     impl_->batch.Clear();
     rows_ = 0;

@@ -259,6 +259,55 @@ TEST_CASE("engine: a failed height write leaves the database at the previous hei
     CHECK(ok->root == expected->root);
 }
 
+TEST_CASE("engine: a failed write of any kind of row leaves the database at the previous height",
+          "[engine][fault]") {
+    // Each kind of row the engine writes, by key prefix; each case fails the first
+    // batch that holds one, at a height commit or at a rollback.
+    const std::vector<std::pair<char, std::string>> kinds = {
+        {'v', "value versions"}, {'c', "change index"}, {'n', "tree nodes"}, {'s', "superseded nodes"},
+        {'h', "height record (root, block hash)"}, {'m', "tip"}};
+    for (const bool rollback : {false, true}) {
+        for (const auto& [prefix, what] : kinds) {
+            INFO((rollback ? "rollback: " : "commit: ") << what);
+            test::TempDir dir, ref_dir;
+            auto e = open_engine(dir);
+            auto ref = open_engine(ref_dir);
+            for (std::uint64_t h = 0; h < 4; ++h) {
+                std::vector<std::string> deletes;
+                if (h > 0) deletes.push_back("a" + std::to_string(h - 1));
+                const Changes c = changes(h, {{"a" + std::to_string(h), "v"}, {"k0", std::to_string(h)}}, deletes);
+                REQUIRE(e->apply(c));
+                REQUIRE(ref->apply(c));
+            }
+            const Hash root = e->root();
+            const char p = prefix;
+            e->store().set_write_fault([p](const storage::WriteBatch& batch, std::uint64_t) -> Status {
+                for (const Bytes& k : batch.keys()) {
+                    if (!k.empty() && k[0] == static_cast<std::uint8_t>(p)) return make_error(ErrorCode::kIoError, "injected");
+                }
+                return {};
+            });
+            if (rollback) {
+                REQUIRE_FALSE(e->rollback(1));
+            } else {
+                REQUIRE_FALSE(e->apply(changes(4, {{"k0", "new"}, {"k9", "x"}}, {"a3"})));
+            }
+            CHECK(e->tip() == 3u);
+            CHECK(e->root() == root);
+            auto v = e->view();
+            CHECK(v->tip() == 3u);
+            CHECK(v->get(b("k0"), 3).value() == b("3"));
+            CHECK(v->recompute_root(3).value() == root);
+            // Nothing half-written: the same commit succeeds afterwards, with the reference's root.
+            e->store().set_write_fault({});
+            const Changes next = changes(4, {{"k0", "new"}, {"k9", "x"}}, {"a3"});
+            auto ok = e->apply(next);
+            REQUIRE(ok);
+            CHECK(ok->root == ref->apply(next)->root);
+        }
+    }
+}
+
 TEST_CASE("engine: reopening gives the same roots and values and proofs", "[engine]") {
     test::TempDir dir;
     std::vector<Hash> roots;

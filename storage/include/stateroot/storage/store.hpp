@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "stateroot/storage/bytes.hpp"
 #include "stateroot/storage/result.hpp"
@@ -53,6 +54,9 @@ class WriteBatch {
     void del(ByteView key);
     // Deletes every key in [begin, end): one row, whatever the number of keys.
     void del_range(ByteView begin, ByteView end);
+    // The keys the batch writes or deletes (range deletes: their first key), in order.
+    // For tests that fail chosen writes.
+    std::vector<Bytes> keys() const;
     // Number of puts and deletes in the batch.
     std::size_t rows() const { return rows_; }
     // Bytes of keys and values in the batch.
