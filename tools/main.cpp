@@ -38,6 +38,9 @@ struct ConfigArgs {
         if (name == "rpc_addr") return "Serve JSON-RPC and REST on HOST:PORT (default 127.0.0.1:8080)";
         if (name == "rpc_token") return "Bearer token clients must send (required off loopback)";
         if (name == "rpc_threads") return "Request worker threads (default 8)";
+        if (name == "rpc_max_connections") return "Open connections; beyond, the longest-waiting is closed (default 1024)";
+        if (name == "rpc_timeout_ms") return "Time to send a whole request, and to take an answer (default 10000)";
+        if (name == "rpc_idle_ms") return "Idle keep-alive connections are closed after this (default 60000)";
         if (name == "secondary") return "Serve as a read replica keeping its own files in this directory";
         if (name == "catch_up_ms") return "How often a replica catches up with the primary (default 500)";
         if (name == "network") return "mainnet (default), testnet3, testnet4, signet or regtest";
@@ -109,7 +112,7 @@ int main(int argc, char** argv) {
     std::uint64_t exit_at = 0, start_height = 0;
     auto* index = app.add_subcommand("index", "Replay blocks from files in height order along the best chain (reorg-safe)");
     cfg.add(index, {"db", "network", "max_reorg_depth", "cache_mb", "node_cache_mb", "sync", "rpc_addr", "rpc_token",
-                    "rpc_threads", "log_level"});
+                    "rpc_threads", "rpc_max_connections", "rpc_timeout_ms", "rpc_idle_ms", "log_level"});
     index->add_option("--blocks", index_opts.block_files, "blk-framed or raw block files, in any order");
     index->add_option("--blocks-dir", index_opts.blocks_dir, "A Bitcoin Core blocks directory (blk?????.dat, xor.dat)");
     index->add_option("--indexer", index_opts.indexer, "The indexer turning blocks into changes")->capture_default_str();
@@ -130,7 +133,7 @@ int main(int argc, char** argv) {
     prune->add_option("--keep", keep, "Heights whose values and proofs are kept")->required();
 
     auto* serve = app.add_subcommand("serve", "Serve JSON-RPC (POST /) and REST (GET) queries");
-    cfg.add(serve, {"db", "rpc_addr", "rpc_token", "rpc_threads", "secondary", "catch_up_ms", "cache_mb",
+    cfg.add(serve, {"db", "rpc_addr", "rpc_token", "rpc_threads", "rpc_max_connections", "rpc_timeout_ms", "rpc_idle_ms", "secondary", "catch_up_ms", "cache_mb",
                     "node_cache_mb", "log_level"});
 
     auto* snapshot = app.add_subcommand("snapshot", "Write a consistent copy of the database (works beside a writer)");
@@ -139,7 +142,7 @@ int main(int argc, char** argv) {
 
     bool print = false;
     auto* config = app.add_subcommand("config", "Show the effective configuration");
-    cfg.add(config, {"db", "rpc_addr", "rpc_token", "rpc_threads", "secondary", "catch_up_ms", "network",
+    cfg.add(config, {"db", "rpc_addr", "rpc_token", "rpc_threads", "rpc_max_connections", "rpc_timeout_ms", "rpc_idle_ms", "secondary", "catch_up_ms", "network",
                      "max_reorg_depth", "cache_mb", "node_cache_mb", "log_level", "sync"});
     config->add_flag("--print", print, "Print every option's effective value (JSON)")->required();
 

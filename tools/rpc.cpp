@@ -22,6 +22,10 @@ constexpr int kInternalError = -32603;
 constexpr int kHeightNotFound = -32001;
 constexpr std::size_t kMaxDepth = 64;
 
+// An answer's text. Messages may quote the request, which may hold invalid UTF-8: such
+// bytes become U+FFFD rather than failing the answer.
+std::string text(const nlohmann::json& j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
+
 struct RpcError {
     int code;
     std::string message;
@@ -298,7 +302,7 @@ HttpAnswer Rpc::post(std::string_view body) {
     HttpAnswer a;
     auto single_error = [&](int code, const std::string& message) {
         metrics_.observe_request("invalid", false, 0);
-        a.body = error_response({code, message}, nullptr).dump();
+        a.body = text(error_response({code, message}, nullptr));
         return a;
     };
     if (nesting(body, kMaxDepth) > kMaxDepth) {
@@ -319,7 +323,7 @@ HttpAnswer Rpc::post(std::string_view body) {
             a.status = 204;
             return a;
         }
-        a.body = response.dump();
+        a.body = text(response);
         return a;
     }
     if (request.empty()) return single_error(kInvalidRequest, "invalid request: empty batch");
@@ -336,7 +340,7 @@ HttpAnswer Rpc::post(std::string_view body) {
         a.status = 204;
         return a;
     }
-    a.body = responses.dump();
+    a.body = text(responses);
     return a;
 }
 
@@ -346,12 +350,12 @@ HttpAnswer Rpc::get(const std::string& path, const std::map<std::string, std::st
     auto finish = [&](const std::string& route, Answer answer) {
         metrics_.observe_request(route, answer.has_value(), since(t));
         if (answer) {
-            a.body = answer->dump();
+            a.body = text(*answer);
             return a;
         }
         const int code = answer.error().code;
         a.status = code == kHeightNotFound ? 404 : code == kInternalError ? 500 : 400;
-        a.body = json{{"error", {{"code", code}, {"message", answer.error().message}}}}.dump();
+        a.body = text(json{{"error", {{"code", code}, {"message", answer.error().message}}}});
         return a;
     };
     auto segments = [&](std::string_view prefix) -> std::optional<std::string> {
@@ -424,7 +428,7 @@ HttpAnswer Rpc::get(const std::string& path, const std::map<std::string, std::st
         return finish("rest_proof", m_prove(v, json::array({*key, height_query()})));
     }
     a.status = 404;
-    a.body = json{{"error", {{"code", 404}, {"message", "no such route: " + path}}}}.dump();
+    a.body = text(json{{"error", {{"code", 404}, {"message", "no such route: " + path}}}});
     metrics_.observe_request("rest_unknown", false, since(t));
     return a;
 }

@@ -19,6 +19,9 @@ ServerOptions server_options(const Config& c) {
     o.addr = c.rpc_addr;
     o.token = c.rpc_token;
     o.threads = c.rpc_threads;
+    o.max_connections = c.rpc_max_connections;
+    o.request_timeout_ms = c.rpc_timeout_ms;
+    o.idle_timeout_ms = c.rpc_idle_ms;
     return o;
 }
 

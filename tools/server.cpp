@@ -1,9 +1,29 @@
 #include "server.hpp"
 
+#include <arpa/inet.h>
+#include <fcntl.h>
 #include <fmt/format.h>
-#include <httplib.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <spdlog/spdlog.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <charconv>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
 
 namespace stateroot::tools {
 
@@ -23,27 +43,570 @@ Result<std::pair<std::string, int>> parse_addr(const std::string& addr) {
     return std::pair{host, port};
 }
 
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+bool loopback(const std::string& host) { return host == "127.0.0.1" || host == "localhost" || host == "::1"; }
+
+// epoll user data of the two descriptors that are not connections; connections use
+// their serial number, which starts above these and is never reused (a closed
+// descriptor's number is, so it cannot name a connection across a worker's call).
+constexpr std::uint64_t kListenTag = 0;
+constexpr std::uint64_t kWakeTag = 1;
+
+const char* reason(int status) {
+    switch (status) {
+        case 100: return "Continue";
+        case 200: return "OK";
+        case 204: return "No Content";
+        case 400: return "Bad Request";
+        case 401: return "Unauthorized";
+        case 404: return "Not Found";
+        case 405: return "Method Not Allowed";
+        case 408: return "Request Timeout";
+        case 411: return "Length Required";
+        case 413: return "Payload Too Large";
+        case 431: return "Request Header Fields Too Large";
+        case 500: return "Internal Server Error";
+        case 503: return "Service Unavailable";
+        case 505: return "HTTP Version Not Supported";
+        default: return "Status";
+    }
+}
+
+std::string render(const HttpAnswer& a, bool keep_alive) {
+    std::string out = fmt::format("HTTP/1.1 {} {}\r\nConnection: {}\r\n", a.status, reason(a.status),
+                                  keep_alive ? "keep-alive" : "close");
+    if (a.status == 405) out += "Allow: GET, POST\r\n";
+    if (a.status == 204) return out + "\r\n";
+    return out + fmt::format("Content-Type: {}\r\nContent-Length: {}\r\n\r\n", a.content_type, a.body.size()) +
+           a.body;
+}
+
+HttpAnswer error_answer(int status, std::string_view message) {
+    return {status, fmt::format(R"({{"error":{{"code":{},"message":"{}"}}}})", status, message)};
+}
+
+int hex_digit(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+// Percent-decoding; in a query, '+' is a space too.
+std::string url_decode(std::string_view s, bool query) {
+    std::string out;
+    out.reserve(s.size());
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        if (s[i] == '%' && i + 2 < s.size() && hex_digit(s[i + 1]) >= 0 && hex_digit(s[i + 2]) >= 0) {
+            out += static_cast<char>(hex_digit(s[i + 1]) * 16 + hex_digit(s[i + 2]));
+            i += 2;
+        } else if (query && s[i] == '+') {
+            out += ' ';
+        } else {
+            out += s[i];
+        }
+    }
+    return out;
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+    return a.size() == b.size() &&
+           std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) { return std::tolower(x) == std::tolower(y); });
+}
+
+std::string_view trim(std::string_view s) {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+    return s;
+}
+
+// A request as the workers see it.
+struct Request {
+    std::string method;
+    std::string path;
+    std::map<std::string, std::string> query;
+    std::string authorization;
+    std::string body;
+    bool keep_alive = true;
+};
+
+// The parts of a request head the server acts on. Returns the HTTP status to refuse
+// it with, or 0.
+struct Head {
+    Request request;
+    std::size_t content_length = 0;
+    bool expect_continue = false;
+};
+
+int parse_head(std::string_view text, std::size_t max_body, Head& head) {
+    const auto line_end = text.find("\r\n");
+    const std::string_view line = text.substr(0, line_end);
+    const auto sp1 = line.find(' ');
+    const auto sp2 = line.rfind(' ');
+    if (sp1 == std::string_view::npos || sp2 == sp1) return 400;
+    const std::string_view version = line.substr(sp2 + 1);
+    if (version != "HTTP/1.1" && version != "HTTP/1.0") return version.starts_with("HTTP/") ? 505 : 400;
+    head.request.keep_alive = version == "HTTP/1.1";
+    head.request.method = std::string(line.substr(0, sp1));
+    const std::string_view target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+    if (target.empty() || target.front() != '/') return 400;
+    const auto q = target.find('?');
+    head.request.path = url_decode(target.substr(0, q), false);
+    if (q != std::string_view::npos) {
+        std::string_view rest = target.substr(q + 1);
+        while (!rest.empty()) {
+            const auto amp = rest.find('&');
+            const std::string_view pair = rest.substr(0, amp);
+            const auto eq = pair.find('=');
+            if (!pair.empty()) {
+                head.request.query[url_decode(pair.substr(0, eq), true)] =
+                    eq == std::string_view::npos ? std::string() : url_decode(pair.substr(eq + 1), true);
+            }
+            if (amp == std::string_view::npos) break;
+            rest.remove_prefix(amp + 1);
+        }
+    }
+    bool has_length = false;
+    std::size_t pos = line_end + 2;
+    while (pos < text.size()) {
+        const auto end = text.find("\r\n", pos);
+        const std::string_view field = text.substr(pos, end - pos);
+        pos = end == std::string_view::npos ? text.size() : end + 2;
+        if (field.empty()) break;
+        const auto colon = field.find(':');
+        if (colon == std::string_view::npos || colon == 0) return 400;
+        const std::string_view name = field.substr(0, colon);
+        const std::string_view value = trim(field.substr(colon + 1));
+        if (iequals(name, "Content-Length")) {
+            std::size_t n = 0;
+            const auto [p, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
+            if (ec == std::errc::result_out_of_range) return 413;
+            if (ec != std::errc() || p != value.data() + value.size()) return 400;
+            if (has_length && n != head.content_length) return 400;  // conflicting lengths smuggle requests
+            has_length = true;
+            head.content_length = n;
+        } else if (iequals(name, "Transfer-Encoding")) {
+            return 411;  // bodies are small: a length is required, chunked encoding is not read
+        } else if (iequals(name, "Connection")) {
+            if (iequals(value, "close")) head.request.keep_alive = false;
+            if (iequals(value, "keep-alive")) head.request.keep_alive = true;
+        } else if (iequals(name, "Authorization")) {
+            head.request.authorization = std::string(value);
+        } else if (iequals(name, "Expect")) {
+            head.expect_continue = iequals(value, "100-continue");
+        }
+    }
+    if (head.content_length > max_body) return 413;
+    return 0;
+}
+
+// One answer to a request, built by a worker for the loop to send.
+struct Done {
+    std::uint64_t conn;
+    std::string bytes;
+    bool keep_alive;
+};
+
+}  // namespace
+
 struct HttpServer::Impl {
     Impl(Rpc& r, ServerOptions o) : rpc(r), options(std::move(o)) {}
+
+    enum class State {
+        kReading,   // waiting for (the rest of) a request
+        kWorking,   // a worker has the request
+        kWriting,   // sending the answer
+        kDraining,  // refused: the answer is sent, the rest of the input is read and dropped
+    };
+
+    struct Conn {
+        int fd = -1;
+        State state = State::kReading;
+        std::string in;            // received bytes not yet consumed
+        std::size_t scanned = 0;   // how far `in` is known to hold no end of head
+        bool head_done = false;
+        Head head;
+        std::size_t head_len = 0;
+        std::size_t reserved = 0;  // of `max_buffered`, for the body being received
+        std::string out;
+        std::size_t sent = 0;
+        bool keep_alive = true;
+        bool broken = false;       // the peer reset while a worker had the request
+        Clock::time_point deadline;
+        Clock::time_point waiting_since;  // for eviction: since when it has owed us bytes
+    };
+
     Rpc& rpc;
     ServerOptions options;
-    httplib::Server server;
-    std::thread thread;
+    int listen_fd = -1;
+    int epoll_fd = -1;
+    int wake_fd = -1;
+    std::thread loop_thread;
+    std::vector<std::thread> workers;
+    std::atomic<bool> stopping{false};
+
+    // Owned by the loop thread.
+    std::unordered_map<std::uint64_t, Conn> conns;
+    std::uint64_t next_serial = 2;
+    std::size_t buffered = 0;
+
+    // Jobs for the workers and their answers back.
+    std::mutex jobs_mu;
+    std::condition_variable jobs_cv;
+    std::deque<std::pair<std::uint64_t, Request>> jobs;
+    bool workers_stop = false;
+    std::mutex done_mu;
+    std::vector<Done> done;
+
+    mutable std::mutex stats_mu;
+    ServerStats stats;
+
+    void count(std::uint64_t ServerStats::*field, std::int64_t delta = 1) {
+        std::lock_guard lock(stats_mu);
+        stats.*field += static_cast<std::uint64_t>(delta);
+    }
+
+    Clock::duration request_timeout() const { return std::chrono::milliseconds(options.request_timeout_ms); }
+    Clock::duration idle_timeout() const { return std::chrono::milliseconds(options.idle_timeout_ms); }
+
+    void watch(std::uint64_t serial, Conn& c, std::uint32_t events, int op = EPOLL_CTL_MOD) {
+        epoll_event ev{};
+        ev.events = events;
+        ev.data.u64 = serial;
+        epoll_ctl(epoll_fd, op, c.fd, &ev);
+    }
+
+    void close_conn(std::uint64_t serial) {
+        auto it = conns.find(serial);
+        if (it == conns.end()) return;
+        buffered -= it->second.reserved;
+        ::close(it->second.fd);  // also removes it from the epoll set
+        conns.erase(it);
+        std::lock_guard lock(stats_mu);
+        --stats.open;
+    }
+
+    // Admits a new connection; at the limit, first closes the one that has owed a
+    // request longest.
+    void accept_all() {
+        for (;;) {
+            const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (fd < 0) {
+                if (errno == EINTR || errno == ECONNABORTED) continue;
+                if (errno == EMFILE || errno == ENFILE) spdlog::warn("server: out of file descriptors");
+                return;
+            }
+            if (conns.size() >= options.max_connections && !evict_one()) {
+                ::close(fd);  // every slot has a request in a worker: nothing is idle to drop
+                count(&ServerStats::rejected);
+                continue;
+            }
+            const int one = 1;
+            // Answers are small: without this, Nagle's algorithm and delayed ACKs add ~40 ms.
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            const std::uint64_t serial = next_serial++;
+            Conn& c = conns[serial];
+            c.fd = fd;
+            c.deadline = Clock::now() + idle_timeout();
+            c.waiting_since = Clock::now();
+            watch(serial, c, EPOLLIN | EPOLLRDHUP, EPOLL_CTL_ADD);
+            std::lock_guard lock(stats_mu);
+            ++stats.accepted;
+            ++stats.open;
+        }
+    }
+
+    bool evict_one() {
+        std::uint64_t victim = 0;
+        Clock::time_point oldest = Clock::time_point::max();
+        for (const auto& [serial, c] : conns) {
+            if ((c.state == State::kReading || c.state == State::kDraining) && c.waiting_since < oldest) {
+                oldest = c.waiting_since;
+                victim = serial;
+            }
+        }
+        if (victim == 0) return false;
+        close_conn(victim);
+        count(&ServerStats::evicted);
+        return true;
+    }
+
+    // Sends what can be sent now; returns false if the connection was closed.
+    bool flush(std::uint64_t serial, Conn& c) {
+        while (c.sent < c.out.size()) {
+            const ssize_t n = ::send(c.fd, c.out.data() + c.sent, c.out.size() - c.sent, MSG_NOSIGNAL);
+            if (n > 0) {
+                c.sent += static_cast<std::size_t>(n);
+            } else if (n < 0 && errno == EINTR) {
+                continue;
+            } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                watch(serial, c, EPOLLOUT);
+                return true;
+            } else {
+                close_conn(serial);
+                return false;
+            }
+        }
+        c.out.clear();
+        c.sent = 0;
+        if (c.state == State::kDraining) {
+            ::shutdown(c.fd, SHUT_WR);
+            c.deadline = Clock::now() + std::chrono::seconds(2);
+            watch(serial, c, EPOLLIN | EPOLLRDHUP);
+            return true;
+        }
+        if (!c.keep_alive || stopping) {
+            close_conn(serial);
+            return false;
+        }
+        c.state = State::kReading;
+        c.deadline = Clock::now() + (c.in.empty() ? idle_timeout() : request_timeout());
+        c.waiting_since = Clock::now();
+        watch(serial, c, EPOLLIN | EPOLLRDHUP);
+        return parse(serial, c);  // a pipelined request may already be here
+    }
+
+    // Answers from the loop itself (a request it refuses) and closes after; the rest of
+    // the input is drained so the peer reads the answer rather than a reset.
+    bool refuse(std::uint64_t serial, Conn& c, int status, std::string_view message) {
+        count(&ServerStats::rejected);
+        buffered -= c.reserved;
+        c.reserved = 0;
+        c.in.clear();
+        c.state = State::kDraining;
+        c.keep_alive = false;
+        c.out = render(error_answer(status, message), false);
+        c.sent = 0;
+        c.deadline = Clock::now() + request_timeout();
+        return flush(serial, c);
+    }
+
+    // Consumes a complete request from `in`, if there is one, and hands it to a worker.
+    bool parse(std::uint64_t serial, Conn& c) {
+        if (!c.head_done) {
+            const std::size_t from = c.scanned >= 3 ? c.scanned - 3 : 0;
+            const auto end = c.in.find("\r\n\r\n", from);
+            if (end == std::string::npos) {
+                c.scanned = c.in.size();
+                if (c.in.size() > options.max_head) return refuse(serial, c, 431, "request head too large");
+                return true;
+            }
+            if (end + 4 > options.max_head) return refuse(serial, c, 431, "request head too large");
+            c.head = Head{};
+            if (const int status = parse_head(std::string_view(c.in).substr(0, end + 4), options.max_body, c.head)) {
+                const char* what = status == 413   ? "request body too large"
+                                   : status == 411 ? "a Content-Length is required"
+                                   : status == 505 ? "HTTP version not supported"
+                                                   : "malformed request";
+                return refuse(serial, c, status, what);
+            }
+            if (buffered + c.head.content_length > options.max_buffered) {
+                return refuse(serial, c, 503, "server busy: too many request bodies in flight");
+            }
+            c.reserved = c.head.content_length;
+            buffered += c.reserved;
+            c.head_done = true;
+            c.head_len = end + 4;
+            const bool body_pending = c.in.size() < c.head_len + c.head.content_length;
+            if (c.head.expect_continue && body_pending) {
+                // Best effort: a client that sends its body anyway loses nothing.
+                const std::string_view cont = "HTTP/1.1 100 Continue\r\n\r\n";
+                (void)::send(c.fd, cont.data(), cont.size(), MSG_NOSIGNAL);
+            }
+        }
+        if (c.in.size() < c.head_len + c.head.content_length) return true;
+        Request req = std::move(c.head.request);
+        req.body = c.in.substr(c.head_len, c.head.content_length);
+        c.in.erase(0, c.head_len + c.head.content_length);
+        c.scanned = 0;
+        c.head_done = false;
+        c.state = State::kWorking;
+        watch(serial, c, EPOLLRDHUP);  // no reading while the worker has it: back-pressure
+        {
+            std::lock_guard lock(jobs_mu);
+            jobs.emplace_back(serial, std::move(req));
+        }
+        jobs_cv.notify_one();
+        return true;
+    }
+
+    void on_event(std::uint64_t serial, std::uint32_t events) {
+        auto it = conns.find(serial);
+        if (it == conns.end()) return;
+        Conn& c = it->second;
+        if (!c.out.empty()) {  // an answer is being sent
+            if (events & (EPOLLERR | EPOLLHUP)) {
+                close_conn(serial);
+            } else if (events & EPOLLOUT) {
+                flush(serial, c);
+            }
+            return;
+        }
+        if (c.state == State::kWorking) {
+            // The peer went away while a worker has its request: drop the answer later.
+            if (events & (EPOLLERR | EPOLLHUP | EPOLLRDHUP)) {
+                c.broken = true;
+                watch(serial, c, 0);
+            }
+            return;
+        }
+        // Reading or draining.
+        char buf[64 << 10];
+        for (;;) {
+            const ssize_t n = ::recv(c.fd, buf, sizeof buf, 0);
+            if (n > 0) {
+                if (c.state == State::kDraining) continue;
+                if (c.in.empty()) {
+                    c.deadline = Clock::now() + request_timeout();
+                    c.waiting_since = Clock::now();
+                }
+                c.in.append(buf, static_cast<std::size_t>(n));
+                if (!parse(serial, c)) return;
+                if (c.state != State::kReading) return;
+                // Never hold more than one request's worth: the rest waits in the socket.
+                const std::size_t cap = c.head_done ? c.head_len + c.head.content_length : options.max_head + 4;
+                if (c.in.size() >= cap) return;
+            } else if (n < 0 && errno == EINTR) {
+                continue;
+            } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                return;
+            } else {
+                close_conn(serial);  // the peer closed or reset
+                return;
+            }
+        }
+    }
+
+    void on_done() {
+        std::uint64_t ignored;
+        (void)!::read(wake_fd, &ignored, sizeof ignored);
+        std::vector<Done> batch;
+        {
+            std::lock_guard lock(done_mu);
+            batch.swap(done);
+        }
+        for (Done& d : batch) {
+            auto it = conns.find(d.conn);
+            if (it == conns.end()) continue;
+            Conn& c = it->second;
+            buffered -= c.reserved;
+            c.reserved = 0;
+            if (c.broken) {
+                close_conn(d.conn);
+                continue;
+            }
+            c.out = std::move(d.bytes);
+            c.sent = 0;
+            c.keep_alive = d.keep_alive;
+            c.state = State::kWriting;
+            c.deadline = Clock::now() + request_timeout();
+            flush(d.conn, c);
+        }
+    }
+
+    void sweep() {
+        const auto now = Clock::now();
+        std::vector<std::uint64_t> expired;
+        for (auto& [serial, c] : conns) {
+            if (c.state != State::kWorking && now >= c.deadline) expired.push_back(serial);
+        }
+        for (const std::uint64_t serial : expired) {
+            Conn& c = conns.at(serial);
+            if (c.state == State::kReading && !c.in.empty()) {
+                count(&ServerStats::timed_out);
+                // The answer is best effort: a client this slow may not read it either.
+                const std::string answer = render(error_answer(408, "request not received in time"), false);
+                (void)::send(c.fd, answer.data(), answer.size(), MSG_NOSIGNAL);
+            } else if (c.state == State::kWriting) {
+                count(&ServerStats::timed_out);
+            }
+            close_conn(serial);
+        }
+    }
+
+    void loop() {
+        epoll_event events[256];
+        auto next_sweep = Clock::now();
+        for (;;) {
+            if (stopping) {
+                // Close what waits for input; let the requests in flight finish.
+                std::vector<std::uint64_t> idle;
+                for (const auto& [serial, c] : conns) {
+                    if (c.state == State::kReading || c.state == State::kDraining) idle.push_back(serial);
+                }
+                for (const std::uint64_t serial : idle) close_conn(serial);
+                if (conns.empty()) return;
+            }
+            const int n = ::epoll_wait(epoll_fd, events, 256, 100);
+            for (int i = 0; i < n; ++i) {
+                const std::uint64_t tag = events[i].data.u64;
+                if (tag == kListenTag) {
+                    if (!stopping) accept_all();
+                } else if (tag == kWakeTag) {
+                    on_done();
+                } else {
+                    on_event(tag, events[i].events);
+                }
+            }
+            if (Clock::now() >= next_sweep) {
+                sweep();
+                next_sweep = Clock::now() + std::chrono::milliseconds(100);
+            }
+        }
+    }
+
+    HttpAnswer handle(const Request& req) {
+        if (!options.token.empty() && req.authorization != "Bearer " + options.token) {
+            return error_answer(401, "missing or wrong bearer token");
+        }
+        if (req.method == "POST") {
+            if (req.path != "/") return error_answer(404, "not found");
+            return rpc.post(req.body);
+        }
+        if (req.method == "GET") return rpc.get(req.path, req.query);
+        return error_answer(405, "method not allowed");
+    }
+
+    void work() {
+        for (;;) {
+            std::pair<std::uint64_t, Request> job;
+            {
+                std::unique_lock lock(jobs_mu);
+                jobs_cv.wait(lock, [&] { return workers_stop || !jobs.empty(); });
+                if (jobs.empty()) return;
+                job = std::move(jobs.front());
+                jobs.pop_front();
+            }
+            HttpAnswer answer;
+            try {
+                answer = handle(job.second);
+            } catch (const std::exception& e) {
+                spdlog::error("server: {} {}: {}", job.second.method, job.second.path, e.what());
+                answer = error_answer(500, "internal error");
+            }
+            {
+                std::lock_guard lock(done_mu);
+                const bool keep_alive = job.second.keep_alive && !stopping;
+                done.push_back({job.first, render(answer, keep_alive), keep_alive});
+            }
+            const std::uint64_t one = 1;
+            (void)!::write(wake_fd, &one, sizeof one);
+        }
+    }
 };
 
 HttpServer::HttpServer(Rpc& rpc, ServerOptions options)
     : impl_(std::make_unique<Impl>(rpc, std::move(options))) {}
 
-HttpServer::~HttpServer() { stop(); }
-
-namespace {
-bool loopback(const std::string& host) { return host == "127.0.0.1" || host == "localhost" || host == "::1"; }
-
-void answer(httplib::Response& res, const HttpAnswer& a) {
-    res.status = a.status;
-    if (a.status != 204) res.set_content(a.body, a.content_type.c_str());
+HttpServer::~HttpServer() {
+    stop();
+    if (impl_->listen_fd >= 0) ::close(impl_->listen_fd);
+    if (impl_->epoll_fd >= 0) ::close(impl_->epoll_fd);
+    if (impl_->wake_fd >= 0) ::close(impl_->wake_fd);
 }
-}  // namespace
 
 Result<int> HttpServer::start() {
     auto addr = parse_addr(impl_->options.addr);
@@ -53,46 +616,76 @@ Result<int> HttpServer::start() {
         return make_error(ErrorCode::kInvalidArgument,
                           fmt::format("binding {} (not a loopback address) requires --rpc-token", impl_->options.addr));
     }
-    httplib::Server& s = impl_->server;
-    const std::size_t threads = std::max<std::size_t>(1, impl_->options.threads);
-    s.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-    s.set_payload_max_length(impl_->options.max_body);
-    s.set_read_timeout(10, 0);
-    s.set_write_timeout(10, 0);
-    s.set_keep_alive_max_count(10'000);
-    // Answers are small: without this, Nagle's algorithm and delayed ACKs add ~40 ms.
-    s.set_tcp_nodelay(true);
-    if (!impl_->options.token.empty()) {
-        const std::string expected = "Bearer " + impl_->options.token;
-        s.set_pre_routing_handler([expected](const httplib::Request& req, httplib::Response& res) {
-            if (req.get_header_value("Authorization") == expected) return httplib::Server::HandlerResponse::Unhandled;
-            res.status = 401;
-            res.set_content(R"({"error":{"code":401,"message":"missing or wrong bearer token"}})", "application/json");
-            return httplib::Server::HandlerResponse::Handled;
-        });
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    addrinfo* found = nullptr;
+    const std::string service = std::to_string(port);
+    if (const int rc = ::getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &found); rc != 0) {
+        return make_error(ErrorCode::kInvalidArgument,
+                          fmt::format("cannot resolve {}: {}", impl_->options.addr, gai_strerror(rc)));
     }
-    Rpc& rpc = impl_->rpc;
-    s.Post("/", [&rpc](const httplib::Request& req, httplib::Response& res) { answer(res, rpc.post(req.body)); });
-    s.Get(R"(/.*)", [&rpc](const httplib::Request& req, httplib::Response& res) {
-        std::map<std::string, std::string> query;
-        for (const auto& [k, v] : req.params) query[k] = v;
-        answer(res, rpc.get(req.path, query));
-    });
-    int bound = port;
-    if (port == 0) {
-        bound = s.bind_to_any_port(host);
-        if (bound < 0) return make_error(ErrorCode::kIoError, fmt::format("cannot bind {}", impl_->options.addr));
-    } else if (!s.bind_to_port(host, port)) {
-        return make_error(ErrorCode::kIoError, fmt::format("cannot bind {}", impl_->options.addr));
+    int fd = -1;
+    std::string why;
+    for (addrinfo* ai = found; ai != nullptr && fd < 0; ai = ai->ai_next) {
+        fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0) continue;
+        const int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (::bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || ::listen(fd, 1024) != 0) {
+            why = std::strerror(errno);
+            ::close(fd);
+            fd = -1;
+        }
     }
-    impl_->thread = std::thread([&s] { s.listen_after_bind(); });
-    return bound;
+    ::freeaddrinfo(found);
+    if (fd < 0) return make_error(ErrorCode::kIoError, fmt::format("cannot bind {}: {}", impl_->options.addr, why));
+    sockaddr_storage bound{};
+    socklen_t len = sizeof bound;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &len);
+    const int bound_port = ntohs(bound.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
+                                                             : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+
+    Impl& s = *impl_;
+    s.options.max_connections = std::max<std::size_t>(1, s.options.max_connections);
+    s.listen_fd = fd;
+    s.epoll_fd = ::epoll_create1(EPOLL_CLOEXEC);
+    s.wake_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (s.epoll_fd < 0 || s.wake_fd < 0) {
+        return make_error(ErrorCode::kIoError, fmt::format("server: {}", std::strerror(errno)));
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = kListenTag;
+    epoll_ctl(s.epoll_fd, EPOLL_CTL_ADD, s.listen_fd, &ev);
+    ev.data.u64 = kWakeTag;
+    epoll_ctl(s.epoll_fd, EPOLL_CTL_ADD, s.wake_fd, &ev);
+    const std::size_t threads = std::max<std::size_t>(1, s.options.threads);
+    for (std::size_t i = 0; i < threads; ++i) s.workers.emplace_back([&s] { s.work(); });
+    s.loop_thread = std::thread([&s] { s.loop(); });
+    return bound_port;
 }
 
 void HttpServer::stop() {
-    if (!impl_->thread.joinable()) return;
-    impl_->server.stop();
-    impl_->thread.join();
+    Impl& s = *impl_;
+    if (!s.loop_thread.joinable()) return;
+    s.stopping = true;
+    s.loop_thread.join();
+    {
+        std::lock_guard lock(s.jobs_mu);
+        s.workers_stop = true;
+    }
+    s.jobs_cv.notify_all();
+    for (std::thread& t : s.workers) t.join();
+    s.workers.clear();
+    for (auto& [serial, c] : s.conns) ::close(c.fd);
+    s.conns.clear();
+}
+
+ServerStats HttpServer::stats() const {
+    std::lock_guard lock(impl_->stats_mu);
+    return impl_->stats;
 }
 
 }  // namespace stateroot::tools

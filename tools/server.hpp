@@ -1,10 +1,25 @@
-// The HTTP server: JSON-RPC on POST /, the REST mirrors on GET, over cpp-httplib.
+// The HTTP server: JSON-RPC on POST /, the REST mirrors on GET.
+//
+// One event-loop thread owns every connection: it accepts, reads and parses requests
+// and writes answers, all non-blocking, so a client that is slow, idle or hostile costs
+// a buffer and a slot, never a thread. Only complete requests reach the worker threads,
+// which call the Rpc. Every resource is bounded:
+//   - connections: at most `max_connections`; a new one beyond that evicts the one that
+//     has been waiting longest for request bytes (idle or slow), so a flood of idle or
+//     slow connections cannot lock out well-behaved clients;
+//   - time: a request must arrive whole within `request_timeout_ms` of its first byte
+//     (else 408), an idle keep-alive connection is closed after `idle_timeout_ms`, and an
+//     answer must be taken by the client within `request_timeout_ms`;
+//   - memory: request heads are at most `max_head` bytes (else 431), bodies at most
+//     `max_body` (else 413), and the bodies being received together at most
+//     `max_buffered` (else 503);
+//   - threads: the loop plus `threads` workers, fixed at start.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <thread>
+#include <utility>
 
 #include "rpc.hpp"
 
@@ -13,20 +28,38 @@ namespace stateroot::tools {
 struct ServerOptions {
     std::string addr = "127.0.0.1:8080";  // HOST:PORT; port 0 picks a free one
     std::string token;                   // required for a non-loopback host
-    std::size_t threads = 8;
+    std::size_t threads = 8;             // worker threads calling the Rpc
     std::size_t max_body = 1u << 20;     // larger bodies get HTTP 413
+    std::size_t max_head = 16u << 10;    // request line and headers; larger get HTTP 431
+    std::size_t max_connections = 1024;
+    std::size_t max_buffered = 64u << 20;  // bodies being received, all connections together
+    std::uint64_t request_timeout_ms = 10'000;
+    std::uint64_t idle_timeout_ms = 60'000;
+};
+
+// What the server has done with connections since it started.
+struct ServerStats {
+    std::uint64_t accepted = 0;
+    std::uint64_t open = 0;
+    std::uint64_t evicted = 0;    // closed to admit a new connection at the limit
+    std::uint64_t timed_out = 0;  // requests that did not arrive, or answers not taken, in time
+    std::uint64_t rejected = 0;   // requests answered 400, 408, 411, 413, 431, 503 or 505 by the server
 };
 
 class HttpServer {
 public:
     HttpServer(Rpc& rpc, ServerOptions options);
     ~HttpServer();
-    // Binds and starts serving on a background thread. Returns the port bound.
+    HttpServer(const HttpServer&) = delete;
+    HttpServer& operator=(const HttpServer&) = delete;
+
+    // Binds and starts serving on background threads. Returns the port bound.
     // kInvalidArgument for a bad address or a non-loopback host without a token;
     // kIoError if the address cannot be bound.
     Result<int> start();
-    // Stops accepting connections and waits for the requests in flight.
+    // Stops accepting connections, finishes the requests in flight, and closes the rest.
     void stop();
+    ServerStats stats() const;
 
 private:
     struct Impl;

@@ -1,0 +1,456 @@
+// Hostile requests against the query server on loopback: each gets a bounded-cost answer
+// or is dropped, threads and memory stay bounded, and a well-behaved client keeps being
+// served throughout.
+#include <arpa/inet.h>
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+#include <httplib.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "rpc.hpp"
+#include "server.hpp"
+#include "temp_dir.hpp"
+
+using namespace stateroot;
+using namespace stateroot::tools;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::unique_ptr<engine::Engine> small_db(const std::string& dir) {
+    auto e = engine::Engine::open(dir);
+    REQUIRE(e);
+    for (std::uint64_t h = 0; h < 3; ++h) {
+        engine::Changes c;
+        c.height = h;
+        c.puts.emplace_back(Bytes{0x01, 0x02}, Bytes{static_cast<std::uint8_t>(h + 1)});
+        c.puts.emplace_back(Bytes{static_cast<std::uint8_t>(0x10 + h)}, Bytes{0xaa});
+        REQUIRE((*e)->apply(c));
+    }
+    return std::move(*e);
+}
+
+struct Served {
+    test::TempDir dir;
+    std::unique_ptr<engine::Engine> engine = small_db(dir.str());
+    EngineSource source{*engine};
+    Metrics metrics;
+    Rpc rpc{source, metrics};
+    HttpServer server;
+    int port = 0;
+    explicit Served(ServerOptions o = {}) : server(rpc, (o.addr = "127.0.0.1:0", o)) {
+        auto p = server.start();
+        REQUIRE(p);
+        port = *p;
+    }
+};
+
+// A raw TCP connection, for the bytes no HTTP client library would send.
+class Raw {
+public:
+    explicit Raw(int port) {
+        fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        REQUIRE(fd_ >= 0);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_port = htons(static_cast<std::uint16_t>(port));
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        REQUIRE(::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    }
+    ~Raw() { ::close(fd_); }
+    Raw(const Raw&) = delete;
+    Raw& operator=(const Raw&) = delete;
+
+    // False once the server has closed or reset the connection.
+    bool send(std::string_view bytes) {
+        while (!bytes.empty()) {
+            const ssize_t n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+            if (n <= 0) return false;
+            bytes.remove_prefix(static_cast<std::size_t>(n));
+        }
+        return true;
+    }
+
+    // Everything the server sends until it closes, or until `timeout`.
+    struct Read {
+        std::string bytes;
+        bool closed = false;
+    };
+    Read read_until_close(std::chrono::milliseconds timeout) {
+        Read r;
+        const auto until = Clock::now() + timeout;
+        char buf[64 << 10];
+        while (Clock::now() < until) {
+            pollfd p{fd_, POLLIN, 0};
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()).count();
+            if (::poll(&p, 1, static_cast<int>(std::max<long>(left, 1))) <= 0) continue;
+            const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+            if (n <= 0) {
+                r.closed = true;
+                break;
+            }
+            r.bytes.append(buf, static_cast<std::size_t>(n));
+        }
+        return r;
+    }
+
+    // One answer (head and Content-Length body), waiting at most `timeout`.
+    std::string read_answer(std::chrono::milliseconds timeout = std::chrono::milliseconds(5000)) {
+        const auto until = Clock::now() + timeout;
+        char buf[64 << 10];
+        for (;;) {
+            const auto head_end = pending_.find("\r\n\r\n");
+            if (head_end != std::string::npos) {
+                std::size_t length = 0;
+                if (const auto at = pending_.find("Content-Length: "); at != std::string::npos && at < head_end) {
+                    length = std::stoull(pending_.substr(at + 16));
+                }
+                if (pending_.size() >= head_end + 4 + length) {
+                    std::string answer = pending_.substr(0, head_end + 4 + length);
+                    pending_.erase(0, answer.size());
+                    return answer;
+                }
+            }
+            if (Clock::now() >= until) return {};
+            pollfd p{fd_, POLLIN, 0};
+            if (::poll(&p, 1, 50) <= 0) continue;
+            const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+            if (n <= 0) return {};
+            pending_.append(buf, static_cast<std::size_t>(n));
+        }
+    }
+
+private:
+    int fd_ = -1;
+    std::string pending_;
+};
+
+int status_of(const std::string& answer) {
+    return answer.size() >= 12 && answer.starts_with("HTTP/1.1 ") ? std::stoi(answer.substr(9, 3)) : 0;
+}
+
+std::string body_of(const std::string& answer) {
+    const auto at = answer.find("\r\n\r\n");
+    return at == std::string::npos ? std::string() : answer.substr(at + 4);
+}
+
+std::string post_head(std::size_t length) {
+    return fmt::format("POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", length);
+}
+
+const std::string kHeight = R"({"jsonrpc":"2.0","method":"stateroot_height","id":1})";
+
+// A well-behaved client, on a new connection: answered correctly and promptly.
+void served_promptly(const Served& s) {
+    httplib::Client c("127.0.0.1", s.port);
+    c.set_connection_timeout(2);
+    c.set_read_timeout(2);
+    const auto t = Clock::now();
+    auto r = c.Post("/", kHeight, "application/json");
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
+    REQUIRE(r);
+    CHECK(r->status == 200);
+    CHECK(json::parse(r->body)["result"] == 2);
+    CHECK(ms < 500);
+}
+
+// A JSON-RPC POST on its own connection: the parsed answer and the time it took.
+std::pair<json, double> timed_call(const Served& s, const std::string& body) {
+    Raw raw(s.port);
+    const auto t = Clock::now();
+    REQUIRE(raw.send(post_head(body.size()) + body));
+    const std::string answer = raw.read_answer();
+    const double seconds = std::chrono::duration<double>(Clock::now() - t).count();
+    REQUIRE(status_of(answer) == 200);
+    return {json::parse(body_of(answer)), seconds};
+}
+
+std::size_t threads_of_process() {
+    return static_cast<std::size_t>(
+        std::distance(std::filesystem::directory_iterator("/proc/self/task"), std::filesystem::directory_iterator{}));
+}
+
+std::uint64_t rss_kib() {
+    std::ifstream in("/proc/self/status");
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.starts_with("VmRSS:")) return std::stoull(line.substr(6));
+    }
+    return 0;
+}
+
+// Room for the test's own ends of many connections as well as the server's.
+void raise_fd_limit() {
+    rlimit l{};
+    REQUIRE(::getrlimit(RLIMIT_NOFILE, &l) == 0);
+    l.rlim_cur = std::min<rlim_t>(l.rlim_max, 8192);
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &l) == 0);
+    REQUIRE(l.rlim_cur >= 4096);
+}
+
+}  // namespace
+
+TEST_CASE("http: malformed and oversize requests get their status and a closed connection", "[server][hostile]") {
+    Served s;
+    const std::string long_line(20'000, 'a');
+    const struct {
+        std::string what;
+        std::string bytes;
+        int status;
+    } cases[] = {
+        {"a head that never ends within the limit", "GET /" + long_line, 431},
+        {"a header line over the limit", "GET / HTTP/1.1\r\nX-Long: " + long_line + "\r\n\r\n", 431},
+        {"a URI over the limit", "GET /value/" + long_line + " HTTP/1.1\r\n\r\n", 431},
+        {"a body over 1 MiB, refused before it is sent", post_head((1u << 20) + 1), 413},
+        {"a length past 64 bits", "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n", 413},
+        {"a negative length", "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400},
+        {"two different lengths", "POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", 400},
+        {"a chunked body", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 411},
+        {"no request line", "GARBAGE\r\n\r\n", 400},
+        {"a target that is not a path", "GET value HTTP/1.1\r\n\r\n", 400},
+        {"HTTP/2 in plain text", "GET / HTTP/2.0\r\n\r\n", 505},
+        {"a header without a colon", "GET / HTTP/1.1\r\nNoColon\r\n\r\n", 400},
+        {"binary noise", std::string("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 15), 400},
+    };
+    for (const auto& c : cases) {
+        INFO(c.what);
+        Raw raw(s.port);
+        raw.send(c.bytes);  // the server may close before taking all of it
+        const Raw::Read r = raw.read_until_close(std::chrono::milliseconds(3000));
+        CHECK(status_of(r.bytes) == c.status);
+        CHECK(json::parse(body_of(r.bytes))["error"]["code"] == c.status);
+        CHECK(r.closed);
+    }
+    CHECK(s.server.stats().rejected == std::size(cases));
+    served_promptly(s);
+
+    // Not refused, but not served either: answered, and the connection stays usable.
+    Raw raw(s.port);
+    REQUIRE(raw.send("DELETE / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"));
+    CHECK(status_of(raw.read_answer()) == 405);
+    REQUIRE(raw.send("POST /elsewhere HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"));
+    CHECK(status_of(raw.read_answer()) == 404);
+    REQUIRE(raw.send(post_head(kHeight.size()) + kHeight));
+    CHECK(status_of(raw.read_answer()) == 200);
+}
+
+TEST_CASE("http: pipelined requests are answered in order on one connection", "[server]") {
+    Served s;
+    Raw raw(s.port);
+    std::string burst;
+    for (int i = 0; i < 50; ++i) {
+        const std::string body = fmt::format(R"({{"jsonrpc":"2.0","method":"stateroot_getroot","params":[{}],"id":{}}})", i % 3, i);
+        burst += post_head(body.size()) + body;
+    }
+    burst += "GET /height HTTP/1.1\r\n\r\n";
+    REQUIRE(raw.send(burst));
+    auto v = s.engine->view();
+    for (int i = 0; i < 50; ++i) {
+        const std::string answer = raw.read_answer();
+        REQUIRE(status_of(answer) == 200);
+        const json j = json::parse(body_of(answer));
+        CHECK(j["id"] == i);
+        CHECK(j["result"] == v->root(static_cast<std::uint64_t>(i % 3))->hex());
+    }
+    CHECK(json::parse(body_of(raw.read_answer()))["height"] == 2);
+    // HTTP/1.0 and Connection: close end the connection after the answer.
+    REQUIRE(raw.send("GET /height HTTP/1.1\r\nConnection: close\r\n\r\n"));
+    const Raw::Read last = raw.read_until_close(std::chrono::milliseconds(2000));
+    CHECK(status_of(last.bytes) == 200);
+    CHECK(last.closed);
+    Raw old(s.port);
+    REQUIRE(old.send("GET /height HTTP/1.0\r\n\r\n"));
+    const Raw::Read r = old.read_until_close(std::chrono::milliseconds(2000));
+    CHECK(status_of(r.bytes) == 200);
+    CHECK(r.closed);
+}
+
+TEST_CASE("http: JSON nested 100,000 levels deep gets a parse error at bounded cost", "[server][hostile]") {
+    Served s;
+    const std::size_t depth = 100'000;
+    const std::string arrays = std::string(depth, '[') + std::string(depth, ']');
+    std::string objects;
+    for (std::size_t i = 0; i < depth; ++i) objects += R"({"a":)";
+    objects += "1" + std::string(depth, '}');
+    const std::string unclosed = std::string(depth, '[');
+    const std::string in_params = R"({"jsonrpc":"2.0","method":"stateroot_height","params":)" + arrays + R"(,"id":1})";
+    const std::string in_id = R"({"jsonrpc":"2.0","method":"stateroot_height","id":)" + arrays + "}";
+    const std::string in_string = R"({"jsonrpc":"2.0","method":"stateroot_height","id":")" + arrays + R"("})";
+    for (const std::string* body : std::initializer_list<const std::string*>{&arrays, &objects, &unclosed, &in_params, &in_id}) {
+        const auto [answer, seconds] = timed_call(s, *body);
+        INFO(answer.dump().substr(0, 200));
+        CHECK(answer["error"]["code"] == -32700);
+        CHECK(answer["error"]["message"] == "parse error: nested deeper than 64 levels");
+        CHECK(seconds < 0.5);
+    }
+    // Brackets inside a string are not nesting.
+    const auto [answer, seconds] = timed_call(s, in_string);
+    CHECK(answer["result"] == 2);
+    CHECK(answer["id"] == arrays);
+    served_promptly(s);
+}
+
+TEST_CASE("http: invalid UTF-8 gets an error in valid JSON", "[server][hostile]") {
+    Served s;
+    const std::string bad[] = {"\xff", "\xc3\x28", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xe2\x82"};
+    for (std::size_t i = 0; i < std::size(bad); ++i) {
+        const std::string& b = bad[i];
+        INFO("sequence " << i);
+        for (const std::string& body : {R"({"jsonrpc":"2.0","method":"stateroot_get)" + b + R"(","id":1})",
+                                        R"({"jsonrpc":"2.0","method":"stateroot_get","params":[")" + b + R"(",1],"id":1})",
+                                        R"({"jsonrpc":"2.0","method":"stateroot_height","id":")" + b + R"("})", b}) {
+            const auto [answer, seconds] = timed_call(s, body);  // parses: the answer is valid JSON
+            CHECK(answer["error"]["code"] == -32700);
+            // The message quotes the bytes read, the invalid ones replaced by U+FFFD.
+            CHECK(answer["error"]["message"].get<std::string>().find("\xef\xbf\xbd") != std::string::npos);
+            CHECK(seconds < 0.5);
+        }
+        // On the REST routes, in the path and in the query.
+        for (const std::string& target : {"/value/" + b, "/value/0102?height=" + b, "/root/" + b}) {
+            Raw raw(s.port);
+            REQUIRE(raw.send("GET " + target + " HTTP/1.1\r\n\r\n"));
+            const std::string answer = raw.read_answer();
+            CHECK(status_of(answer) == 400);
+            const json j = json::parse(body_of(answer));
+            CHECK_FALSE(j["error"]["message"].get<std::string>().empty());
+        }
+    }
+    served_promptly(s);
+}
+
+TEST_CASE("http: huge batches are refused whole and the largest allowed is answered", "[server][hostile]") {
+    Served s;
+    auto batch = [](std::size_t n, const std::string& call) {
+        std::string body = "[";
+        for (std::size_t i = 0; i < n; ++i) body += (i ? "," : "") + call;
+        return body + "]";
+    };
+    const std::string prove = R"({"jsonrpc":"2.0","method":"stateroot_prove","params":["0102",2],"id":1})";
+    {
+        const auto [answer, seconds] = timed_call(s, batch(Rpc::kMaxBatch + 1, kHeight));
+        CHECK(answer["error"]["code"] == -32600);
+        CHECK(answer["error"]["message"] == "invalid request: a batch of 1001 calls exceeds 1000");
+    }
+    {
+        const auto [answer, seconds] = timed_call(s, batch(200'000, "1"));
+        CHECK(answer["error"]["message"] == "invalid request: a batch of 200000 calls exceeds 1000");
+        CHECK(seconds < 0.5);
+    }
+    {
+        const auto [answer, seconds] = timed_call(s, batch(Rpc::kMaxBatch, prove));
+        REQUIRE(answer.size() == Rpc::kMaxBatch);
+        for (const json& a : answer) CHECK(a["result"]["root"] == s.engine->root().hex());
+        CHECK(seconds < 2.0);
+    }
+    // Over the body limit: refused before it is read.
+    Raw raw(s.port);
+    raw.send(post_head(4u << 20) + batch(1000, prove));
+    CHECK(status_of(raw.read_until_close(std::chrono::milliseconds(2000)).bytes) == 413);
+    served_promptly(s);
+}
+
+TEST_CASE("http: very long keys are refused by their size and cost nothing", "[server][hostile]") {
+    Served s;
+    const std::string huge(900'000, 'a');  // 450,000 bytes as hex, within the body limit
+    for (const std::string method : {"stateroot_get", "stateroot_prove"}) {
+        const std::string body = fmt::format(R"({{"jsonrpc":"2.0","method":"{}","params":["{}",2],"id":1}})", method, huge);
+        const auto [answer, seconds] = timed_call(s, body);
+        CHECK(answer["error"]["code"] == -32602);
+        const std::string message = answer["error"]["message"];
+        CHECK(message.find("-byte limit") != std::string::npos);
+        CHECK(message.size() < 300);  // the key is abbreviated, not echoed
+        CHECK(seconds < 0.5);
+    }
+    // Odd length and non-hex keys are invalid params too.
+    const auto [odd, odd_seconds] = timed_call(s, R"({"jsonrpc":"2.0","method":"stateroot_get","params":["abc",2],"id":1})");
+    CHECK(odd["error"]["code"] == -32602);
+    served_promptly(s);
+}
+
+TEST_CASE("http: slow clients that never finish a request are dropped and others are served", "[server][hostile]") {
+    raise_fd_limit();
+    ServerOptions o;
+    o.request_timeout_ms = 1000;
+    Served s(o);
+    const std::size_t threads = threads_of_process();
+    std::vector<std::unique_ptr<Raw>> slow;
+    for (int i = 0; i < 300; ++i) {
+        slow.push_back(std::make_unique<Raw>(s.port));
+        // A third stop in the head, a third in the body, a third trickle a byte at a time.
+        if (i % 3 == 0) REQUIRE(slow.back()->send("POST / HTTP/1.1\r\nContent-Le"));
+        if (i % 3 == 1) REQUIRE(slow.back()->send(post_head(100) + "{\"jsonrpc\""));
+        if (i % 3 == 2) REQUIRE(slow.back()->send("P"));
+    }
+    for (int round = 0; round < 5; ++round) {
+        served_promptly(s);
+        for (std::size_t i = 2; i < slow.size(); i += 3) slow[i]->send("O");  // still trickling
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    CHECK(threads_of_process() == threads);
+    // Past the deadline every slow client has its 408 and a closed connection.
+    for (auto& raw : slow) {
+        const Raw::Read r = raw->read_until_close(std::chrono::milliseconds(3000));
+        CHECK(status_of(r.bytes) == 408);
+        CHECK(r.closed);
+    }
+    const ServerStats st = s.server.stats();
+    CHECK(st.timed_out == slow.size());
+    CHECK(st.open <= 1);
+    served_promptly(s);
+}
+
+TEST_CASE("http: many idle connections cost no thread and never lock out a client", "[server][hostile]") {
+    raise_fd_limit();
+    ServerOptions o;
+    o.max_connections = 100;
+    o.idle_timeout_ms = 1500;
+    Served s(o);
+    served_promptly(s);
+    const std::size_t threads = threads_of_process();
+    const std::uint64_t rss = rss_kib();
+    std::vector<std::unique_ptr<Raw>> idle;
+    for (int i = 0; i < 2000; ++i) idle.push_back(std::make_unique<Raw>(s.port));
+    for (int round = 0; round < 5; ++round) served_promptly(s);
+    CHECK(threads_of_process() == threads);
+    const ServerStats st = s.server.stats();
+    CHECK(st.open <= o.max_connections);
+    CHECK(st.evicted >= idle.size() - o.max_connections);
+    CHECK(rss_kib() < rss + 64 * 1024);
+    // Idle connections are closed after the idle timeout.
+    std::this_thread::sleep_for(std::chrono::milliseconds(2000));
+    CHECK(s.server.stats().open == 0);
+    CHECK(idle.back()->read_until_close(std::chrono::milliseconds(500)).closed);
+    served_promptly(s);
+}
+
+TEST_CASE("http: request bodies in flight are bounded together", "[server][hostile]") {
+    ServerOptions o;
+    o.max_buffered = 2'500'000;
+    Served s(o);
+    // Two clients announce near-1 MiB bodies and send only part of them.
+    Raw a(s.port), b(s.port), c(s.port);
+    REQUIRE(a.send(post_head(1'000'000) + std::string(1000, ' ')));
+    REQUIRE(b.send(post_head(1'000'000) + std::string(1000, ' ')));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    REQUIRE(c.send(post_head(1'000'000)));
+    const Raw::Read r = c.read_until_close(std::chrono::milliseconds(2000));
+    CHECK(status_of(r.bytes) == 503);
+    CHECK(r.closed);
+    served_promptly(s);  // a small body still fits
+    // Once one of them finishes, its share is free again.
+    REQUIRE(a.send(std::string(1'000'000 - 1000 - kHeight.size(), ' ') + kHeight));
+    CHECK(status_of(a.read_answer()) == 200);
+    Raw d(s.port);
+    REQUIRE(d.send(post_head(1'000'000) + std::string(1'000'000 - kHeight.size(), ' ') + kHeight));
+    CHECK(status_of(d.read_answer()) == 200);
+}
