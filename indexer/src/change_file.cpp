@@ -27,8 +27,10 @@ Result<engine::Changes> parse_change_line(std::string_view line) {
     json j;
     try {
         j = json::parse(line);
-    } catch (const json::parse_error& e) {
-        // Drop nlohmann's "[json.exception.parse_error.101] " tag.
+    } catch (const json::exception& e) {
+        // Not only parse_error: a number too large for a double (1e400) throws
+        // out_of_range, which must be a bad line too, not an exception that aborts the
+        // process. Drop nlohmann's "[json.exception.parse_error.101] " tag.
         std::string what = e.what();
         if (const auto pos = what.find("] "); pos != std::string::npos) what = what.substr(pos + 2);
         return bad("bad JSON: " + what);

@@ -41,6 +41,14 @@ TEST_CASE("change file: puts and deletes and block hash are optional", "[indexer
     CHECK(parse_change_line(R"({"height": 1, "block_hash": null})"));
 }
 
+TEST_CASE("change file: a number too large for a double is bad JSON, not an exception",
+          "[indexer][changes]") {
+    // nlohmann::json throws out_of_range, not parse_error, for these (found by fuzzing).
+    CHECK(parse_error(R"({"height": 1e400})") == "bad JSON: number overflow parsing '1e400'");
+    CHECK(parse_error(R"({"height": 1, "puts": [["01", "02"]], "deletes": [-1e999]})") ==
+          "bad JSON: number overflow parsing '-1e999'");
+}
+
 TEST_CASE("change file: each bad line gets its own message", "[indexer][changes]") {
     CHECK(parse_error("{\"height\": 1,") ==
           "bad JSON: parse error at line 1, column 14: syntax error while parsing object key - "
