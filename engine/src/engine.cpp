@@ -62,6 +62,20 @@ Result<std::vector<schema::ChangeEntry>> read_change_index(
     return schema::decode_change_index(**row, height);
 }
 
+// Whether `dir` holds only files RocksDB writes while it creates a database, before
+// CURRENT: a creation a crash cut short, which opening again completes.
+bool creation_cut_short(const std::string& dir) {
+    std::error_code ec;
+    for (const fs::directory_entry& entry : fs::directory_iterator(dir, ec)) {
+        const std::string name = entry.path().filename().string();
+        const bool rocksdb = name == "LOCK" || name == "LOG" || name == "IDENTITY" ||
+                             name.starts_with("LOG.old.") || name.starts_with("MANIFEST-") ||
+                             name.ends_with(".dbtmp");
+        if (!rocksdb || !entry.is_regular_file(ec)) return false;
+    }
+    return !ec;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------- Engine
@@ -69,7 +83,7 @@ Result<std::vector<schema::ChangeEntry>> read_change_index(
 Result<std::unique_ptr<Engine>> Engine::open(const std::string& dir, const EngineOptions& options) {
     std::error_code ec;
     if (fs::is_directory(dir, ec) && !fs::is_empty(dir, ec) &&
-        !fs::exists(fs::path(dir) / "CURRENT", ec)) {
+        !fs::exists(fs::path(dir) / "CURRENT", ec) && !creation_cut_short(dir)) {
         return make_error(
             ErrorCode::kInvalidArgument,
             fmt::format("{} is not a stateroot database (it holds other files)", dir));

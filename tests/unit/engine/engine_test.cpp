@@ -359,6 +359,42 @@ TEST_CASE("engine: a height's changes can be listed", "[engine]") {
                      {b("a"), b("3")}, {b("b"), std::nullopt}, {b("c"), std::nullopt}});
 }
 
+TEST_CASE("engine: a database whose creation a crash cut short opens as a new one",
+          "[engine][identity]") {
+    // What `stateroot index` killed 9 ms into its first run left: RocksDB had written
+    // these files of the new database, but not yet CURRENT.
+    test::TempDir dir;
+    std::ofstream(dir.sub("LOCK"));
+    std::ofstream(dir.sub("IDENTITY")) << "51b7bba1-63a6-4b1a-8a28-b7a1cfea5b03";
+    std::ofstream(dir.sub("LOG")) << "2026/11/22-05:15:11.469674 25639 RocksDB version: 7.8.3\n";
+    const Bytes manifest = *from_hex("c4c19f5b060001020003020400");
+    std::ofstream(dir.sub("MANIFEST-000001"), std::ios::binary)
+        .write(reinterpret_cast<const char*>(manifest.data()),
+               static_cast<std::streamsize>(manifest.size()));
+
+    EngineOptions read_only;
+    read_only.read_only = true;
+    auto r = Engine::open(dir.str(), read_only);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == ErrorCode::kNotFound);
+
+    auto e = open_engine(dir);
+    CHECK_FALSE(e->tip());
+    REQUIRE(e->apply(changes(0, {{"a", "1"}})));
+    e.reset();
+    auto again = open_engine(dir);
+    CHECK(again->tip() == 0u);
+    CHECK(get(*again, "a", 0) == b("1"));
+
+    // Those names beside any other file are still another program's directory.
+    test::TempDir mixed;
+    std::ofstream(mixed.sub("LOG")) << "log";
+    std::ofstream(mixed.sub("data.sst")) << "table";
+    auto m = Engine::open(mixed.str());
+    REQUIRE_FALSE(m);
+    CHECK(m.error().message == mixed.str() + " is not a stateroot database (it holds other files)");
+}
+
 TEST_CASE("engine: directories that are not stateroot databases are refused untouched",
           "[engine][identity]") {
     test::TempDir dir;
