@@ -9,6 +9,8 @@
 #include <rocksdb/utilities/checkpoint.h>
 #include <rocksdb/write_batch.h>
 
+#include <cstdarg>
+#include <cstdio>
 #include <filesystem>
 #include <system_error>
 
@@ -19,6 +21,23 @@ rocksdb::Slice slice(ByteView b) { return {reinterpret_cast<const char*>(b.data(
 ByteView view(const rocksdb::Slice& s) {
     return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
 }
+
+// RocksDB's own messages: warnings and errors go to stderr, the rest is dropped. Not
+// RocksDB's default LOG file in the database directory: on a full disk a write to that
+// file fails too, and Debian's librocksdb (built with assertions) then aborts the
+// process on its next message, before the failed write's error can be reported.
+class StderrLogger final : public rocksdb::Logger {
+public:
+    StderrLogger() : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL) {}
+    using rocksdb::Logger::Logv;
+    void Logv(const char* format, va_list ap) override { Logv(rocksdb::InfoLogLevel::INFO_LEVEL, format, ap); }
+    void Logv(const rocksdb::InfoLogLevel level, const char* format, va_list ap) override {
+        if (level < GetInfoLogLevel() || level == rocksdb::InfoLogLevel::HEADER_LEVEL) return;
+        char line[2048];
+        std::vsnprintf(line, sizeof line, format, ap);
+        std::fprintf(stderr, "rocksdb: %s\n", line);
+    }
+};
 
 Error to_error(const rocksdb::Status& s, const std::string& what) {
     // RocksDB reports a held LOCK file as an IO error mentioning the lock.
@@ -150,6 +169,7 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
                                rocksdb::kLZ4Compression};
 
     o.max_total_wal_size = 4 * (options.write_buffer_mb << 20);
+    o.info_log = std::make_shared<StderrLogger>();
     if (options.seek_prefix_length > 0) {
         o.prefix_extractor.reset(rocksdb::NewCappedPrefixTransform(options.seek_prefix_length));
         o.memtable_prefix_bloom_size_ratio = 0.02;
