@@ -33,6 +33,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+for v in KILLS SEED APPLY_HEIGHTS APPLY_KEYS BLOCKS TXS; do
+  [[ "${!v:-0}" =~ ^[0-9]+$ ]] || { echo "crash-test: $v must be a non-negative integer" >&2; exit 2; }
+done
 kills_wanted="${KILLS:-50}"
 seed="${SEED:-1}"
 build="${BUILD:-build}"
@@ -42,9 +45,6 @@ blocks="${BLOCKS:-$((40 * kills_wanted))}"
 txs="${TXS:-60}"
 apply_first=100  # the change file's first height (index starts at the genesis block, 0)
 create_kills=$((kills_wanted / 10 > 4 ? kills_wanted / 10 : 4))  # kills during database creation
-for v in kills_wanted seed apply_heights apply_keys blocks txs; do
-  [[ "${!v}" =~ ^[0-9]+$ ]] || { echo "crash-test: ${v} must be a non-negative integer" >&2; exit 2; }
-done
 if [ "$kills_wanted" -lt 1 ] || [ "$apply_heights" -lt 2 ] || [ "$blocks" -lt 2 ]; then
   echo "crash-test: KILLS must be at least 1, APPLY_HEIGHTS and BLOCKS at least 2" >&2
   exit 2
