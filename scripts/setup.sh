@@ -8,6 +8,7 @@ packages=(
   librocksdb-dev libssl-dev libfmt-dev libspdlog-dev
   catch2 nlohmann-json3-dev libcli11-dev libcpp-httplib-dev libipsec-mb-dev
   python3
+  clang-19 libclang-rt-19-dev  # the fuzz targets (scripts/fuzz.sh)
 )
 
 missing=()
