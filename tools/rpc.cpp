@@ -311,7 +311,7 @@ HttpAnswer Rpc::post(std::string_view body) {
     json request;
     try {
         request = json::parse(body);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers past a double
         std::string what = e.what();
         if (const auto pos = what.find("] "); pos != std::string::npos) what = what.substr(pos + 2);
         return single_error(kParseError, what);

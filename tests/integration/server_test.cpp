@@ -167,6 +167,10 @@ TEST_CASE("server: every error has its exact JSON", "[server]") {
                       "input; expected string literal", "null"));
     CHECK(post(s, std::string(100, '[') + std::string(100, ']')) ==
           err(-32700, "parse error: nested deeper than 64 levels", "null"));
+    // A number too large for a double: nlohmann throws out_of_range, not parse_error.
+    CHECK(post(s, "1e400") == err(-32700, "number overflow parsing '1e400'", "null"));
+    CHECK(post(s, R"({"jsonrpc": "2.0", "method": "stateroot_getroot", "params": [1e999], "id": 1})") ==
+          err(-32700, "number overflow parsing '1e999'", "null"));
     CHECK(post(s, "[]") == err(-32600, "invalid request: empty batch", "null"));
     CHECK(post(s, "42") == err(-32600, "invalid request: not a JSON object", "null"));
     CHECK(post(s, R"({"method": "stateroot_height", "id": 1})") == err(-32600, "invalid request: \"jsonrpc\" must be \"2.0\""));
