@@ -235,6 +235,7 @@ struct HttpServer::Impl {
         std::size_t sent = 0;
         bool keep_alive = true;
         bool broken = false;       // the peer reset while a worker had the request
+        bool half_closed = false;  // the peer will send nothing more: close after answering
         Clock::time_point deadline;
         Clock::time_point waiting_since;  // for eviction: since when it has owed us bytes
     };
@@ -446,11 +447,12 @@ struct HttpServer::Impl {
             return;
         }
         if (c.state == State::kWorking) {
-            // The peer went away while a worker has its request: drop the answer later.
-            if (events & (EPOLLERR | EPOLLHUP | EPOLLRDHUP)) {
-                c.broken = true;
-                watch(serial, c, 0);
-            }
+            // A reset leaves nobody to answer: the answer is dropped when it comes. A
+            // half-close (the client shut its sending side after the request, as some
+            // tools do) still gets the answer, then the connection is closed.
+            if (events & (EPOLLERR | EPOLLHUP)) c.broken = true;
+            if (events & EPOLLRDHUP) c.half_closed = true;
+            watch(serial, c, 0);  // level-triggered: stop the events until the answer
             return;
         }
         // Reading or draining.
@@ -500,7 +502,7 @@ struct HttpServer::Impl {
             }
             c.out = std::move(d.bytes);
             c.sent = 0;
-            c.keep_alive = d.keep_alive;
+            c.keep_alive = d.keep_alive && !c.half_closed;
             c.state = State::kWriting;
             c.deadline = Clock::now() + request_timeout();
             flush(d.conn, c);
