@@ -41,9 +41,10 @@ for stage in "${stages[@]}"; do
     tsan)
       cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTATEROOT_SANITIZE=thread -DSTATEROOT_WERROR=OFF
       cmake --build build-tsan -j "$jobs" --target stateroot server_tests index_cli_tests
-      # See tests/sanitizers/tsan.supp for why uninstrumented libraries are ignored.
+      # See tests/sanitizers/tsan.supp for why uninstrumented libraries are ignored. A test
+      # that times out is run once more (docs/reliability.md: one unexplained stall).
       TSAN_OPTIONS="halt_on_error=1 ignore_noninstrumented_modules=1 suppressions=$PWD/tests/sanitizers/tsan.supp" \
-        ctest --test-dir build-tsan --output-on-failure -j "$jobs" \
+        ctest --test-dir build-tsan --output-on-failure -j "$jobs" --timeout 300 --repeat after-timeout:2 \
         -R '^(server|http|config|index cli):'
       ;;
     crash)
