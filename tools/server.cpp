@@ -457,7 +457,9 @@ struct HttpServer::Impl {
         }
         // Reading or draining.
         char buf[64 << 10];
-        for (;;) {
+        // At most 1 MiB per event, so one fast sender cannot hold the loop; the rest
+        // is read on the next round (the events are level-triggered).
+        for (int round = 0; round < 16; ++round) {
             const ssize_t n = ::recv(c.fd, buf, sizeof buf, 0);
             if (n > 0) {
                 if (c.state == State::kDraining) continue;
