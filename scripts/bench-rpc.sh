@@ -4,13 +4,14 @@
 # stateroot_prove with wrk (2 client threads, CONNECTIONS connections, DURATION seconds
 # each), printing requests/s and p50/p99 latency per method.
 #
-#   ./scripts/bench-rpc.sh            KEYS=100000 DURATION=5 CONNECTIONS=8 to change
+#   ./scripts/bench-rpc.sh            KEYS=100000 DURATION=5 CONNECTIONS=8 RPC_THREADS=8 to change
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 keys="${KEYS:-1000000}"
 duration="${DURATION:-10}"
 connections="${CONNECTIONS:-8}"
+threads="${RPC_THREADS:-8}"  # the server's event loops (rpc_threads; 8 is its default)
 
 ./scripts/setup.sh
 if ! command -v wrk >/dev/null; then
@@ -28,7 +29,7 @@ trap cleanup EXIT
 
 echo "building a database of $keys keys..." >&2
 "$bin" bench --keys "$keys" --block-keys 10000 --blocks 5 --db "$work/db" >/dev/null 2>&1
-"$bin" serve --db "$work/db" --rpc-addr 127.0.0.1:0 --rpc-threads "$connections" >"$work/serve.out" 2>"$work/serve.err" &
+"$bin" serve --db "$work/db" --rpc-addr 127.0.0.1:0 --rpc-threads "$threads" >"$work/serve.out" 2>"$work/serve.err" &
 server=$!
 for _ in $(seq 100); do grep -q listening "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
 url="http://$(awk '/listening/ {print $2}' "$work/serve.out")/"

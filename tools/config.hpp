@@ -21,7 +21,7 @@ struct Config {
     std::string db;                          // database directory (no default)
     std::string rpc_addr = "127.0.0.1:8080"; // HOST:PORT of the JSON-RPC/REST server
     std::string rpc_token;                   // bearer token; required to bind a non-loopback address
-    std::uint64_t rpc_threads = 8;           // request worker threads
+    std::uint64_t rpc_threads = 8;           // server event loops, each answering its connections
     std::uint64_t rpc_max_connections = 1024;  // open connections; beyond, the longest-waiting is closed
     std::uint64_t rpc_timeout_ms = 10'000;   // to send a whole request, and to take an answer
     std::uint64_t rpc_idle_ms = 60'000;      // an idle keep-alive connection is closed after this

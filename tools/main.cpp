@@ -37,7 +37,7 @@ struct ConfigArgs {
         if (name == "db") return "Database directory";
         if (name == "rpc_addr") return "Serve JSON-RPC and REST on HOST:PORT (default 127.0.0.1:8080)";
         if (name == "rpc_token") return "Bearer token clients must send (required off loopback)";
-        if (name == "rpc_threads") return "Request worker threads (default 8)";
+        if (name == "rpc_threads") return "Server threads, each an event loop answering its connections (default 8)";
         if (name == "rpc_max_connections") return "Open connections; beyond, the longest-waiting is closed (default 1024)";
         if (name == "rpc_timeout_ms") return "Time to send a whole request, and to take an answer (default 10000)";
         if (name == "rpc_idle_ms") return "Idle keep-alive connections are closed after this (default 60000)";

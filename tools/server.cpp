@@ -8,7 +8,6 @@
 #include <netinet/tcp.h>
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -16,9 +15,7 @@
 #include <cerrno>
 #include <charconv>
 #include <chrono>
-#include <condition_variable>
 #include <cstring>
-#include <deque>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -48,12 +45,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 bool loopback(const std::string& host) { return host == "127.0.0.1" || host == "localhost" || host == "::1"; }
-
-// epoll user data of the two descriptors that are not connections; connections use
-// their serial number, which starts above these and is never reused (a closed
-// descriptor's number is, so it cannot name a connection across a worker's call).
-constexpr std::uint64_t kListenTag = 0;
-constexpr std::uint64_t kWakeTag = 1;
 
 const char* reason(int status) {
     switch (status) {
@@ -203,21 +194,61 @@ int parse_head(std::string_view text, std::size_t max_body, Head& head) {
     return 0;
 }
 
-// One answer to a request, built by a worker for the loop to send.
-struct Done {
-    std::uint64_t conn;
-    std::string bytes;
-    bool keep_alive;
-};
-
 }  // namespace
 
+// What the event loops share.
 struct HttpServer::Impl {
     Impl(Rpc& r, ServerOptions o) : rpc(r), options(std::move(o)) {}
 
+    struct Loop;
+
+    Rpc& rpc;
+    ServerOptions options;
+    int listen_fd = -1;
+    std::vector<std::unique_ptr<Loop>> loops;
+    std::atomic<bool> stopping{false};
+    std::atomic<std::size_t> open{0};      // connections, all loops together
+    std::atomic<std::size_t> buffered{0};  // body bytes reserved, all loops together
+
+    mutable std::mutex stats_mu;
+    ServerStats stats;
+
+    void count(std::uint64_t ServerStats::*field) {
+        std::lock_guard lock(stats_mu);
+        ++(stats.*field);
+    }
+
+    Clock::duration request_timeout() const { return std::chrono::milliseconds(options.request_timeout_ms); }
+    Clock::duration idle_timeout() const { return std::chrono::milliseconds(options.idle_timeout_ms); }
+
+    // Reserves `n` bytes of the bodies-in-flight budget, or returns false.
+    bool reserve(std::size_t n) {
+        if (buffered.fetch_add(n) + n <= options.max_buffered) return true;
+        buffered.fetch_sub(n);
+        return false;
+    }
+
+    HttpAnswer handle(const Request& req) {
+        if (!options.token.empty() && req.authorization != "Bearer " + options.token) {
+            return error_answer(401, "missing or wrong bearer token");
+        }
+        if (req.method == "POST") {
+            if (req.path != "/") return error_answer(404, "not found");
+            return rpc.post(req.body);
+        }
+        if (req.method == "GET") return rpc.get(req.path, req.query);
+        return error_answer(405, "method not allowed");
+    }
+};
+
+// One event-loop thread: the connections it accepted, read, answered and written, all
+// non-blocking. Requests are answered on the loop itself: each costs at most a bounded
+// batch of lookups, and there is no hand-off to another thread to pay for.
+struct HttpServer::Impl::Loop {
+    explicit Loop(Impl& s) : shared(s) {}
+
     enum class State {
         kReading,   // waiting for (the rest of) a request
-        kWorking,   // a worker has the request
         kWriting,   // sending the answer
         kDraining,  // refused: the answer is sent, the rest of the input is read and dropped
     };
@@ -234,44 +265,20 @@ struct HttpServer::Impl {
         std::string out;
         std::size_t sent = 0;
         bool keep_alive = true;
-        bool broken = false;       // the peer reset while a worker had the request
-        bool half_closed = false;  // the peer will send nothing more: close after answering
         Clock::time_point deadline;
         Clock::time_point waiting_since;  // for eviction: since when it has owed us bytes
     };
 
-    Rpc& rpc;
-    ServerOptions options;
-    int listen_fd = -1;
+    Impl& shared;
+    const ServerOptions& options = shared.options;
     int epoll_fd = -1;
-    int wake_fd = -1;
-    std::thread loop_thread;
-    std::vector<std::thread> workers;
-    std::atomic<bool> stopping{false};
-
-    // Owned by the loop thread.
+    std::thread thread;
     std::unordered_map<std::uint64_t, Conn> conns;
-    std::uint64_t next_serial = 2;
-    std::size_t buffered = 0;
-
-    // Jobs for the workers and their answers back.
-    std::mutex jobs_mu;
-    std::condition_variable jobs_cv;
-    std::deque<std::pair<std::uint64_t, Request>> jobs;
-    bool workers_stop = false;
-    std::mutex done_mu;
-    std::vector<Done> done;
-
-    mutable std::mutex stats_mu;
-    ServerStats stats;
-
-    void count(std::uint64_t ServerStats::*field, std::int64_t delta = 1) {
-        std::lock_guard lock(stats_mu);
-        stats.*field += static_cast<std::uint64_t>(delta);
-    }
-
-    Clock::duration request_timeout() const { return std::chrono::milliseconds(options.request_timeout_ms); }
-    Clock::duration idle_timeout() const { return std::chrono::milliseconds(options.idle_timeout_ms); }
+    // epoll user data: the listening socket is kListenTag; connections use a serial
+    // number that is never reused (a closed descriptor's number is, so it cannot name a
+    // connection in a batch of events).
+    static constexpr std::uint64_t kListenTag = 0;
+    std::uint64_t next_serial = kListenTag + 1;
 
     void watch(std::uint64_t serial, Conn& c, std::uint32_t events, int op = EPOLL_CTL_MOD) {
         epoll_event ev{};
@@ -283,40 +290,41 @@ struct HttpServer::Impl {
     void close_conn(std::uint64_t serial) {
         auto it = conns.find(serial);
         if (it == conns.end()) return;
-        buffered -= it->second.reserved;
+        shared.buffered -= it->second.reserved;
         ::close(it->second.fd);  // also removes it from the epoll set
         conns.erase(it);
-        std::lock_guard lock(stats_mu);
-        --stats.open;
+        --shared.open;
+        std::lock_guard lock(shared.stats_mu);
+        --shared.stats.open;
     }
 
-    // Admits a new connection; at the limit, first closes the one that has owed a
-    // request longest.
+    // Admits new connections; at the limit, first closes the one of this loop that has
+    // owed a request longest (idle, or slow to send it).
     void accept_all() {
         for (;;) {
-            const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            const int fd = ::accept4(shared.listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
             if (fd < 0) {
                 if (errno == EINTR || errno == ECONNABORTED) continue;
                 if (errno == EMFILE || errno == ENFILE) spdlog::warn("server: out of file descriptors");
                 return;
             }
-            if (conns.size() >= options.max_connections && !evict_one()) {
-                ::close(fd);  // every slot has a request in a worker: nothing is idle to drop
-                count(&ServerStats::rejected);
-                continue;
-            }
+            // At the limit, the new connection replaces this loop's longest-waiting one.
+            // If this loop has none, it is admitted over the limit: it then has one to
+            // replace next time, so the total stays within max_connections + loops.
+            if (shared.open >= options.max_connections) evict_one();
             const int one = 1;
             // Answers are small: without this, Nagle's algorithm and delayed ACKs add ~40 ms.
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
             const std::uint64_t serial = next_serial++;
             Conn& c = conns[serial];
             c.fd = fd;
-            c.deadline = Clock::now() + idle_timeout();
+            c.deadline = Clock::now() + shared.idle_timeout();
             c.waiting_since = Clock::now();
             watch(serial, c, EPOLLIN | EPOLLRDHUP, EPOLL_CTL_ADD);
-            std::lock_guard lock(stats_mu);
-            ++stats.accepted;
-            ++stats.open;
+            ++shared.open;
+            std::lock_guard lock(shared.stats_mu);
+            ++shared.stats.accepted;
+            ++shared.stats.open;
         }
     }
 
@@ -324,14 +332,14 @@ struct HttpServer::Impl {
         std::uint64_t victim = 0;
         Clock::time_point oldest = Clock::time_point::max();
         for (const auto& [serial, c] : conns) {
-            if ((c.state == State::kReading || c.state == State::kDraining) && c.waiting_since < oldest) {
+            if (c.state != State::kWriting && c.waiting_since < oldest) {
                 oldest = c.waiting_since;
                 victim = serial;
             }
         }
         if (victim == 0) return false;
         close_conn(victim);
-        count(&ServerStats::evicted);
+        shared.count(&ServerStats::evicted);
         return true;
     }
 
@@ -351,6 +359,7 @@ struct HttpServer::Impl {
                 return false;
             }
         }
+        const bool was_waiting = c.state == State::kWriting;
         c.out.clear();
         c.sent = 0;
         if (c.state == State::kDraining) {
@@ -359,33 +368,34 @@ struct HttpServer::Impl {
             watch(serial, c, EPOLLIN | EPOLLRDHUP);
             return true;
         }
-        if (!c.keep_alive || stopping) {
+        if (!c.keep_alive || shared.stopping) {
             close_conn(serial);
             return false;
         }
         c.state = State::kReading;
-        c.deadline = Clock::now() + (c.in.empty() ? idle_timeout() : request_timeout());
+        c.deadline = Clock::now() + (c.in.empty() ? shared.idle_timeout() : shared.request_timeout());
         c.waiting_since = Clock::now();
-        watch(serial, c, EPOLLIN | EPOLLRDHUP);
+        if (was_waiting) watch(serial, c, EPOLLIN | EPOLLRDHUP);
         return parse(serial, c);  // a pipelined request may already be here
     }
 
     // Answers from the loop itself (a request it refuses) and closes after; the rest of
     // the input is drained so the peer reads the answer rather than a reset.
     bool refuse(std::uint64_t serial, Conn& c, int status, std::string_view message) {
-        count(&ServerStats::rejected);
-        buffered -= c.reserved;
+        shared.count(&ServerStats::rejected);
+        shared.buffered -= c.reserved;
         c.reserved = 0;
         c.in.clear();
         c.state = State::kDraining;
         c.keep_alive = false;
         c.out = render(error_answer(status, message), false);
         c.sent = 0;
-        c.deadline = Clock::now() + request_timeout();
+        c.deadline = Clock::now() + shared.request_timeout();
         return flush(serial, c);
     }
 
-    // Consumes a complete request from `in`, if there is one, and hands it to a worker.
+    // Answers the complete requests in `in`, if any. Returns false if the connection
+    // was closed.
     bool parse(std::uint64_t serial, Conn& c) {
         if (!c.head_done) {
             const std::size_t from = c.scanned >= 3 ? c.scanned - 3 : 0;
@@ -404,11 +414,10 @@ struct HttpServer::Impl {
                                                    : "malformed request";
                 return refuse(serial, c, status, what);
             }
-            if (buffered + c.head.content_length > options.max_buffered) {
+            if (!shared.reserve(c.head.content_length)) {
                 return refuse(serial, c, 503, "server busy: too many request bodies in flight");
             }
             c.reserved = c.head.content_length;
-            buffered += c.reserved;
             c.head_done = true;
             c.head_len = end + 4;
             const bool body_pending = c.in.size() < c.head_len + c.head.content_length;
@@ -424,14 +433,21 @@ struct HttpServer::Impl {
         c.in.erase(0, c.head_len + c.head.content_length);
         c.scanned = 0;
         c.head_done = false;
-        c.state = State::kWorking;
-        watch(serial, c, EPOLLRDHUP);  // no reading while the worker has it: back-pressure
-        {
-            std::lock_guard lock(jobs_mu);
-            jobs.emplace_back(serial, std::move(req));
+        HttpAnswer answer;
+        try {
+            answer = shared.handle(req);
+        } catch (const std::exception& e) {
+            spdlog::error("server: {} {}: {}", req.method, req.path, e.what());
+            answer = error_answer(500, "internal error");
         }
-        jobs_cv.notify_one();
-        return true;
+        shared.buffered -= c.reserved;
+        c.reserved = 0;
+        c.keep_alive = req.keep_alive && !shared.stopping;
+        c.out = render(answer, c.keep_alive);
+        c.sent = 0;
+        c.state = State::kWriting;
+        c.deadline = Clock::now() + shared.request_timeout();
+        return flush(serial, c);
     }
 
     void on_event(std::uint64_t serial, std::uint32_t events) {
@@ -446,15 +462,6 @@ struct HttpServer::Impl {
             }
             return;
         }
-        if (c.state == State::kWorking) {
-            // A reset leaves nobody to answer: the answer is dropped when it comes. A
-            // half-close (the client shut its sending side after the request, as some
-            // tools do) still gets the answer, then the connection is closed.
-            if (events & (EPOLLERR | EPOLLHUP)) c.broken = true;
-            if (events & EPOLLRDHUP) c.half_closed = true;
-            watch(serial, c, 0);  // level-triggered: stop the events until the answer
-            return;
-        }
         // Reading or draining.
         char buf[64 << 10];
         // At most 1 MiB per event, so one fast sender cannot hold the loop; the rest
@@ -464,50 +471,22 @@ struct HttpServer::Impl {
             if (n > 0) {
                 if (c.state == State::kDraining) continue;
                 if (c.in.empty()) {
-                    c.deadline = Clock::now() + request_timeout();
+                    c.deadline = Clock::now() + shared.request_timeout();
                     c.waiting_since = Clock::now();
                 }
                 c.in.append(buf, static_cast<std::size_t>(n));
                 if (!parse(serial, c)) return;
                 if (c.state != State::kReading) return;
-                // Never hold more than one request's worth: the rest waits in the socket.
-                const std::size_t cap = c.head_done ? c.head_len + c.head.content_length : options.max_head + 4;
-                if (c.in.size() >= cap) return;
             } else if (n < 0 && errno == EINTR) {
                 continue;
             } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
                 return;
             } else {
-                close_conn(serial);  // the peer closed or reset
+                // The peer closed or reset. Requests it sent before closing its side
+                // (a half-close) were answered above, as they arrived.
+                close_conn(serial);
                 return;
             }
-        }
-    }
-
-    void on_done() {
-        std::uint64_t ignored;
-        (void)!::read(wake_fd, &ignored, sizeof ignored);
-        std::vector<Done> batch;
-        {
-            std::lock_guard lock(done_mu);
-            batch.swap(done);
-        }
-        for (Done& d : batch) {
-            auto it = conns.find(d.conn);
-            if (it == conns.end()) continue;
-            Conn& c = it->second;
-            buffered -= c.reserved;
-            c.reserved = 0;
-            if (c.broken) {
-                close_conn(d.conn);
-                continue;
-            }
-            c.out = std::move(d.bytes);
-            c.sent = 0;
-            c.keep_alive = d.keep_alive && !c.half_closed;
-            c.state = State::kWriting;
-            c.deadline = Clock::now() + request_timeout();
-            flush(d.conn, c);
         }
     }
 
@@ -515,31 +494,31 @@ struct HttpServer::Impl {
         const auto now = Clock::now();
         std::vector<std::uint64_t> expired;
         for (auto& [serial, c] : conns) {
-            if (c.state != State::kWorking && now >= c.deadline) expired.push_back(serial);
+            if (now >= c.deadline) expired.push_back(serial);
         }
         for (const std::uint64_t serial : expired) {
             Conn& c = conns.at(serial);
             if (c.state == State::kReading && !c.in.empty()) {
-                count(&ServerStats::timed_out);
+                shared.count(&ServerStats::timed_out);
                 // The answer is best effort: a client this slow may not read it either.
                 const std::string answer = render(error_answer(408, "request not received in time"), false);
                 (void)::send(c.fd, answer.data(), answer.size(), MSG_NOSIGNAL);
             } else if (c.state == State::kWriting) {
-                count(&ServerStats::timed_out);
+                shared.count(&ServerStats::timed_out);
             }
             close_conn(serial);
         }
     }
 
-    void loop() {
+    void run() {
         epoll_event events[256];
         auto next_sweep = Clock::now();
         for (;;) {
-            if (stopping) {
-                // Close what waits for input; let the requests in flight finish.
+            if (shared.stopping) {
+                // Close what waits for input; let the answers being sent finish.
                 std::vector<std::uint64_t> idle;
                 for (const auto& [serial, c] : conns) {
-                    if (c.state == State::kReading || c.state == State::kDraining) idle.push_back(serial);
+                    if (c.state != State::kWriting) idle.push_back(serial);
                 }
                 for (const std::uint64_t serial : idle) close_conn(serial);
                 if (conns.empty()) return;
@@ -548,9 +527,7 @@ struct HttpServer::Impl {
             for (int i = 0; i < n; ++i) {
                 const std::uint64_t tag = events[i].data.u64;
                 if (tag == kListenTag) {
-                    if (!stopping) accept_all();
-                } else if (tag == kWakeTag) {
-                    on_done();
+                    if (!shared.stopping) accept_all();
                 } else {
                     on_event(tag, events[i].events);
                 }
@@ -561,45 +538,6 @@ struct HttpServer::Impl {
             }
         }
     }
-
-    HttpAnswer handle(const Request& req) {
-        if (!options.token.empty() && req.authorization != "Bearer " + options.token) {
-            return error_answer(401, "missing or wrong bearer token");
-        }
-        if (req.method == "POST") {
-            if (req.path != "/") return error_answer(404, "not found");
-            return rpc.post(req.body);
-        }
-        if (req.method == "GET") return rpc.get(req.path, req.query);
-        return error_answer(405, "method not allowed");
-    }
-
-    void work() {
-        for (;;) {
-            std::pair<std::uint64_t, Request> job;
-            {
-                std::unique_lock lock(jobs_mu);
-                jobs_cv.wait(lock, [&] { return workers_stop || !jobs.empty(); });
-                if (jobs.empty()) return;
-                job = std::move(jobs.front());
-                jobs.pop_front();
-            }
-            HttpAnswer answer;
-            try {
-                answer = handle(job.second);
-            } catch (const std::exception& e) {
-                spdlog::error("server: {} {}: {}", job.second.method, job.second.path, e.what());
-                answer = error_answer(500, "internal error");
-            }
-            {
-                std::lock_guard lock(done_mu);
-                const bool keep_alive = job.second.keep_alive && !stopping;
-                done.push_back({job.first, render(answer, keep_alive), keep_alive});
-            }
-            const std::uint64_t one = 1;
-            (void)!::write(wake_fd, &one, sizeof one);
-        }
-    }
 };
 
 HttpServer::HttpServer(Rpc& rpc, ServerOptions options)
@@ -607,9 +545,10 @@ HttpServer::HttpServer(Rpc& rpc, ServerOptions options)
 
 HttpServer::~HttpServer() {
     stop();
+    for (auto& loop : impl_->loops) {
+        if (loop->epoll_fd >= 0) ::close(loop->epoll_fd);
+    }
     if (impl_->listen_fd >= 0) ::close(impl_->listen_fd);
-    if (impl_->epoll_fd >= 0) ::close(impl_->epoll_fd);
-    if (impl_->wake_fd >= 0) ::close(impl_->wake_fd);
 }
 
 Result<int> HttpServer::start() {
@@ -654,37 +593,32 @@ Result<int> HttpServer::start() {
     Impl& s = *impl_;
     s.options.max_connections = std::max<std::size_t>(1, s.options.max_connections);
     s.listen_fd = fd;
-    s.epoll_fd = ::epoll_create1(EPOLL_CLOEXEC);
-    s.wake_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (s.epoll_fd < 0 || s.wake_fd < 0) {
-        return make_error(ErrorCode::kIoError, fmt::format("server: {}", std::strerror(errno)));
-    }
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.u64 = kListenTag;
-    epoll_ctl(s.epoll_fd, EPOLL_CTL_ADD, s.listen_fd, &ev);
-    ev.data.u64 = kWakeTag;
-    epoll_ctl(s.epoll_fd, EPOLL_CTL_ADD, s.wake_fd, &ev);
+    // Every loop waits on the listening socket; EPOLLEXCLUSIVE wakes one of them per
+    // new connection, so connections spread over the loops that are idle.
     const std::size_t threads = std::max<std::size_t>(1, s.options.threads);
-    for (std::size_t i = 0; i < threads; ++i) s.workers.emplace_back([&s] { s.work(); });
-    s.loop_thread = std::thread([&s] { s.loop(); });
+    for (std::size_t i = 0; i < threads; ++i) {
+        auto loop = std::make_unique<Impl::Loop>(s);
+        loop->epoll_fd = ::epoll_create1(EPOLL_CLOEXEC);
+        epoll_event ev{};
+        ev.events = EPOLLIN | EPOLLEXCLUSIVE;
+        ev.data.u64 = Impl::Loop::kListenTag;
+        if (loop->epoll_fd < 0 || ::epoll_ctl(loop->epoll_fd, EPOLL_CTL_ADD, s.listen_fd, &ev) != 0) {
+            return make_error(ErrorCode::kIoError, fmt::format("server: {}", std::strerror(errno)));
+        }
+        s.loops.push_back(std::move(loop));
+    }
+    for (auto& loop : s.loops) loop->thread = std::thread([l = loop.get()] { l->run(); });
     return bound_port;
 }
 
 void HttpServer::stop() {
     Impl& s = *impl_;
-    if (!s.loop_thread.joinable()) return;
     s.stopping = true;
-    s.loop_thread.join();
-    {
-        std::lock_guard lock(s.jobs_mu);
-        s.workers_stop = true;
+    for (auto& loop : s.loops) {
+        if (loop->thread.joinable()) loop->thread.join();
+        for (auto& [serial, c] : loop->conns) ::close(c.fd);
+        loop->conns.clear();
     }
-    s.jobs_cv.notify_all();
-    for (std::thread& t : s.workers) t.join();
-    s.workers.clear();
-    for (auto& [serial, c] : s.conns) ::close(c.fd);
-    s.conns.clear();
 }
 
 ServerStats HttpServer::stats() const {

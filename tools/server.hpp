@@ -1,19 +1,19 @@
 // The HTTP server: JSON-RPC on POST /, the REST mirrors on GET.
 //
-// One event-loop thread owns every connection: it accepts, reads and parses requests
-// and writes answers, all non-blocking, so a client that is slow, idle or hostile costs
-// a buffer and a slot, never a thread. Only complete requests reach the worker threads,
-// which call the Rpc. Every resource is bounded:
-//   - connections: at most `max_connections`; a new one beyond that evicts the one that
-//     has been waiting longest for request bytes (idle or slow), so a flood of idle or
-//     slow connections cannot lock out well-behaved clients;
+// `threads` event loops own the connections: each accepts, reads, parses, answers and
+// writes its own, all non-blocking, so a client that is slow, idle or hostile costs a
+// buffer and a slot, never a thread. A request is answered on its loop once it has
+// arrived whole (the Rpc bounds every request's cost). Every resource is bounded:
+//   - connections: at most `max_connections` (plus one per loop); a new one beyond that
+//     evicts the one that has been waiting longest for request bytes (idle or slow), so
+//     a flood of idle or slow connections cannot lock out well-behaved clients;
 //   - time: a request must arrive whole within `request_timeout_ms` of its first byte
 //     (else 408), an idle keep-alive connection is closed after `idle_timeout_ms`, and an
 //     answer must be taken by the client within `request_timeout_ms`;
 //   - memory: request heads are at most `max_head` bytes (else 431), bodies at most
 //     `max_body` (else 413), and the bodies being received together at most
 //     `max_buffered` (else 503);
-//   - threads: the loop plus `threads` workers, fixed at start.
+//   - threads: `threads` loops, fixed at start.
 #pragma once
 
 #include <cstdint>
@@ -28,7 +28,7 @@ namespace stateroot::tools {
 struct ServerOptions {
     std::string addr = "127.0.0.1:8080";  // HOST:PORT; port 0 picks a free one
     std::string token;                   // required for a non-loopback host
-    std::size_t threads = 8;             // worker threads calling the Rpc
+    std::size_t threads = 8;             // event loops, each answering its connections
     std::size_t max_body = 1u << 20;     // larger bodies get HTTP 413
     std::size_t max_head = 16u << 10;    // request line and headers; larger get HTTP 431
     std::size_t max_connections = 1024;
