@@ -34,7 +34,7 @@ for stage in "${stages[@]}"; do
       cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g1" \
         -DSTATEROOT_SANITIZE=address,undefined -DSTATEROOT_WERROR=OFF
       cmake --build build-asan -j "$jobs"
-      ASAN_OPTIONS=detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1 \
+      ASAN_OPTIONS=detect_leaks=1:strict_string_checks=1 \
         UBSAN_OPTIONS=print_stacktrace=1 \
         ctest --test-dir build-asan --output-on-failure -j "$jobs"
       ;;
