@@ -265,6 +265,7 @@ struct HttpServer::Impl::Loop {
         std::string out;
         std::size_t sent = 0;
         bool keep_alive = true;
+        bool out_watched = false;  // waiting for EPOLLOUT instead of input
         Clock::time_point deadline;
         Clock::time_point waiting_since;  // for eviction: since when it has owed us bytes
     };
@@ -353,19 +354,20 @@ struct HttpServer::Impl::Loop {
                 continue;
             } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
                 watch(serial, c, EPOLLOUT);
+                c.out_watched = true;
                 return true;
             } else {
                 close_conn(serial);
                 return false;
             }
         }
-        const bool was_waiting = c.state == State::kWriting;
         c.out.clear();
         c.sent = 0;
         if (c.state == State::kDraining) {
             ::shutdown(c.fd, SHUT_WR);
             c.deadline = Clock::now() + std::chrono::seconds(2);
             watch(serial, c, EPOLLIN | EPOLLRDHUP);
+            c.out_watched = false;
             return true;
         }
         if (!c.keep_alive || shared.stopping) {
@@ -375,7 +377,12 @@ struct HttpServer::Impl::Loop {
         c.state = State::kReading;
         c.deadline = Clock::now() + (c.in.empty() ? shared.idle_timeout() : shared.request_timeout());
         c.waiting_since = Clock::now();
-        if (was_waiting) watch(serial, c, EPOLLIN | EPOLLRDHUP);
+        // An answer sent at once never changed what the socket is watched for: no
+        // epoll_ctl per request on the common path.
+        if (c.out_watched) {
+            watch(serial, c, EPOLLIN | EPOLLRDHUP);
+            c.out_watched = false;
+        }
         return parse(serial, c);  // a pipelined request may already be here
     }
 
