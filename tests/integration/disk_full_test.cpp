@@ -14,29 +14,12 @@
 #include <random>
 #include <sstream>
 
-#include "files.hpp"
-#include "temp_dir.hpp"
+#include "cli.hpp"
 
 namespace {
 
-struct Run {
-    int code;
-    std::string out;
-    std::string err;
-};
-
-Run run(const stateroot::test::TempDir& scratch, const std::string& args) {
-    const std::string out = scratch.sub("stdout"), err = scratch.sub("stderr");
-    const int status = std::system(fmt::format("{} {} </dev/null >{} 2>{}", STATEROOT_BIN, args, out, err).c_str());
-    return {WEXITSTATUS(status), stateroot::test::slurp(out), stateroot::test::slurp(err)};
-}
-
-std::vector<std::string> lines(const std::string& s) {
-    std::vector<std::string> out;
-    std::istringstream in(s);
-    for (std::string l; std::getline(in, l);) out.push_back(l);
-    return out;
-}
+using stateroot::test::lines;
+using stateroot::test::Run;
 
 // A tmpfs of `size` mounted on `dir` for the guard's life.
 class Tmpfs {
@@ -82,6 +65,7 @@ std::string write_changes(const std::string& path, int heights, int keys_per_hei
 TEST_CASE("disk full: a clear error, no corruption, and a re-run after freeing space ends right",
           "[cli][diskfull]") {
     stateroot::test::TempDir scratch;
+    stateroot::test::Cli cli;
     const std::string mnt = scratch.sub("small");
     Tmpfs fs(mnt, "128m");
     if (!fs.mounted()) {
@@ -94,7 +78,7 @@ TEST_CASE("disk full: a clear error, no corruption, and a re-run after freeing s
     const std::string changes = write_changes(scratch.sub("changes.jsonl"), 300, 400);
 
     const std::string ref_db = scratch.sub("ref");
-    const Run ref = run(scratch, fmt::format("apply --db {} {}", ref_db, changes));
+    const Run ref = cli.run(fmt::format("apply --db {} {}", ref_db, changes));
     REQUIRE(ref.code == 0);
     const auto ref_roots = lines(ref.out);
     REQUIRE(ref_roots.size() == 300);
@@ -107,7 +91,7 @@ TEST_CASE("disk full: a clear error, no corruption, and a re-run after freeing s
         for (int i = 0; i < 100; ++i) f << mib;
     }
     const std::string db = mnt + "/db";
-    const Run full = run(scratch, fmt::format("apply --db {} {}", db, changes));
+    const Run full = cli.run(fmt::format("apply --db {} {}", db, changes));
     INFO(full.err);
     CHECK(full.code == 2);
     CHECK(full.err.find("No space left on device") != std::string::npos);
@@ -121,18 +105,18 @@ TEST_CASE("disk full: a clear error, no corruption, and a re-run after freeing s
     // Space freed: the database opens at its last good height and checks out.
     std::filesystem::remove(filler);
     if (!done.empty()) {
-        const Run root = run(scratch, fmt::format("root --db {}", db));
+        const Run root = cli.run(fmt::format("root --db {}", db));
         CHECK(root.code == 0);
         CHECK(root.out == done.back().substr(done.back().find(' ') + 1) + "\n");
-        const Run check = run(scratch, fmt::format("check --db {}", db));
+        const Run check = cli.run(fmt::format("check --db {}", db));
         INFO(check.out << check.err);
         CHECK(check.code == 0);
     }
     // A re-run continues from there and ends with the uninterrupted run's roots.
-    const Run again = run(scratch, fmt::format("apply --db {} {}", db, changes));
+    const Run again = cli.run(fmt::format("apply --db {} {}", db, changes));
     INFO(again.err);
     CHECK(again.code == 0);
     CHECK(lines(again.out) == ref_roots);
-    const Run check = run(scratch, fmt::format("check --db {} --height 150", db));
+    const Run check = cli.run(fmt::format("check --db {} --height 150", db));
     CHECK(check.code == 0);
 }
