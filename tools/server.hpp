@@ -43,7 +43,7 @@ struct ServerStats {
     std::uint64_t open = 0;
     std::uint64_t evicted = 0;    // closed to admit a new connection at the limit
     std::uint64_t timed_out = 0;  // requests that did not arrive, or answers not taken, in time
-    std::uint64_t rejected = 0;   // requests answered 400, 408, 411, 413, 431, 503 or 505 by the server
+    std::uint64_t rejected = 0;   // requests the server refused: 400, 411, 413, 431, 503 or 505
 };
 
 class HttpServer {
