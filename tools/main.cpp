@@ -157,6 +157,8 @@ int main(int argc, char** argv) {
     bench->add_option("--preload-batch", bench_opts.preload_batch, "Keys per height while preloading")
         ->capture_default_str();
     bench->add_option("--cache-mb", bench_opts.cache_mb, "RocksDB block cache in MiB")->capture_default_str();
+    bench->add_flag("--pipelined-writes", bench_opts.pipelined_writes,
+                    "Overlap each height's RocksDB write with the tree of the next");
 
     try {
         app.parse(argc, argv);

@@ -8,6 +8,7 @@
 #include <map>
 
 #include "stateroot/engine/root_builder.hpp"
+#include "worker.hpp"
 
 namespace stateroot::engine {
 
@@ -119,11 +120,29 @@ Result<std::unique_ptr<Engine>> Engine::open(const std::string& dir, const Engin
     e->nodes_ = std::make_unique<NodeReader>(*e->store_, nullptr, e->node_cache_.get());
     e->helper_nodes_ = std::make_unique<NodeReader>(*e->store_, nullptr, e->node_cache_.get());
     e->tree_ = std::make_unique<Tree>(*e->nodes_, e->helper_nodes_.get());
+    if (options.pipelined_writes && !read_only) e->writer_ = std::make_unique<Worker>();
     if (Status s = e->load(); !s) return std::unexpected(s.error());
     return e;
 }
 
 Engine::~Engine() = default;
+
+Status Engine::settle() { return settle(nullptr); }
+
+Status Engine::settle(Tree::Update* pending) {
+    if (!writing_) return {};
+    writer_->wait();
+    writing_ = false;
+    in_flight_.clear();
+    if (written_) return {};
+    const Error error = written_.error();
+    written_ = {};
+    // The tree, tip and counters had moved on to the height whose write failed: back
+    // to the last height written.
+    if (pending) tree_->abort(std::move(*pending));
+    if (Status s = load(); !s) return std::unexpected(s.error());
+    return std::unexpected(error);
+}
 
 Status Engine::load() {
     auto tip = read_meta_height(*store_, schema::kMetaTip, nullptr);
@@ -191,6 +210,7 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
     if (!normal) return std::unexpected(normal.error());
     const std::uint64_t h = changes.height;
     if (tip_ && h <= *tip_) {
+        if (Status s = settle(); !s) return std::unexpected(s.error());
         if (h < *first_) {
             return make_error(
                 ErrorCode::kInvalidArgument,
@@ -250,10 +270,6 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
     }
     const auto t3 = Clock::now();
 
-    if (Status s = store_->write(batch); !s) {
-        tree_->abort(std::move(*update));
-        return with_context(s.error(), fmt::format("height {}", h));
-    }
     CommitResult r;
     r.height = h;
     r.root = rec.root;
@@ -264,6 +280,19 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
     r.prepare_s = seconds(t0, t1);
     r.tree_s = seconds(t1, t2);
     r.encode_s = seconds(t2, t3);
+    if (writer_) {
+        // This height was built on the one in flight: it may go once that one is written.
+        if (Status s = settle(&*update); !s) return std::unexpected(s.error());
+        in_flight_ = std::move(batch);
+        writing_ = true;
+        writer_->run([this, h] {
+            written_ = store_->write(in_flight_);
+            if (!written_) written_ = with_context(written_.error(), fmt::format("height {}", h));
+        });
+    } else if (Status s = store_->write(batch); !s) {
+        tree_->abort(std::move(*update));
+        return with_context(s.error(), fmt::format("height {}", h));
+    }
     r.write_s = seconds(t3, Clock::now());
     tree_->commit(std::move(*update));
     tip_ = h;
@@ -275,6 +304,7 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
 
 Status Engine::rollback(std::optional<std::uint64_t> height) {
     if (read_only_) return read_only_error();
+    if (Status s = settle(); !s) return s;
     if (pruned_ && (!height || *height < *pruned_)) {
         return make_error(ErrorCode::kInvalidArgument,
                           fmt::format("cannot roll back below height {}: older heights are pruned", *pruned_));
@@ -309,6 +339,7 @@ Status Engine::rollback(std::optional<std::uint64_t> height) {
 
 Result<PruneResult> Engine::prune(std::uint64_t first_kept) {
     if (read_only_) return read_only_error();
+    if (Status s = settle(); !s) return std::unexpected(s.error());
     PruneResult result;
     if (!tip_) return result;
     const std::uint64_t kept = std::max(std::min(first_kept, *tip_), pruned_.value_or(*first_));
@@ -396,10 +427,14 @@ Status Engine::catch_up() {
     return load();
 }
 
-Status Engine::checkpoint(const std::string& dir) { return store_->checkpoint(dir); }
+Status Engine::checkpoint(const std::string& dir) {
+    if (Status s = settle(); !s) return s;
+    return store_->checkpoint(dir);
+}
 
 Status Engine::put_aux(const std::vector<std::pair<Bytes, std::optional<Bytes>>>& rows) {
     if (read_only_) return read_only_error();
+    if (Status s = settle(); !s) return s;
     storage::WriteBatch batch;
     for (const auto& [key, value] : rows) {
         value ? batch.put(schema::aux_key(key), *value) : batch.del(schema::aux_key(key));

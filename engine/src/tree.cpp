@@ -6,10 +6,8 @@
 #include <cassert>
 #include <cstdio>
 #include <cstdlib>
-#include <condition_variable>
-#include <functional>
-#include <mutex>
-#include <thread>
+
+#include "worker.hpp"
 
 namespace stateroot::engine {
 
@@ -157,46 +155,6 @@ struct Tree::Sub {
     const Hash& hash() const { return kind == kZ ? kZeroHash : ref.top; }
 };
 
-// A thread that runs one task at a time for apply().
-struct Tree::Worker {
-    Worker() : thread([this] { loop(); }) {}
-    ~Worker() {
-        {
-            std::lock_guard lock(mu);
-            stop = true;
-        }
-        cv.notify_all();
-        thread.join();
-    }
-    void run(std::function<void()> f) {
-        std::lock_guard lock(mu);
-        task = std::move(f);
-        cv.notify_all();
-    }
-    void wait() {
-        std::unique_lock lock(mu);
-        cv.wait(lock, [this] { return !task; });
-    }
-    void loop() {
-        std::unique_lock lock(mu);
-        for (;;) {
-            cv.wait(lock, [this] { return stop || task; });
-            if (stop) return;
-            lock.unlock();
-            task();
-            lock.lock();
-            task = nullptr;
-            cv.notify_all();
-        }
-    }
-
-    std::mutex mu;
-    std::condition_variable cv;
-    std::function<void()> task;
-    bool stop = false;
-    std::thread thread;
-};
-
 Tree::Update::Update() : root(std::make_unique<Ref>()) {}
 Tree::Update::~Update() = default;
 Tree::Update::Update(Update&&) noexcept = default;
@@ -236,6 +194,16 @@ std::size_t Tree::resident_nodes() const {
 
 Tree::Branch& Tree::branch(Slot slot) { return branches_[arena_of(slot)]->at(index_of(slot)); }
 Tree::Leaf& Tree::leaf(Slot slot) { return leaves_[arena_of(slot)]->at(index_of(slot)); }
+
+void Tree::prefetch(Slot slot) {
+    if (tag(slot) == kTagBranch) {
+        const char* p = reinterpret_cast<const char*>(&branch(slot));
+        __builtin_prefetch(p);
+        __builtin_prefetch(p + sizeof(Branch) - 1);
+    } else if (tag(slot) == kTagLeaf) {
+        __builtin_prefetch(&leaf(slot));
+    }
+}
 
 void Tree::release(Slot slot) {
     if (tag(slot) == kTagLeaf) leaves_[arena_of(slot)]->free(index_of(slot));
@@ -469,6 +437,9 @@ Result<std::optional<Tree::Sub>> Tree::apply_at(Context& cx, Ref& loc, int at,
         return R(s == 0 ? combine(cx, at, mine, other) : combine(cx, at, other, mine));
     }
 
+    // The right child is fetched from memory while the left subtree is worked on: the
+    // walk below the shared top levels is a chain of cache misses, one per level.
+    if (!side_cs[0].empty() && !side_cs[1].empty()) prefetch(b.child[1].slot);
     std::optional<Sub> result[2];
     for (int side = 0; side < 2; ++side) {
         auto r = apply_at(cx, b.child[side], at + 1, side_cs[side]);

@@ -9,10 +9,13 @@
 #include <rocksdb/utilities/checkpoint.h>
 #include <rocksdb/write_batch.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdarg>
 #include <cstdio>
 #include <filesystem>
 #include <system_error>
+#include <thread>
 
 namespace stateroot::storage {
 namespace {
@@ -192,7 +195,9 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
     o.table_factory.reset(rocksdb::NewBlockBasedTableFactory(t));
 
     const bool secondary = !options.secondary_dir.empty();
-    if (secondary) o.max_open_files = -1;  // required of secondary instances
+    // Required of secondary instances; a read-only one keeps every file it opened even
+    // after the writer deletes it.
+    if (secondary || options.read_only) o.max_open_files = -1;
     if ((!options.create_if_missing || options.read_only || secondary) &&
         !std::filesystem::exists(std::filesystem::path(dir) / "CURRENT")) {
         return make_error(ErrorCode::kNotFound, "no database at " + dir);
@@ -207,7 +212,15 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
         std::filesystem::create_directories(options.secondary_dir, ec);
         s = rocksdb::DB::OpenAsSecondary(o, dir, options.secondary_dir, &db);
     } else if (options.read_only) {
-        s = rocksdb::DB::OpenForReadOnly(o, dir, &db);
+        // A writer in another process may delete a file (after a flush or compaction)
+        // between our reading the MANIFEST that lists it and opening it; the next
+        // attempt reads the newer MANIFEST. Once open, every file is held open.
+        for (int attempt = 0;; ++attempt) {
+            s = rocksdb::DB::OpenForReadOnly(o, dir, &db);
+            const bool vanished = s.ToString().find("No such file or directory") != std::string::npos;
+            if (s.ok() || !vanished || attempt == 20) break;
+            std::this_thread::sleep_for(std::chrono::milliseconds(5 << std::min(attempt, 5)));
+        }
     } else {
         s = rocksdb::DB::Open(o, dir, &db);
     }

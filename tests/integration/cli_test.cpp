@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "cli.hpp"
+#include "stateroot/engine/schema.hpp"
 
 namespace {
 
@@ -107,7 +108,7 @@ TEST_CASE("cli: root and get and check answer per height with the documented exi
     CHECK(info["tip"] == 5);
     CHECK(info["first"] == 0);
     CHECK(info["live_keys"] == 3);
-    CHECK(info["format_version"] == 1);
+    CHECK(info["format_version"] == stateroot::engine::schema::kFormatVersion);
     CHECK(info["bytes_on_disk"].get<std::uint64_t>() > 0);
 
     const Run missing = cli.run(fmt::format("root --db {}", cli.db() + "-nothing"));

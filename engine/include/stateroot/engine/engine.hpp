@@ -37,6 +37,14 @@ struct EngineOptions {
     // instance keeping its own files in this directory); see catch_up(). Implies
     // reading only (default empty).
     std::string secondary_dir;
+    // Overlap the RocksDB write of each height with the work on the next one: apply()
+    // returns once the height's tree is computed and its write started, and the next
+    // call waits for that write before starting its own. A failed write is reported by
+    // the next call to apply(), settle(), rollback(), prune(), put_aux() or checkpoint(),
+    // naming its height, and the engine goes back to the last height written; views see
+    // written heights only. Call settle() before relying on a height being on disk
+    // (default false: apply() returns once its height is written).
+    bool pipelined_writes = false;
 };
 
 struct PruneResult {
@@ -55,7 +63,8 @@ struct CommitResult {
     std::size_t rows = 0;   // rows in the height's write
     std::size_t bytes = 0;  // bytes of keys and values in the height's write
     // Seconds spent per phase: hashing and sorting the changes, updating the tree,
-    // encoding the rows, and the RocksDB write.
+    // encoding the rows, and the RocksDB write (with pipelined writes: waiting for the
+    // previous height's write).
     double prepare_s = 0, tree_s = 0, encode_s = 0, write_s = 0;
 };
 
@@ -126,6 +135,11 @@ class Engine {
     // and the engine stays at its tip.
     Result<CommitResult> apply(const Changes& changes);
 
+    // With pipelined writes: waits for the write of the last applied height, and
+    // returns its error if it failed (the engine is then back at the height before).
+    // Otherwise (and with nothing in flight) returns at once.
+    Status settle();
+
     // Removes every height above `height` in one atomic write; with nullopt or a height
     // below the first, the database becomes empty. A height at or above the tip is a no-op.
     // kInvalidArgument below the pruned height (older states are gone).
@@ -167,6 +181,9 @@ class Engine {
     Engine() = default;
     Status load();
     Result<CommitResult> check_committed(const Changes& changes, const Hash& digest);
+    // settle(), first discarding `pending` (an update built on the height in flight) if
+    // that height's write failed.
+    Status settle(Tree::Update* pending);
 
     std::unique_ptr<storage::Store> store_;
     std::unique_ptr<NodeCache> node_cache_;
@@ -179,6 +196,11 @@ class Engine {
     std::optional<std::uint64_t> pruned_;
     std::uint64_t live_keys_ = 0;
     bool read_only_ = false;
+    // Pipelined writes: the batch of the height in flight, and its outcome.
+    bool writing_ = false;
+    storage::WriteBatch in_flight_;
+    Status written_;
+    std::unique_ptr<Worker> writer_;  // last: joined before the rest is destroyed
 };
 
 // "heights 3..10 exist" / "the database is empty": for error messages.

@@ -30,6 +30,8 @@
 
 namespace stateroot::engine {
 
+class Worker;
+
 // One change to the tree. Changes passed to apply() are sorted by path, one per path.
 struct TreeChange {
     Hash path;
@@ -106,7 +108,6 @@ private:
     struct Leaf;
     struct Sub;
     struct Entry;
-    struct Worker;
     template <class T>
     class Arena;
 
@@ -127,6 +128,8 @@ private:
     Entry new_leaf(Context& cx, const TreeChange& c, const Hash& hash);
     Hash node(Context& cx, const Hash& left, const Hash& right);
     void release(std::uint64_t slot);
+    // Starts loading the node at `slot` into the CPU cache, if it is in memory.
+    void prefetch(std::uint64_t slot);
     Branch& branch(std::uint64_t slot);
     Leaf& leaf(std::uint64_t slot);
 
