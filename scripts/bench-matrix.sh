@@ -6,6 +6,7 @@
 #
 #   ./scripts/bench-matrix.sh [OUT_DIR]      (default: docs/)
 #   PLOT_ONLY=1 ./scripts/bench-matrix.sh    redraws the table and plot from OUT_DIR/performance.jsonl
+#   BENCH_FLAGS="" ./scripts/bench-matrix.sh  without pipelined writes (default: --pipelined-writes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-docs}"
@@ -25,7 +26,9 @@ for n in 100000 1000000 10000000; do
   for k in 1 100 10000 100000; do
     case $k in 1) b=2000 ;; 100) b=300 ;; 10000) b=20 ;; *) b=5 ;; esac
     echo "N=$n K=$k B=$b" >&2
-    build/tools/stateroot bench --keys "$n" --block-keys "$k" --blocks "$b" --json 2>/dev/null | tail -n 1 >>"$results"
+    # shellcheck disable=SC2086
+    build/tools/stateroot bench --keys "$n" --block-keys "$k" --blocks "$b" ${BENCH_FLAGS---pipelined-writes} --json 2>/dev/null |
+      tail -n 1 >>"$results"
   done
 done
 

@@ -121,6 +121,7 @@ Result<std::unique_ptr<Engine>> Engine::open(const std::string& dir, const Engin
     e->helper_nodes_ = std::make_unique<NodeReader>(*e->store_, nullptr, e->node_cache_.get());
     e->tree_ = std::make_unique<Tree>(*e->nodes_, e->helper_nodes_.get());
     if (options.pipelined_writes && !read_only) e->writer_ = std::make_unique<Worker>();
+    e->pipeline_min_changes_ = options.pipeline_min_changes;
     if (Status s = e->load(); !s) return std::unexpected(s.error());
     return e;
 }
@@ -280,9 +281,9 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
     r.prepare_s = seconds(t0, t1);
     r.tree_s = seconds(t1, t2);
     r.encode_s = seconds(t2, t3);
-    if (writer_) {
-        // This height was built on the one in flight: it may go once that one is written.
-        if (Status s = settle(&*update); !s) return std::unexpected(s.error());
+    // This height was built on the one in flight: it may go once that one is written.
+    if (Status s = settle(&*update); !s) return std::unexpected(s.error());
+    if (writer_ && normal->size() >= pipeline_min_changes_) {
         in_flight_ = std::move(batch);
         writing_ = true;
         writer_->run([this, h] {

@@ -69,6 +69,7 @@ TEST_CASE("history: 20 random histories match the model and the naive tree and a
         test::TempDir dir;
         EngineOptions options;
         options.pipelined_writes = seed % 2 == 0;
+        options.pipeline_min_changes = 1;
         auto opened = Engine::open(dir.str(), options);
         REQUIRE(opened);
         std::unique_ptr<Engine> e = std::move(*opened);

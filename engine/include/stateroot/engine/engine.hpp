@@ -45,6 +45,11 @@ struct EngineOptions {
     // written heights only. Call settle() before relying on a height being on disk
     // (default false: apply() returns once its height is written).
     bool pipelined_writes = false;
+    // With pipelined writes, heights of fewer changes than this are still written
+    // before apply() returns: handing a small write to another thread and waking it
+    // costs more than it hides (at one change per height, 143 µs a height instead of
+    // 60 µs) (default 256).
+    std::size_t pipeline_min_changes = 256;
 };
 
 struct PruneResult {
@@ -200,6 +205,7 @@ class Engine {
     bool writing_ = false;
     storage::WriteBatch in_flight_;
     Status written_;
+    std::size_t pipeline_min_changes_ = 0;
     std::unique_ptr<Worker> writer_;  // last: joined before the rest is destroyed
 };
 
