@@ -46,8 +46,7 @@ for name, key in (("by_n", lambda r: (r["block_keys"], r["keys"])), ("by_k", lam
 print("| N | K | writes | changed keys/s | p50 | p99 | hashes/key | rows/key | disk B/live key | peak RSS | raw RocksDB rows/s | % of raw | hash ceiling keys/s | % of hash |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
-    # Heights under 256 changes are written inline even with --pipelined-writes.
-    mode = "pipelined" if r.get("pipelined_writes") and r["block_keys"] >= 256 else "inline"
+    mode = "pipelined" if r.get("pipelined_writes") else "inline"
     print(f'| {r["keys"]:,} | {r["block_keys"]:,} | {mode} | {r["keys_per_s"]:,.0f} | {r["p50_ms"]:.2f} ms | {r["p99_ms"]:.2f} ms | '
           f'{r["hashes_per_key"]:.1f} | {r["rows_per_key"]:.2f} | {r["disk_bytes_per_key"]:.0f} | {r["peak_rss_mb"]:.0f} MiB | '
           f'{r["raw_rocksdb_keys_per_s"]:,.0f} | {100 * r["keys_per_s"] / r["raw_rocksdb_keys_per_s"]:.0f} % | '
