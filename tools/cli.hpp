@@ -66,7 +66,7 @@ struct BenchOptions {
     bool json = false;
     std::uint64_t seed = 1;
     std::uint64_t preload_batch = 100'000;
-    std::size_t cache_mb = 128;
+    std::size_t cache_mb = 0;
     bool pipelined_writes = false;
 };
 int run_bench(const BenchOptions& options);

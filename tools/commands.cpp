@@ -234,9 +234,10 @@ int fail(const std::string& message) {
 
 engine::EngineOptions engine_options(const Config& c) {
     engine::EngineOptions o;
-    o.store.block_cache_mb = c.cache_mb;
+    if (c.cache_mb > 0) o.set_memory_budget_mb(c.cache_mb);
+    // Given on its own, the node cache's size wins over its share of the budget.
+    if (c.cache_mb == 0 || c.given.count("node_cache_mb") > 0) o.node_cache_mb = c.node_cache_mb;
     o.store.sync = c.sync;
-    o.node_cache_mb = c.node_cache_mb;
     return o;
 }
 

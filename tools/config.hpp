@@ -29,7 +29,7 @@ struct Config {
     std::uint64_t catch_up_ms = 500;         // how often a replica catches up with the primary
     std::string network = "mainnet";         // block network: mainnet, testnet3, testnet4, signet, regtest
     std::uint64_t max_reorg_depth = 100;     // deepest rollback a reorg may make
-    std::uint64_t cache_mb = 128;            // RocksDB block cache
+    std::uint64_t cache_mb = 0;              // memory budget (EngineOptions::set_memory_budget_mb); 0: none
     std::uint64_t node_cache_mb = 64;       // tree node cache for proofs
     bool sync = false;                       // fsync every commit (power-loss durability)
     std::string log_level = "info";          // trace, debug, info, warn, error

@@ -45,7 +45,9 @@ struct ConfigArgs {
         if (name == "catch_up_ms") return "How often a replica catches up with the primary (default 500)";
         if (name == "network") return "mainnet (default), testnet3, testnet4, signet or regtest";
         if (name == "max_reorg_depth") return "Deepest rollback a reorg may make (default 100)";
-        if (name == "cache_mb") return "RocksDB block cache in MiB (default 128)";
+        if (name == "cache_mb")
+            return "Memory budget in MiB for RocksDB's caches and the writer's tree (default 0: no budget, "
+                   "the whole tree stays in memory)";
         if (name == "node_cache_mb") return "Tree node cache for proofs in MiB (default 64)";
         if (name == "log_level") return "trace, debug, info (default), warn or error";
         return "";
@@ -156,7 +158,9 @@ int main(int argc, char** argv) {
     bench->add_option("--seed", bench_opts.seed, "Random seed")->capture_default_str();
     bench->add_option("--preload-batch", bench_opts.preload_batch, "Keys per height while preloading")
         ->capture_default_str();
-    bench->add_option("--cache-mb", bench_opts.cache_mb, "RocksDB block cache in MiB")->capture_default_str();
+    bench->add_option("--cache-mb", bench_opts.cache_mb,
+                      "Memory budget in MiB for RocksDB's caches and the tree (0: no budget)")
+        ->capture_default_str();
     bench->add_flag("--pipelined-writes", bench_opts.pipelined_writes,
                     "Overlap each height's RocksDB write with the tree of the next");
 

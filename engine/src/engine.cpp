@@ -120,10 +120,18 @@ Result<std::unique_ptr<Engine>> Engine::open(const std::string& dir, const Engin
     e->nodes_ = std::make_unique<NodeReader>(*e->store_, nullptr, e->node_cache_.get());
     e->helper_nodes_ = std::make_unique<NodeReader>(*e->store_, nullptr, e->node_cache_.get());
     e->tree_ = std::make_unique<Tree>(*e->nodes_, e->helper_nodes_.get());
+    e->tree_->set_memory_budget(options.tree_memory_bytes);
     if (options.pipelined_writes && !read_only) e->writer_ = std::make_unique<Worker>();
     e->pipeline_min_changes_ = options.pipeline_min_changes;
     if (Status s = e->load(); !s) return std::unexpected(s.error());
     return e;
+}
+
+void EngineOptions::set_memory_budget_mb(std::size_t mb) {
+    store.block_cache_mb = std::max<std::size_t>(1, mb / 4);
+    store.write_buffer_mb = std::max<std::size_t>(1, mb / 16);
+    node_cache_mb = std::max<std::size_t>(1, mb / 16);
+    tree_memory_bytes = std::max<std::size_t>(1, mb / 2) << 20;
 }
 
 Engine::~Engine() = default;
@@ -294,8 +302,12 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
         tree_->abort(std::move(*update));
         return with_context(s.error(), fmt::format("height {}", h));
     }
-    r.write_s = seconds(t3, Clock::now());
+    const auto t4 = Clock::now();
+    r.write_s = seconds(t3, t4);
     tree_->commit(std::move(*update));
+    // The records of a height still being written cannot be read back yet.
+    tree_->trim(writing_ ? rec.first_chunk * schema::kChunkNodes : kNoNode);
+    r.tree_s += seconds(t4, Clock::now());
     tip_ = h;
     if (!first_) first_ = h;
     next_chunk_ = rec.end_chunk;

@@ -107,6 +107,26 @@ public:
     void free(std::uint64_t i) { free_.push_back(i); }
     T& at(std::uint64_t i) { return base_[i]; }
     std::size_t live() const { return size_ - free_.size(); }
+    // Slots ever used: what the arena occupies in memory.
+    std::size_t used() const { return size_; }
+    // The free slots below live(), for the nodes above it to move into.
+    std::vector<std::uint64_t> holes() const {
+        std::vector<std::uint64_t> h;
+        for (std::uint64_t i : free_) {
+            if (i < live()) h.push_back(i);
+        }
+        return h;
+    }
+    // Once every node is below live(): forgets the slots above and gives their memory
+    // back.
+    void shrink() {
+        const std::size_t end = live();
+        const std::uintptr_t from = (reinterpret_cast<std::uintptr_t>(base_ + end) + kPage - 1) / kPage * kPage;
+        const std::uintptr_t to = reinterpret_cast<std::uintptr_t>(base_ + size_);
+        if (to > from) madvise(reinterpret_cast<void*>(from), to - from, MADV_DONTNEED);
+        free_.clear();
+        size_ = end;
+    }
     // Forgets every node and gives the memory back.
     void clear() {
         madvise(base_, size_ * sizeof(T), MADV_DONTNEED);
@@ -115,6 +135,7 @@ public:
     }
 
 private:
+    static constexpr std::size_t kPage = 4096;
     static constexpr std::size_t kMaxNodes = std::size_t{1} << 30;
     static constexpr std::size_t kBytes = kMaxNodes * sizeof(T);
     T* base_ = nullptr;
@@ -192,6 +213,18 @@ std::size_t Tree::resident_nodes() const {
     return n;
 }
 
+std::size_t Tree::resident_bytes() const {
+    std::size_t n = 0;
+    for (int a = 0; a < 2; ++a) n += branches_[a]->live() * sizeof(Branch) + leaves_[a]->live() * sizeof(Leaf);
+    return n;
+}
+
+std::size_t Tree::memory_bytes() const {
+    std::size_t n = 0;
+    for (int a = 0; a < 2; ++a) n += branches_[a]->used() * sizeof(Branch) + leaves_[a]->used() * sizeof(Leaf);
+    return n;
+}
+
 Tree::Branch& Tree::branch(Slot slot) { return branches_[arena_of(slot)]->at(index_of(slot)); }
 Tree::Leaf& Tree::leaf(Slot slot) { return leaves_[arena_of(slot)]->at(index_of(slot)); }
 
@@ -208,6 +241,90 @@ void Tree::prefetch(Slot slot) {
 void Tree::release(Slot slot) {
     if (tag(slot) == kTagLeaf) leaves_[arena_of(slot)]->free(index_of(slot));
     if (tag(slot) == kTagBranch) branches_[arena_of(slot)]->free(index_of(slot));
+}
+
+void Tree::release_subtree(Slot slot) {
+    if (tag(slot) == kTagBranch) {
+        for (const Ref& child : branch(slot).child) release_subtree(child.slot);
+    }
+    release(slot);
+}
+
+// Adds the bytes of the nodes held in memory under `ref`, a slot at depth `at`, to
+// bytes[depth of their slot].
+void Tree::measure(const Ref& ref, int at, std::vector<std::size_t>& bytes) {
+    if (tag(ref.slot) == kTagLeaf) bytes[at] += sizeof(Leaf);
+    if (tag(ref.slot) != kTagBranch) return;
+    bytes[at] += sizeof(Branch);
+    const Branch& b = branch(ref.slot);
+    for (const Ref& child : b.child) measure(child, b.depth + 1, bytes);
+}
+
+void Tree::evict(Ref& ref, int at, int cut, NodeId unwritten) {
+    if (tag(ref.slot) != kTagBranch && tag(ref.slot) != kTagLeaf) return;
+    // A subtree is at least as old as its top node: when its top was written, so was
+    // everything below it.
+    if (at >= cut && ref.id < unwritten) {
+        release_subtree(ref.slot);
+        ref.slot = kTagStored | ref.id;
+        return;
+    }
+    if (tag(ref.slot) != kTagBranch) return;
+    Branch& b = branch(ref.slot);
+    for (Ref& child : b.child) evict(child, b.depth + 1, cut, unwritten);
+}
+
+// Free slots below each arena's live count, which the nodes above it move into.
+struct Tree::Holes {
+    std::vector<Slot> branches[2];
+    std::vector<Slot> leaves[2];
+};
+
+void Tree::relocate(Ref& ref, Holes& holes) {
+    const Slot t = tag(ref.slot);
+    if (t != kTagBranch && t != kTagLeaf) return;
+    const int a = arena_of(ref.slot);
+    const std::uint64_t i = index_of(ref.slot);
+    if (t == kTagBranch) {
+        for (Ref& child : branch(ref.slot).child) relocate(child, holes);
+        if (i < branches_[a]->live()) return;
+        const std::uint64_t to = holes.branches[a].back();
+        holes.branches[a].pop_back();
+        branches_[a]->at(to) = branches_[a]->at(i);
+        ref.slot = in_arena(kTagBranch, a, to);
+    } else {
+        if (i < leaves_[a]->live()) return;
+        const std::uint64_t to = holes.leaves[a].back();
+        holes.leaves[a].pop_back();
+        leaves_[a]->at(to) = leaves_[a]->at(i);
+        ref.slot = in_arena(kTagLeaf, a, to);
+    }
+}
+
+void Tree::trim(NodeId unwritten) {
+    if (budget_ == 0 || memory_bytes() <= budget_) return;
+    if (resident_bytes() > budget_) {
+        std::vector<std::size_t> bytes(258);
+        measure(*root_, 0, bytes);
+        const std::size_t keep = budget_ / 4 * 3;
+        std::size_t kept = bytes[0];
+        int cut = 1;
+        while (cut < 257 && kept + bytes[cut] <= keep) kept += bytes[cut++];
+        evict(*root_, 0, cut, unwritten);
+    }
+    // The nodes kept are scattered up to the high-water mark of the largest height
+    // so far: move them down so the memory above can be given back.
+    if (memory_bytes() <= budget_) return;
+    Holes holes;
+    for (int a = 0; a < 2; ++a) {
+        holes.branches[a] = branches_[a]->holes();
+        holes.leaves[a] = leaves_[a]->holes();
+    }
+    relocate(*root_, holes);
+    for (int a = 0; a < 2; ++a) {
+        branches_[a]->shrink();
+        leaves_[a]->shrink();
+    }
 }
 
 Hash Tree::node(Context& cx, const Hash& left, const Hash& right) {

@@ -504,3 +504,38 @@ TEST_CASE("engine: a second writer is refused while the first has the database o
     REQUIRE_FALSE(second);
     CHECK(second.error().code == ErrorCode::kBusy);
 }
+
+TEST_CASE("engine: a memory budget is split among RocksDB, the node cache and the tree, "
+          "and the roots stay the same",
+          "[engine]") {
+    EngineOptions split;
+    split.set_memory_budget_mb(256);
+    CHECK(split.store.block_cache_mb == 64);
+    CHECK(split.store.write_buffer_mb == 16);
+    CHECK(split.node_cache_mb == 16);
+    CHECK(split.tree_memory_bytes == std::size_t{128} << 20);
+
+    test::TempDir bounded_dir, whole_dir;
+    EngineOptions bounded_options;
+    bounded_options.set_memory_budget_mb(1);  // a 1 MiB tree: about 7,000 keys
+    auto bounded = Engine::open(bounded_dir.str(), bounded_options);
+    REQUIRE(bounded);
+    auto whole = open_engine(whole_dir);
+    std::uint64_t reads = 0;
+    for (std::uint64_t h = 0; h < 12; ++h) {
+        Changes c;
+        c.height = h;
+        for (int i = 0; i < 3000; ++i) {
+            c.puts.emplace_back(b(fmt::format("key {}", (h * 2089 + static_cast<std::uint64_t>(i) * 7) % 30000)),
+                                b(fmt::format("value {} {}", h, i)));
+        }
+        auto r1 = (*bounded)->apply(c);
+        auto r2 = whole->apply(c);
+        REQUIRE(r1);
+        REQUIRE(r2);
+        REQUIRE(r1->root == r2->root);
+        reads += r1->tree.node_reads;
+    }
+    CHECK(reads > 0);
+    CHECK((*bounded)->resident_nodes() < whole->resident_nodes() / 2);
+}

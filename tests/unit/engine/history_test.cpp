@@ -62,7 +62,8 @@ Bytes random_bytes(std::mt19937_64& rng, std::size_t min, std::size_t max) {
 TEST_CASE("history: 20 random histories match the model and the naive tree and a recomputation",
           "[engine][history]") {
     // Odd seeds with each height written before apply() returns, even seeds with the
-    // write of each height overlapping the next one.
+    // write of each height overlapping the next one; every third seed with a tree
+    // memory budget so small that most of the tree is read back at each height.
     for (std::uint64_t seed = 1; seed <= 20; ++seed) {
         INFO("seed " << seed);
         std::mt19937_64 rng(seed);
@@ -70,6 +71,7 @@ TEST_CASE("history: 20 random histories match the model and the naive tree and a
         EngineOptions options;
         options.pipelined_writes = seed % 2 == 0;
         options.pipeline_min_changes = 1;
+        options.tree_memory_bytes = seed % 3 == 0 ? 4096 : 0;
         auto opened = Engine::open(dir.str(), options);
         REQUIRE(opened);
         std::unique_ptr<Engine> e = std::move(*opened);

@@ -48,6 +48,7 @@ class TreeHarness {
         next_chunk_ = update->end_chunk;
         const engine::TreeStats stats = update->stats;
         tree_->commit(std::move(*update));
+        tree_->trim();
         return stats;
     }
 

@@ -241,3 +241,36 @@ TEST_CASE("tree: large updates on two threads equal one thread and the naive tre
         }
     }
 }
+
+TEST_CASE("tree: under a memory budget the tree trims to it and its roots do not change",
+          "[engine][tree]") {
+    std::mt19937_64 rng(21);
+    const PathPool pool(rng, 20000);
+    TreeHarness bounded, whole;
+    constexpr std::size_t kBudget = 64 << 10;
+    bounded.tree().set_memory_budget(kBudget);
+    test::naive::State model;
+    std::uint64_t reads = 0;
+    for (int round = 0; round < 30; ++round) {
+        std::map<Hash, TreeChange> batch;
+        const std::size_t n = round < 10 ? 2000 : 1 + rng() % 600;
+        for (std::size_t i = 0; i < n; ++i) {
+            const Hash& p = pool.pick(rng);
+            batch[p] = rng() % 5 == 0 ? test::del(p) : test::put(p, test::random_hash(rng));
+        }
+        std::vector<TreeChange> changes;
+        for (const auto& [p, c] : batch) {
+            changes.push_back(c);
+            c.del ? (void)model.erase(p.bytes) : (void)(model[p.bytes] = c.value_hash.bytes);
+        }
+        if (round >= 10) reads += bounded.apply(changes).node_reads;
+        else bounded.apply(changes);
+        whole.apply(changes);
+        REQUIRE(bounded.tree().root_hash() == whole.tree().root_hash());
+        REQUIRE(bounded.tree().root_hash() == test::to_hash(test::naive::root(model)));
+        REQUIRE(bounded.tree().memory_bytes() <= kBudget);
+    }
+    // Dropped nodes were read back; the unbounded tree kept all it built.
+    CHECK(reads > 0);
+    CHECK(whole.tree().resident_bytes() > 4 * kBudget);
+}

@@ -33,6 +33,17 @@ struct EngineOptions {
     // Node records cached for proofs and the writer's loads, shared by every view, in
     // MiB (default 64).
     std::size_t node_cache_mb = 64;
+    // Bytes of tree nodes the writer keeps in memory between heights; beyond, the
+    // deepest levels are dropped and read back from their records when a height needs
+    // them (Tree::trim). 0 (default): the whole tree stays resident once read, the
+    // fastest, at about 140 bytes per live key.
+    std::size_t tree_memory_bytes = 0;
+
+    // Sizes the memory the engine may hold from one budget of `mb` MiB (like bitcoind's
+    // -dbcache): a quarter to RocksDB's block cache, three sixteenths to its memtables
+    // (up to three of mb / 16), a sixteenth to the node cache and half to the writer's
+    // tree. A reader uses only the block and node caches.
+    void set_memory_budget_mb(std::size_t mb);
     // Open as a read replica of a primary in another process (a RocksDB secondary
     // instance keeping its own files in this directory); see catch_up(). Implies
     // reading only (default empty).

@@ -97,8 +97,25 @@ public:
     // Discards `update`.
     void abort(Update&& update);
 
-    // Nodes held in memory.
+    // Nodes held in memory, and their bytes.
     std::size_t resident_nodes() const;
+    std::size_t resident_bytes() const;
+    // Bytes the node arenas occupy: the resident nodes and the free slots among them.
+    std::size_t memory_bytes() const;
+
+    // Bounds the bytes of nodes held in memory between heights (0, the default: every
+    // node loaded or built stays, and a height reads nothing it read before). See trim().
+    void set_memory_budget(std::size_t bytes) { budget_ = bytes; }
+    // If more than the budget is resident, drops subtrees back to their records, deepest
+    // levels first: paths are hashes, so the tree is balanced and its upper levels are
+    // crossed by every height while a given node below is rarely touched again. Keeps
+    // the levels that fit in three quarters of the budget, leaving room to grow before
+    // the next trim. Only subtrees whose records are on disk can go: those whose ids are
+    // below `unwritten` (the first id of a write still in flight; kNoNode if none).
+    // The nodes kept are then moved together and the memory above them given back, so
+    // a large height does not leave the process that much bigger. Costs a walk or two
+    // over the resident nodes, once per quarter of the budget loaded.
+    void trim(NodeId unwritten = kNoNode);
 
     // Below this many changes an update stays on one thread.
     static constexpr std::size_t kParallelMin = 256;
@@ -128,6 +145,12 @@ private:
     Entry new_leaf(Context& cx, const TreeChange& c, const Hash& hash);
     Hash node(Context& cx, const Hash& left, const Hash& right);
     void release(std::uint64_t slot);
+    // Releases the node at `slot` and every node below it held in memory.
+    void release_subtree(std::uint64_t slot);
+    void measure(const Ref& ref, int at, std::vector<std::size_t>& bytes);
+    void evict(Ref& ref, int at, int cut, NodeId unwritten);
+    struct Holes;
+    void relocate(Ref& ref, Holes& holes);
     // Starts loading the node at `slot` into the CPU cache, if it is in memory.
     void prefetch(std::uint64_t slot);
     Branch& branch(std::uint64_t slot);
@@ -139,6 +162,7 @@ private:
     std::unique_ptr<Arena<Leaf>> leaves_[2];
     std::unique_ptr<Ref> root_;
     std::unique_ptr<Worker> worker_;
+    std::size_t budget_ = 0;
 };
 
 }  // namespace stateroot::engine
