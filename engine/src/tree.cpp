@@ -1,5 +1,6 @@
 #include "stateroot/engine/tree.hpp"
 
+#include <malloc.h>
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -13,7 +14,9 @@ namespace stateroot::engine {
 
 // A slot names a subtree: empty, a branch or leaf in memory, or a persisted record
 // not loaded yet. The tag lives in the top two bits; in-memory nodes carry the arena
-// that holds them in bit 61.
+// that holds them in bit 61, and a branch its depth in bits 53-60: the walk learns
+// whether a branch splits at the level it is at from the link already in cache, and a
+// branch is 96 bytes, two cache lines.
 namespace {
 using Slot = std::uint64_t;
 constexpr Slot kEmpty = 0;
@@ -22,7 +25,8 @@ constexpr Slot kTagLeaf = Slot{2} << 62;
 constexpr Slot kTagStored = Slot{3} << 62;
 constexpr Slot kTagMask = Slot{3} << 62;
 constexpr Slot kArenaBit = Slot{1} << 61;
-constexpr Slot kIndexMask = kArenaBit - 1;
+constexpr int kDepthShift = 53;
+constexpr Slot kIndexMask = (Slot{1} << kDepthShift) - 1;
 
 Slot tag(Slot s) { return s & kTagMask; }
 
@@ -46,8 +50,9 @@ void radix_sort(std::vector<NodeId>& ids) {
 }
 std::uint64_t index_of(Slot s) { return s & kIndexMask; }
 int arena_of(Slot s) { return (s & kArenaBit) ? 1 : 0; }
-Slot in_arena(Slot tag_bits, int arena, std::uint64_t index) {
-    return tag_bits | (arena ? kArenaBit : 0) | index;
+int depth_of(Slot s) { return static_cast<int>((s >> kDepthShift) & 255); }
+Slot in_arena(Slot tag_bits, int arena, std::uint64_t index, int depth = 0) {
+    return tag_bits | (arena ? kArenaBit : 0) | (Slot(depth) << kDepthShift) | index;
 }
 }  // namespace
 
@@ -59,9 +64,9 @@ struct Tree::Ref {
     Hash top;
 };
 
+// Its depth is in the slot that links to it.
 struct Tree::Branch {
     Ref child[2];
-    std::uint8_t depth = 0;
 };
 
 struct Tree::Leaf {
@@ -257,7 +262,7 @@ void Tree::measure(const Ref& ref, int at, std::vector<std::size_t>& bytes) {
     if (tag(ref.slot) != kTagBranch) return;
     bytes[at] += sizeof(Branch);
     const Branch& b = branch(ref.slot);
-    for (const Ref& child : b.child) measure(child, b.depth + 1, bytes);
+    for (const Ref& child : b.child) measure(child, depth_of(ref.slot) + 1, bytes);
 }
 
 void Tree::evict(Ref& ref, int at, int cut, NodeId unwritten) {
@@ -271,7 +276,7 @@ void Tree::evict(Ref& ref, int at, int cut, NodeId unwritten) {
     }
     if (tag(ref.slot) != kTagBranch) return;
     Branch& b = branch(ref.slot);
-    for (Ref& child : b.child) evict(child, b.depth + 1, cut, unwritten);
+    for (Ref& child : b.child) evict(child, depth_of(ref.slot) + 1, cut, unwritten);
 }
 
 // Free slots below each arena's live count, which the nodes above it move into.
@@ -291,7 +296,7 @@ void Tree::relocate(Ref& ref, Holes& holes) {
         const std::uint64_t to = holes.branches[a].back();
         holes.branches[a].pop_back();
         branches_[a]->at(to) = branches_[a]->at(i);
-        ref.slot = in_arena(kTagBranch, a, to);
+        ref.slot = in_arena(kTagBranch, a, to, depth_of(ref.slot));
     } else {
         if (i < leaves_[a]->live()) return;
         const std::uint64_t to = holes.leaves[a].back();
@@ -325,6 +330,9 @@ void Tree::trim(NodeId unwritten) {
         branches_[a]->shrink();
         leaves_[a]->shrink();
     }
+    // The rows and batches of the heights that grew the tree are freed by now, but the
+    // allocator keeps their memory unless asked.
+    malloc_trim(0);
 }
 
 Hash Tree::node(Context& cx, const Hash& left, const Hash& right) {
@@ -348,8 +356,7 @@ Status Tree::load(Context& cx, Ref& ref) {
     for (int side = 0; side < 2; ++side) {
         b.child[side] = Ref{kTagStored | rec->child[side], rec->child[side], {}};
     }
-    b.depth = static_cast<std::uint8_t>(rec->depth);
-    ref.slot = in_arena(kTagBranch, cx.arena, branches_[cx.arena]->alloc(b));
+    ref.slot = in_arena(kTagBranch, cx.arena, branches_[cx.arena]->alloc(b), rec->depth);
     return {};
 }
 
@@ -376,7 +383,8 @@ Result<Hash> Tree::prefix_path(Context& cx, Ref ref) {
 
 Tree::Sub Tree::pending_copy(Context& cx, const Ref& existing, const Hash& top, int at) {
     // An existing branch whose slot moves is rewritten: same children, new top hash.
-    const Slot slot = in_arena(kTagBranch, cx.arena, branches_[cx.arena]->alloc(branch(existing.slot)));
+    const Slot slot = in_arena(kTagBranch, cx.arena, branches_[cx.arena]->alloc(branch(existing.slot)),
+                               depth_of(existing.slot));
     cx.fresh.push_back(slot);
     Sub sub;
     sub.kind = Sub::kBranch;
@@ -398,10 +406,9 @@ Tree::Sub Tree::lift(Context& cx, Sub sub, int at, int side) {
 
 Tree::Sub Tree::join(Context& cx, int at, const Sub& left, const Sub& right) {
     Branch b;
-    b.depth = static_cast<std::uint8_t>(at);
     b.child[0] = finalize(cx, left);
     b.child[1] = finalize(cx, right);
-    const Slot slot = in_arena(kTagBranch, cx.arena, branches_[cx.arena]->alloc(b));
+    const Slot slot = in_arena(kTagBranch, cx.arena, branches_[cx.arena]->alloc(b), at);
     cx.fresh.push_back(slot);
     Sub sub;
     sub.kind = Sub::kBranch;
@@ -423,7 +430,7 @@ Tree::Ref Tree::finalize(Context& cx, const Sub& sub) {
     if (!sub.pending) return sub.ref;
     const Branch& b = branch(sub.ref.slot);
     Ref ref = sub.ref;
-    ref.id = cx.writer.add_branch(b.depth, ref.top, b.child[0].id, b.child[1].id);
+    ref.id = cx.writer.add_branch(depth_of(ref.slot), ref.top, b.child[0].id, b.child[1].id);
     ++cx.stats.new_nodes;
     if (sub.replaced != kEmpty) cx.stale.emplace_back(sub.replaced, sub.replaced_id);
     return ref;
@@ -468,7 +475,7 @@ Result<Tree::Sub> Tree::retop(Context& cx, const Ref& ref, int at, const Hash& p
         if (Status s = load(cx, child); !s) return std::unexpected(s.error());
     }
     Hash top = node(cx, b.child[0].top, b.child[1].top);
-    for (int j = b.depth - 1; j >= at; --j) {
+    for (int j = depth_of(ref.slot) - 1; j >= at; --j) {
         top = bit(prefix, j) == 0 ? node(cx, top, kZeroHash) : node(cx, kZeroHash, top);
     }
     return pending_copy(cx, ref, top, at);
@@ -529,7 +536,7 @@ Result<std::optional<Tree::Sub>> Tree::apply_at(Context& cx, Ref& loc, int at,
     const std::span<const TreeChange> side_cs[2] = {cs.first(m), cs.subspan(m)};
     Branch& b = branch(loc.slot);
 
-    if (b.depth > at) {
+    if (depth_of(loc.slot) > at) {
         // A one-sided level above the split: the branch continues on side `s`; changes
         // on the other side hang a new subtree beside it.
         auto prefix = prefix_path(cx, loc);
@@ -592,7 +599,7 @@ Result<Tree::Update> Tree::apply(std::span<const TreeChange> changes, std::uint6
     bool parallel = worker_ && changes.size() >= kParallelMin;
     if (parallel) {
         if (Status s = load(main, *root_); !s) return fail(s.error());
-        parallel = tag(root_->slot) == kTagBranch && branch(root_->slot).depth == 0;
+        parallel = tag(root_->slot) == kTagBranch && depth_of(root_->slot) == 0;
     }
     if (!parallel) {
         auto r = apply_at(main, *root_, 0, changes);

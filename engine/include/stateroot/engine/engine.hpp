@@ -36,7 +36,7 @@ struct EngineOptions {
     // Bytes of tree nodes the writer keeps in memory between heights; beyond, the
     // deepest levels are dropped and read back from their records when a height needs
     // them (Tree::trim). 0 (default): the whole tree stays resident once read, the
-    // fastest, at about 140 bytes per live key.
+    // fastest, at about 130 bytes per live key.
     std::size_t tree_memory_bytes = 0;
 
     // Sizes the memory the engine may hold from one budget of `mb` MiB (like bitcoind's
