@@ -122,6 +122,15 @@ public:
         }
         return h;
     }
+    // Where the node at `i` lives once moved below live(): into one of `holes` if it
+    // is above.
+    std::uint64_t move_down(std::uint64_t i, std::vector<std::uint64_t>& holes) {
+        if (i < live()) return i;
+        const std::uint64_t to = holes.back();
+        holes.pop_back();
+        base_[to] = base_[i];
+        return to;
+    }
     // Once every node is below live(): forgets the slots above and gives their memory
     // back.
     void shrink() {
@@ -218,15 +227,17 @@ std::size_t Tree::resident_nodes() const {
     return n;
 }
 
-std::size_t Tree::resident_bytes() const {
-    std::size_t n = 0;
-    for (int a = 0; a < 2; ++a) n += branches_[a]->live() * sizeof(Branch) + leaves_[a]->live() * sizeof(Leaf);
-    return n;
-}
+std::size_t Tree::resident_bytes() const { return arena_bytes(false); }
+std::size_t Tree::memory_bytes() const { return arena_bytes(true); }
 
-std::size_t Tree::memory_bytes() const {
+std::size_t Tree::arena_bytes(bool free_slots_too) const {
     std::size_t n = 0;
-    for (int a = 0; a < 2; ++a) n += branches_[a]->used() * sizeof(Branch) + leaves_[a]->used() * sizeof(Leaf);
+    for (int a = 0; a < 2; ++a) {
+        const auto& b = *branches_[a];
+        const auto& l = *leaves_[a];
+        n += (free_slots_too ? b.used() : b.live()) * sizeof(Branch) +
+             (free_slots_too ? l.used() : l.live()) * sizeof(Leaf);
+    }
     return n;
 }
 
@@ -281,28 +292,18 @@ void Tree::evict(Ref& ref, int at, int cut, NodeId unwritten) {
 
 // Free slots below each arena's live count, which the nodes above it move into.
 struct Tree::Holes {
-    std::vector<Slot> branches[2];
-    std::vector<Slot> leaves[2];
+    std::vector<std::uint64_t> branches[2];
+    std::vector<std::uint64_t> leaves[2];
 };
 
 void Tree::relocate(Ref& ref, Holes& holes) {
-    const Slot t = tag(ref.slot);
-    if (t != kTagBranch && t != kTagLeaf) return;
     const int a = arena_of(ref.slot);
     const std::uint64_t i = index_of(ref.slot);
-    if (t == kTagBranch) {
+    if (tag(ref.slot) == kTagBranch) {
         for (Ref& child : branch(ref.slot).child) relocate(child, holes);
-        if (i < branches_[a]->live()) return;
-        const std::uint64_t to = holes.branches[a].back();
-        holes.branches[a].pop_back();
-        branches_[a]->at(to) = branches_[a]->at(i);
-        ref.slot = in_arena(kTagBranch, a, to, depth_of(ref.slot));
-    } else {
-        if (i < leaves_[a]->live()) return;
-        const std::uint64_t to = holes.leaves[a].back();
-        holes.leaves[a].pop_back();
-        leaves_[a]->at(to) = leaves_[a]->at(i);
-        ref.slot = in_arena(kTagLeaf, a, to);
+        ref.slot = in_arena(kTagBranch, a, branches_[a]->move_down(i, holes.branches[a]), depth_of(ref.slot));
+    } else if (tag(ref.slot) == kTagLeaf) {
+        ref.slot = in_arena(kTagLeaf, a, leaves_[a]->move_down(i, holes.leaves[a]));
     }
 }
 

@@ -151,6 +151,8 @@ private:
     void evict(Ref& ref, int at, int cut, NodeId unwritten);
     struct Holes;
     void relocate(Ref& ref, Holes& holes);
+    // Bytes of the resident nodes, or of every slot the arenas hold.
+    std::size_t arena_bytes(bool free_slots_too) const;
     // Starts loading the node at `slot` into the CPU cache, if it is in memory.
     void prefetch(std::uint64_t slot);
     Branch& branch(std::uint64_t slot);
