@@ -95,6 +95,7 @@ Result<std::unique_ptr<Engine>> Engine::open(const std::string& dir, const Engin
     so.read_only = options.read_only;
     so.secondary_dir = options.secondary_dir;
     so.seek_prefix_length = schema::kValueSeekPrefix;
+    so.rising_prefixes = schema::kRisingPrefixes;
     auto store = storage::Store::open(dir, so);
     if (!store) return std::unexpected(store.error());
 

@@ -10,6 +10,7 @@
 #include <rocksdb/write_batch.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdarg>
 #include <cstdio>
@@ -68,21 +69,43 @@ const rocksdb::Snapshot* raw(const std::shared_ptr<const Snapshot>& s) {
     return s ? static_cast<const RocksSnapshot&>(*s).get() : nullptr;
 }
 
+// The key spaces of a store: the default column family, and the one of the rising
+// prefixes if the store has it.
+struct KeySpaces {
+    rocksdb::DB* db = nullptr;
+    rocksdb::ColumnFamilyHandle* rising = nullptr;
+    std::array<bool, 256> is_rising{};
+
+    rocksdb::ColumnFamilyHandle* of(const rocksdb::Slice& key) const {
+        return rising && !key.empty() && is_rising[static_cast<std::uint8_t>(key[0])] ? rising
+                                                                                       : db->DefaultColumnFamily();
+    }
+};
+
+// An iterator stays within the key space of the key it was last sought to: the rising
+// prefixes and the others are ordered apart.
 class RocksIterator final : public Iterator {
   public:
-    RocksIterator(rocksdb::DB* db, IteratorOptions options) : options_(std::move(options)) {
-        rocksdb::ReadOptions ro;
-        ro.snapshot = raw(options_.snapshot);
-        ro.fill_cache = options_.fill_cache;
-        ro.prefix_same_as_start = options_.same_prefix;
-        ro.total_order_seek = !options_.same_prefix;
+    RocksIterator(const KeySpaces& spaces, IteratorOptions options) : spaces_(spaces), options_(std::move(options)) {
+        ro_.snapshot = raw(options_.snapshot);
+        ro_.fill_cache = options_.fill_cache;
+        ro_.prefix_same_as_start = options_.same_prefix;
+        ro_.total_order_seek = !options_.same_prefix;
         if (!options_.upper_bound.empty()) {
             upper_ = slice(options_.upper_bound);
-            ro.iterate_upper_bound = &upper_;
+            ro_.iterate_upper_bound = &upper_;
         }
-        it_.reset(db->NewIterator(ro));
+        it_.reset(spaces_.db->NewIterator(ro_, spaces_.db->DefaultColumnFamily()));
+        cf_ = spaces_.db->DefaultColumnFamily();
     }
-    void seek(ByteView key) override { it_->Seek(slice(key)); }
+    void seek(ByteView key) override {
+        rocksdb::ColumnFamilyHandle* cf = spaces_.of(slice(key));
+        if (cf != cf_) {
+            it_.reset(spaces_.db->NewIterator(ro_, cf));
+            cf_ = cf;
+        }
+        it_->Seek(slice(key));
+    }
     void next() override { it_->Next(); }
     bool valid() const override { return it_->Valid(); }
     ByteView key() const override { return view(it_->key()); }
@@ -93,8 +116,11 @@ class RocksIterator final : public Iterator {
     }
 
   private:
+    const KeySpaces& spaces_;
     IteratorOptions options_;  // owns the snapshot and the bound the iterator points into
     rocksdb::Slice upper_;
+    rocksdb::ReadOptions ro_;
+    rocksdb::ColumnFamilyHandle* cf_ = nullptr;
     std::unique_ptr<rocksdb::Iterator> it_;
 };
 
@@ -150,8 +176,37 @@ void WriteBatch::clear() {
 
 struct Store::Impl {
     std::unique_ptr<rocksdb::DB> db;
+    KeySpaces spaces;
     rocksdb::WriteOptions write_options;
+
+    ~Impl() {
+        if (spaces.rising) db->DestroyColumnFamilyHandle(spaces.rising);
+    }
 };
+
+namespace {
+constexpr const char* kRisingFamily = "rising";
+
+// A batch as staged (all in the default column family), with each row moved to the
+// key space its key belongs to.
+class Router final : public rocksdb::WriteBatch::Handler {
+public:
+    Router(const KeySpaces& spaces, rocksdb::WriteBatch& out) : spaces_(spaces), out_(out) {}
+    rocksdb::Status PutCF(std::uint32_t, const rocksdb::Slice& key, const rocksdb::Slice& value) override {
+        return out_.Put(spaces_.of(key), key, value);
+    }
+    rocksdb::Status DeleteCF(std::uint32_t, const rocksdb::Slice& key) override {
+        return out_.Delete(spaces_.of(key), key);
+    }
+    rocksdb::Status DeleteRangeCF(std::uint32_t, const rocksdb::Slice& begin, const rocksdb::Slice& end) override {
+        return out_.DeleteRange(spaces_.of(begin), begin, end);
+    }
+
+private:
+    const KeySpaces& spaces_;
+    rocksdb::WriteBatch& out_;
+};
+}  // namespace
 
 Store::Store(std::string dir, std::unique_ptr<Impl> impl)
     : dir_(std::move(dir)), impl_(std::move(impl)) {}
@@ -165,6 +220,8 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
     o.bytes_per_sync = 1 << 20;
     o.write_buffer_size = options.write_buffer_mb << 20;
     o.max_write_buffer_number = 3;
+    // The same memtable memory in all, however many key spaces share it.
+    o.db_write_buffer_size = 3 * (options.write_buffer_mb << 20);
     o.level_compaction_dynamic_level_bytes = true;
     // Recent levels churn and hold mostly hashes: not worth compressing.
     o.compression_per_level = {rocksdb::kNoCompression, rocksdb::kNoCompression, rocksdb::kLZ4Compression,
@@ -193,6 +250,12 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
     t.pin_l0_filter_and_index_blocks_in_cache = true;
     t.format_version = 5;
     o.table_factory.reset(rocksdb::NewBlockBasedTableFactory(t));
+    // Compactions run at the lowest CPU priority (flushes keep theirs): on a machine
+    // with few cores they would otherwise take turns with the commit path and lengthen
+    // every height, while they can as well run whenever it waits. Their backlog stays
+    // bounded by RocksDB's own write slowdown at 20 level-0 files. The setting is
+    // process-wide and idempotent.
+    rocksdb::Env::Default()->LowerThreadPoolCPUPriority(rocksdb::Env::Priority::LOW, rocksdb::CpuPriority::kLow);
 
     const bool secondary = !options.secondary_dir.empty();
     // Required of secondary instances; a read-only one keeps every file it opened even
@@ -206,27 +269,53 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
     std::filesystem::create_directories(dir, ec);
     if (ec) return make_error(ErrorCode::kIoError, "cannot create " + dir + ": " + ec.message());
 
-    rocksdb::DB* db = nullptr;
     rocksdb::Status s;
+    // The rising prefixes' column family: created with a new database; an existing
+    // database is opened with the families it has.
+    std::vector<std::string> families;
+    const bool exists = std::filesystem::exists(std::filesystem::path(dir) / "CURRENT");
+    if (exists) {
+        s = rocksdb::DB::ListColumnFamilies(o, dir, &families);
+        if (!s.ok()) return std::unexpected(to_error(s, "cannot open " + dir));
+    } else {
+        families = {rocksdb::kDefaultColumnFamilyName};
+        if (!options.rising_prefixes.empty()) families.push_back(kRisingFamily);
+        o.create_missing_column_families = true;
+    }
+    std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+    for (const std::string& name : families) descriptors.emplace_back(name, rocksdb::ColumnFamilyOptions(o));
+    std::vector<rocksdb::ColumnFamilyHandle*> handles;
+
+    rocksdb::DB* db = nullptr;
     if (secondary) {
         std::filesystem::create_directories(options.secondary_dir, ec);
-        s = rocksdb::DB::OpenAsSecondary(o, dir, options.secondary_dir, &db);
+        s = rocksdb::DB::OpenAsSecondary(o, dir, options.secondary_dir, descriptors, &handles, &db);
     } else if (options.read_only) {
         // A writer in another process may delete a file (after a flush or compaction)
         // between our reading the MANIFEST that lists it and opening it; the next
         // attempt reads the newer MANIFEST. Once open, every file is held open.
         for (int attempt = 0;; ++attempt) {
-            s = rocksdb::DB::OpenForReadOnly(o, dir, &db);
+            s = rocksdb::DB::OpenForReadOnly(o, dir, descriptors, &handles, &db);
             const bool vanished = s.ToString().find("No such file or directory") != std::string::npos;
             if (s.ok() || !vanished || attempt == 20) break;
             std::this_thread::sleep_for(std::chrono::milliseconds(5 << std::min(attempt, 5)));
         }
     } else {
-        s = rocksdb::DB::Open(o, dir, &db);
+        s = rocksdb::DB::Open(o, dir, descriptors, &handles, &db);
     }
     if (!s.ok()) return std::unexpected(to_error(s, "cannot open " + dir));
     auto impl = std::make_unique<Impl>();
     impl->db.reset(db);
+    impl->spaces.db = db;
+    for (std::size_t i = 0; i < families.size(); ++i) {
+        // The default family is reached through the database's own handle.
+        if (families[i] == kRisingFamily) {
+            impl->spaces.rising = handles[i];
+        } else {
+            db->DestroyColumnFamilyHandle(handles[i]);
+        }
+    }
+    for (char c : options.rising_prefixes) impl->spaces.is_rising[static_cast<std::uint8_t>(c)] = true;
     impl->write_options.sync = options.sync;
     return std::unique_ptr<Store>(new Store(dir, std::move(impl)));
 }
@@ -236,8 +325,7 @@ Result<std::optional<Bytes>> Store::get(ByteView key,
     rocksdb::ReadOptions ro;
     ro.snapshot = raw(snapshot);
     rocksdb::PinnableSlice value;
-    const rocksdb::Status s =
-        impl_->db->Get(ro, impl_->db->DefaultColumnFamily(), slice(key), &value);
+    const rocksdb::Status s = impl_->db->Get(ro, impl_->spaces.of(slice(key)), slice(key), &value);
     if (s.IsNotFound()) return std::optional<Bytes>();
     if (!s.ok()) return std::unexpected(to_error(s, "read"));
     const ByteView v = view(value);
@@ -249,8 +337,16 @@ Status Store::write(const WriteBatch& batch) {
     if (write_fault_) {
         if (Status st = write_fault_(batch, index); !st) return st;
     }
-    rocksdb::WriteBatch& raw_batch = batch.impl_->batch;
-    const rocksdb::Status s = impl_->db->Write(impl_->write_options, &raw_batch);
+    rocksdb::WriteBatch& staged = batch.impl_->batch;
+    rocksdb::Status s;
+    if (impl_->spaces.rising) {
+        rocksdb::WriteBatch routed(staged.GetDataSize());
+        Router router(impl_->spaces, routed);
+        s = staged.Iterate(&router);
+        if (s.ok()) s = impl_->db->Write(impl_->write_options, &routed);
+    } else {
+        s = impl_->db->Write(impl_->write_options, &staged);
+    }
     if (!s.ok()) return std::unexpected(to_error(s, "write"));
     return {};
 }
@@ -260,7 +356,7 @@ std::shared_ptr<const Snapshot> Store::snapshot() const {
 }
 
 std::unique_ptr<Iterator> Store::iterator(IteratorOptions options) const {
-    return std::make_unique<RocksIterator>(impl_->db.get(), std::move(options));
+    return std::make_unique<RocksIterator>(impl_->spaces, std::move(options));
 }
 
 std::uint64_t Store::disk_bytes() const {
@@ -273,7 +369,9 @@ std::uint64_t Store::disk_bytes() const {
 }
 
 Status Store::flush() {
-    const rocksdb::Status s = impl_->db->Flush(rocksdb::FlushOptions());
+    std::vector<rocksdb::ColumnFamilyHandle*> all = {impl_->db->DefaultColumnFamily()};
+    if (impl_->spaces.rising) all.push_back(impl_->spaces.rising);
+    const rocksdb::Status s = impl_->db->Flush(rocksdb::FlushOptions(), all);
     if (!s.ok()) return std::unexpected(to_error(s, "flush"));
     return {};
 }
@@ -281,7 +379,8 @@ Status Store::flush() {
 Status Store::compact() {
     rocksdb::CompactRangeOptions o;
     o.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForce;
-    const rocksdb::Status s = impl_->db->CompactRange(o, nullptr, nullptr);
+    rocksdb::Status s = impl_->db->CompactRange(o, nullptr, nullptr);
+    if (s.ok() && impl_->spaces.rising) s = impl_->db->CompactRange(o, impl_->spaces.rising, nullptr, nullptr);
     if (!s.ok()) return std::unexpected(to_error(s, "compact"));
     return {};
 }

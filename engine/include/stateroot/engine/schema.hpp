@@ -15,7 +15,7 @@
 namespace stateroot::engine::schema {
 
 // Written to disk as part of `m` "format"; bump on any incompatible change.
-inline constexpr std::uint32_t kFormatVersion = 1;
+inline constexpr std::uint32_t kFormatVersion = 2;
 inline constexpr std::string_view kMagic = "stateroot";
 
 // One-byte key prefixes (written to disk: never renumber).
@@ -28,6 +28,10 @@ enum Prefix : std::uint8_t {
     kStale = 's',    // s ‖ height (8 BE)            -> ids of nodes superseded at that height
     kAux = 'x',      // x ‖ indexer key              -> indexer value (not versioned by height)
 };
+
+// The prefixes whose keys are written in rising order of height or chunk, kept apart
+// from the value rows (storage::StoreOptions::rising_prefixes).
+inline constexpr char kRisingPrefixes[] = {kHeight, kChanges, kNodes, kStale, 0};
 
 // Names of the meta rows.
 inline constexpr std::string_view kMetaFormat = "format";  // magic ‖ version (4 BE)

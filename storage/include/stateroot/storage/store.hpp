@@ -30,7 +30,7 @@ struct StoreOptions {
     std::string secondary_dir;
     // RocksDB block cache budget in MiB (default 128).
     std::size_t block_cache_mb = 128;
-    // Size of one memtable in MiB (default 64); up to 3 may exist at once.
+    // Size of one memtable in MiB (default 64); memtables take up to 3 times this.
     std::size_t write_buffer_mb = 64;
     // fsync the write-ahead log on every write (default false). Without it a commit
     // survives a crash of the process but not of the machine.
@@ -40,6 +40,13 @@ struct StoreOptions {
     // IteratorOptions::same_prefix skips files that hold no key with the seek key's prefix
     // (default 0: whole-key filters only).
     std::size_t seek_prefix_length = 0;
+    // First bytes of the keys that are only ever written in rising order (keyed by a
+    // counter or a height). They are kept apart from the other keys (in a RocksDB column
+    // family of their own, created with the database), so their files never overlap
+    // the files of keys written at random, and compaction moves them down the levels
+    // instead of merging them again and again with those. Must be the same at every
+    // open of a database (default empty: one key space).
+    std::string rising_prefixes;
 };
 
 // A set of puts and deletes applied atomically by Store::write. Not thread-safe.
