@@ -141,3 +141,55 @@ TEST_CASE("store: an injected write fault writes nothing and returns the error",
     REQUIRE(store->write(two));  // write number 2: no fault
     CHECK(store->get(b("b")).value() == b("2"));
 }
+
+TEST_CASE("store: rising prefixes live in a key space of their own, written atomically with the rest",
+          "[storage]") {
+    test::TempDir dir;
+    StoreOptions o;
+    o.rising_prefixes = "n";
+    auto scan = [](Store& store, std::string_view from) {
+        std::vector<std::string> seen;
+        auto it = store.iterator();
+        for (it->seek(b(from)); it->valid(); it->next()) seen.emplace_back(as_chars(it->key()));
+        CHECK(it->status());
+        return seen;
+    };
+    {
+        auto store = open_store(dir, o);
+        WriteBatch batch;
+        for (const char* k : {"a1", "n1", "n2", "z1"}) batch.put(b(k), b(k));
+        REQUIRE(store->write(batch));
+        for (const char* k : {"a1", "n1", "n2", "z1"}) CHECK(store->get(b(k)).value() == b(k));
+        // An iterator sees the key space of the key it was sought to.
+        CHECK(scan(*store, "a") == std::vector<std::string>{"a1", "z1"});
+        CHECK(scan(*store, "n") == std::vector<std::string>{"n1", "n2"});
+
+        WriteBatch both;
+        both.put(b("a2"), b("a2"));
+        both.del_range(b("n1"), b("n2"));
+        both.del(b("z1"));
+        REQUIRE(store->write(both));
+        CHECK(scan(*store, "a") == std::vector<std::string>{"a1", "a2"});
+        CHECK(scan(*store, "n") == std::vector<std::string>{"n2"});
+
+        // A failed write leaves both key spaces as they were.
+        store->set_write_fault([](const WriteBatch&, std::uint64_t) { return make_error(ErrorCode::kIoError, "injected"); });
+        WriteBatch failed;
+        failed.put(b("a3"), b("a3"));
+        failed.put(b("n3"), b("n3"));
+        CHECK_FALSE(store->write(failed));
+        CHECK_FALSE(store->get(b("n3")).value().has_value());
+        CHECK_FALSE(store->get(b("a3")).value().has_value());
+        REQUIRE(store->flush());
+        REQUIRE(store->compact());
+    }
+    auto store = open_store(dir, o);
+    CHECK(scan(*store, "n") == std::vector<std::string>{"n2"});
+    CHECK(store->get(b("a2")).value() == b("a2"));
+    StoreOptions ro = o;
+    ro.read_only = true;
+    auto reader = Store::open(dir.str(), ro);
+    REQUIRE(reader);
+    CHECK((*reader)->get(b("n2")).value() == b("n2"));
+    CHECK(scan(**reader, "a") == std::vector<std::string>{"a1", "a2"});
+}

@@ -44,8 +44,9 @@ struct StoreOptions {
     // counter or a height). They are kept apart from the other keys (in a RocksDB column
     // family of their own, created with the database), so their files never overlap
     // the files of keys written at random, and compaction moves them down the levels
-    // instead of merging them again and again with those. Must be the same at every
-    // open of a database (default empty: one key space).
+    // instead of merging them again and again with those. An iterator sees the key
+    // space of the key it was last sought to. Must be the same at every open of a
+    // database (default empty: one key space).
     std::string rising_prefixes;
 };
 
