@@ -250,12 +250,6 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
     t.pin_l0_filter_and_index_blocks_in_cache = true;
     t.format_version = 5;
     o.table_factory.reset(rocksdb::NewBlockBasedTableFactory(t));
-    // Compactions run at the lowest CPU priority (flushes keep theirs): on a machine
-    // with few cores they would otherwise take turns with the commit path and lengthen
-    // every height, while they can as well run whenever it waits. Their backlog stays
-    // bounded by RocksDB's own write slowdown at 20 level-0 files. The setting is
-    // process-wide and idempotent.
-    rocksdb::Env::Default()->LowerThreadPoolCPUPriority(rocksdb::Env::Priority::LOW, rocksdb::CpuPriority::kLow);
 
     const bool secondary = !options.secondary_dir.empty();
     // Required of secondary instances; a read-only one keeps every file it opened even
