@@ -76,6 +76,10 @@ struct KeySpaces {
     rocksdb::ColumnFamilyHandle* rising = nullptr;
     std::array<bool, 256> is_rising{};
 
+    std::vector<rocksdb::ColumnFamilyHandle*> all() const {
+        if (!rising) return {db->DefaultColumnFamily()};
+        return {db->DefaultColumnFamily(), rising};
+    }
     rocksdb::ColumnFamilyHandle* of(const rocksdb::Slice& key) const {
         return rising && !key.empty() && is_rising[static_cast<std::uint8_t>(key[0])] ? rising
                                                                                        : db->DefaultColumnFamily();
@@ -255,8 +259,9 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
     // Required of secondary instances; a read-only one keeps every file it opened even
     // after the writer deletes it.
     if (secondary || options.read_only) o.max_open_files = -1;
+    const bool exists = std::filesystem::exists(std::filesystem::path(dir) / "CURRENT");
     if ((!options.create_if_missing || options.read_only || secondary) &&
-        !std::filesystem::exists(std::filesystem::path(dir) / "CURRENT")) {
+        !exists) {
         return make_error(ErrorCode::kNotFound, "no database at " + dir);
     }
     std::error_code ec;
@@ -267,7 +272,6 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
     // The rising prefixes' column family: created with a new database; an existing
     // database is opened with the families it has.
     std::vector<std::string> families;
-    const bool exists = std::filesystem::exists(std::filesystem::path(dir) / "CURRENT");
     if (exists) {
         s = rocksdb::DB::ListColumnFamilies(o, dir, &families);
         if (!s.ok()) return std::unexpected(to_error(s, "cannot open " + dir));
@@ -363,9 +367,7 @@ std::uint64_t Store::disk_bytes() const {
 }
 
 Status Store::flush() {
-    std::vector<rocksdb::ColumnFamilyHandle*> all = {impl_->db->DefaultColumnFamily()};
-    if (impl_->spaces.rising) all.push_back(impl_->spaces.rising);
-    const rocksdb::Status s = impl_->db->Flush(rocksdb::FlushOptions(), all);
+    const rocksdb::Status s = impl_->db->Flush(rocksdb::FlushOptions(), impl_->spaces.all());
     if (!s.ok()) return std::unexpected(to_error(s, "flush"));
     return {};
 }
@@ -373,9 +375,10 @@ Status Store::flush() {
 Status Store::compact() {
     rocksdb::CompactRangeOptions o;
     o.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForce;
-    rocksdb::Status s = impl_->db->CompactRange(o, nullptr, nullptr);
-    if (s.ok() && impl_->spaces.rising) s = impl_->db->CompactRange(o, impl_->spaces.rising, nullptr, nullptr);
-    if (!s.ok()) return std::unexpected(to_error(s, "compact"));
+    for (rocksdb::ColumnFamilyHandle* family : impl_->spaces.all()) {
+        const rocksdb::Status s = impl_->db->CompactRange(o, family, nullptr, nullptr);
+        if (!s.ok()) return std::unexpected(to_error(s, "compact"));
+    }
     return {};
 }
 
