@@ -142,11 +142,11 @@ TEST_CASE("store: an injected write fault writes nothing and returns the error",
     CHECK(store->get(b("b")).value() == b("2"));
 }
 
-TEST_CASE("store: rising prefixes live in a key space of their own, written atomically with the rest",
+TEST_CASE("store: each rising prefix lives in a key space of its own, written atomically with the rest",
           "[storage]") {
     test::TempDir dir;
     StoreOptions o;
-    o.rising_prefixes = "n";
+    o.rising_prefixes = "nc";
     auto scan = [](Store& store, std::string_view from) {
         std::vector<std::string> seen;
         auto it = store.iterator();
@@ -157,19 +157,22 @@ TEST_CASE("store: rising prefixes live in a key space of their own, written atom
     {
         auto store = open_store(dir, o);
         WriteBatch batch;
-        for (const char* k : {"a1", "n1", "n2", "z1"}) batch.put(b(k), b(k));
+        for (const char* k : {"a1", "c1", "n1", "n2", "z1"}) batch.put(b(k), b(k));
         REQUIRE(store->write(batch));
-        for (const char* k : {"a1", "n1", "n2", "z1"}) CHECK(store->get(b(k)).value() == b(k));
+        for (const char* k : {"a1", "c1", "n1", "n2", "z1"}) CHECK(store->get(b(k)).value() == b(k));
         // An iterator sees the key space of the key it was sought to.
         CHECK(scan(*store, "a") == std::vector<std::string>{"a1", "z1"});
+        CHECK(scan(*store, "c") == std::vector<std::string>{"c1"});
         CHECK(scan(*store, "n") == std::vector<std::string>{"n1", "n2"});
 
         WriteBatch both;
         both.put(b("a2"), b("a2"));
         both.del_range(b("n1"), b("n2"));
         both.del(b("z1"));
+        both.put(b("c2"), b("c2"));
         REQUIRE(store->write(both));
         CHECK(scan(*store, "a") == std::vector<std::string>{"a1", "a2"});
+        CHECK(scan(*store, "c") == std::vector<std::string>{"c1", "c2"});
         CHECK(scan(*store, "n") == std::vector<std::string>{"n2"});
 
         // A failed write leaves both key spaces as they were.
@@ -185,6 +188,7 @@ TEST_CASE("store: rising prefixes live in a key space of their own, written atom
     }
     auto store = open_store(dir, o);
     CHECK(scan(*store, "n") == std::vector<std::string>{"n2"});
+    CHECK(scan(*store, "c") == std::vector<std::string>{"c1", "c2"});
     CHECK(store->get(b("a2")).value() == b("a2"));
     StoreOptions ro = o;
     ro.read_only = true;

@@ -15,7 +15,7 @@
 namespace stateroot::engine::schema {
 
 // Written to disk as part of `m` "format"; bump on any incompatible change.
-inline constexpr std::uint32_t kFormatVersion = 2;
+inline constexpr std::uint32_t kFormatVersion = 3;
 inline constexpr std::string_view kMagic = "stateroot";
 
 // One-byte key prefixes (written to disk: never renumber).

@@ -41,10 +41,10 @@ struct StoreOptions {
     // (default 0: whole-key filters only).
     std::size_t seek_prefix_length = 0;
     // First bytes of the keys that are only ever written in rising order (keyed by a
-    // counter or a height). They are kept apart from the other keys (in a RocksDB column
-    // family of their own, created with the database), so their files never overlap
-    // the files of keys written at random, and compaction moves them down the levels
-    // instead of merging them again and again with those. An iterator sees the key
+    // counter or a height). Each is kept apart from the other keys (in a RocksDB column
+    // family of its own, created with the database), so its files never overlap one
+    // another or the files of keys written at random, and compaction moves them down
+    // the levels instead of merging them again and again. An iterator sees the key
     // space of the key it was last sought to. Must be the same at every open of a
     // database (default empty: one key space).
     std::string rising_prefixes;
