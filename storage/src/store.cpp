@@ -331,14 +331,13 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
         // The default family is reached through the database's own handle.
         if (families[i] == rocksdb::kDefaultColumnFamilyName) {
             db->DestroyColumnFamilyHandle(handles[i]);
-        } else {
-            impl->spaces.rising.push_back(handles[i]);
+            continue;
         }
-    }
-    for (char c : options.rising_prefixes) {
-        const auto prefix = static_cast<std::uint8_t>(c);
-        const auto found = std::find(families.begin(), families.end(), rising_family(prefix));
-        if (found != families.end()) impl->spaces.family_of[prefix] = handles[found - families.begin()];
+        impl->spaces.rising.push_back(handles[i]);
+        for (char c : options.rising_prefixes) {
+            const auto prefix = static_cast<std::uint8_t>(c);
+            if (families[i] == rising_family(prefix)) impl->spaces.family_of[prefix] = handles[i];
+        }
     }
     impl->write_options.sync = options.sync;
     return std::unique_ptr<Store>(new Store(dir, std::move(impl)));
