@@ -8,7 +8,6 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
-#include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <unordered_set>
@@ -37,7 +36,10 @@ std::uint64_t splitmix(std::uint64_t& state) {
     return z ^ (z >> 31);
 }
 
-// Key number i: 32 bytes drawn from the seed, so the live set is a list of numbers.
+// Key number i: 32 bytes drawn from the seed. Keys are deleted oldest first and
+// inserted with new numbers, so the live set is the range [first, next) of numbers
+// and the benchmark keeps no list of its own in the RSS it reports; their paths are
+// hashes, so the oldest keys are as scattered over the tree as any others.
 Bytes bench_key(std::uint64_t seed, std::uint64_t i) {
     std::uint64_t s = seed * 0x632be59bd9b4e019ull + i;
     Bytes k(32);
@@ -144,9 +146,6 @@ int run_bench(const BenchOptions& o) {
         return fail("--block-keys and --blocks must be positive");
     // Measured heights: 70 % updates, 20 % inserts, 10 % deletes.
     const std::uint64_t inserts = o.block_keys / 5;
-    const std::uint64_t numbers = o.keys + o.blocks * inserts;  // keys ever inserted
-    if (numbers > std::numeric_limits<std::uint32_t>::max())
-        return fail(fmt::format("--keys plus the keys inserted while measuring ({}) must stay below 2^32", numbers));
     const bool own_dir = o.db.empty();
     const fs::path dir = own_dir ? temp_dir("db") : fs::path(o.db);
     if (!own_dir && fs::exists(dir) && !fs::is_empty(dir)) {
@@ -160,28 +159,24 @@ int run_bench(const BenchOptions& o) {
     engine::Engine& eng = **opened;
 
     std::mt19937_64 rng(o.seed);
-    // Key numbers present, 4 bytes each: the list is the benchmark's own memory, not the
-    // engine's, and counts in the peak RSS reported.
-    std::vector<std::uint32_t> live;
-    live.reserve(numbers);
-    std::uint64_t next_key = 0;
+    // The live keys' numbers: [first_key, next_key).
+    std::uint64_t first_key = 0, next_key = 0;
+    auto live = [&] { return next_key - first_key; };
+    auto any_live = [&] { return first_key + rng() % live(); };
     std::uint64_t height = 0;
 
     // Preload.
     const auto preload_start = Clock::now();
     auto last_log = Clock::now();
-    while (live.size() < o.keys) {
+    while (live() < o.keys) {
         engine::Changes c;
         c.height = height++;
-        const std::uint64_t n = std::min<std::uint64_t>(o.preload_batch, o.keys - live.size());
-        for (std::uint64_t i = 0; i < n; ++i) {
-            c.puts.emplace_back(bench_key(o.seed, next_key), bench_value(rng));
-            live.push_back(static_cast<std::uint32_t>(next_key++));
-        }
+        const std::uint64_t n = std::min<std::uint64_t>(o.preload_batch, o.keys - live());
+        for (std::uint64_t i = 0; i < n; ++i) c.puts.emplace_back(bench_key(o.seed, next_key++), bench_value(rng));
         auto r = eng.apply(c);
         if (!r) return fail(r.error());
         if (seconds_since(last_log) > 10) {
-            spdlog::info("preload: {} / {} keys", live.size(), o.keys);
+            spdlog::info("preload: {} / {} keys", live(), o.keys);
             last_log = Clock::now();
         }
     }
@@ -192,7 +187,7 @@ int run_bench(const BenchOptions& o) {
     // is reported on its own too.
     const std::uint64_t preload_rss_kb = peak_rss_kb();
     reset_peak_rss();
-    spdlog::info("preload: {} keys in {:.1f} s; measuring {} heights", live.size(), preload_s, o.blocks);
+    spdlog::info("preload: {} keys in {:.1f} s; measuring {} heights", live(), preload_s, o.blocks);
 
     std::vector<double> latencies_ms;
     std::uint64_t changed = 0, hashes = 0, rows = 0, bytes = 0, reads = 0;
@@ -200,23 +195,13 @@ int run_bench(const BenchOptions& o) {
     for (std::uint64_t b = 0; b < o.blocks; ++b) {
         engine::Changes c;
         c.height = height++;
-        const std::uint64_t deletes = std::min<std::uint64_t>(o.block_keys / 10, live.size() / 2);
-        const std::uint64_t updates =
-            std::min<std::uint64_t>(o.block_keys - inserts - deletes, live.size() / 2);
-        std::unordered_set<std::uint64_t> picked;  // positions in `live`
-        auto pick = [&] {
-            for (;;) {
-                const std::uint64_t p = rng() % live.size();
-                if (picked.insert(p).second) return p;
-            }
-        };
-        for (std::uint64_t i = 0; i < updates; ++i)
-            c.puts.emplace_back(bench_key(o.seed, live[pick()]), bench_value(rng));
-        std::vector<std::uint64_t> gone;
-        for (std::uint64_t i = 0; i < deletes; ++i) {
-            const std::uint64_t p = pick();
-            c.deletes.push_back(bench_key(o.seed, live[p]));
-            gone.push_back(p);
+        const std::uint64_t deletes = std::min<std::uint64_t>(o.block_keys / 10, live() / 2);
+        const std::uint64_t updates = std::min<std::uint64_t>(o.block_keys - inserts - deletes, live() / 2);
+        for (std::uint64_t i = 0; i < deletes; ++i) c.deletes.push_back(bench_key(o.seed, first_key++));
+        std::unordered_set<std::uint64_t> picked;
+        while (picked.size() < updates) {
+            const std::uint64_t k = any_live();
+            if (picked.insert(k).second) c.puts.emplace_back(bench_key(o.seed, k), bench_value(rng));
         }
         for (std::uint64_t i = 0; i < inserts; ++i)
             c.puts.emplace_back(bench_key(o.seed, next_key++), bench_value(rng));
@@ -236,13 +221,6 @@ int run_bench(const BenchOptions& o) {
         reads += r->tree.node_reads;
         rows += r->rows;
         bytes += r->bytes;
-
-        std::sort(gone.rbegin(), gone.rend());
-        for (std::uint64_t p : gone) {
-            live[p] = live.back();
-            live.pop_back();
-        }
-        for (std::uint64_t i = next_key - inserts; i < next_key; ++i) live.push_back(static_cast<std::uint32_t>(i));
     }
     {
         // The last height's write, if it is still in flight, belongs to the measurement.
@@ -265,7 +243,7 @@ int run_bench(const BenchOptions& o) {
         auto view = eng.view();
         if (!view) return fail(view.error());
         std::vector<Bytes> sample;
-        for (int i = 0; i < 2000 && !live.empty(); ++i) sample.push_back(bench_key(o.seed, live[rng() % live.size()]));
+        for (int i = 0; i < 2000 && live() > 0; ++i) sample.push_back(bench_key(o.seed, any_live()));
         for (int pass = 0; pass < 2; ++pass) {
             for (const Bytes& k : sample) {
                 auto t = Clock::now();
@@ -292,8 +270,8 @@ int run_bench(const BenchOptions& o) {
     {
         engine::Changes c;
         c.height = height++;
-        for (std::uint64_t i = 0; i < o.block_keys && !live.empty(); ++i) {
-            c.puts.emplace_back(bench_key(o.seed, live[rng() % live.size()]), bench_value(rng));
+        for (std::uint64_t i = 0; i < o.block_keys && live() > 0; ++i) {
+            c.puts.emplace_back(bench_key(o.seed, any_live()), bench_value(rng));
         }
         std::sort(c.puts.begin(), c.puts.end());
         c.puts.erase(std::unique(c.puts.begin(), c.puts.end(),

@@ -129,10 +129,13 @@ Result<std::unique_ptr<Engine>> Engine::open(const std::string& dir, const Engin
 }
 
 void EngineOptions::set_memory_budget_mb(std::size_t mb) {
+    // Three quarters of the budget to what RocksDB and the tree hold; the last quarter
+    // is room for what no cache bounds: a height's rows and batches in flight, the
+    // allocator's slack, RocksDB's table readers and compactions.
     store.block_cache_mb = std::max<std::size_t>(1, mb / 4);
-    store.write_buffer_mb = std::max<std::size_t>(1, mb / 16);
-    node_cache_mb = std::max<std::size_t>(1, mb / 16);
-    tree_memory_bytes = std::max<std::size_t>(1, mb / 2) << 20;
+    store.write_buffer_mb = std::max<std::size_t>(1, mb / 32);
+    node_cache_mb = std::max<std::size_t>(1, mb / 32);
+    tree_memory_bytes = std::max<std::size_t>(1, mb * 3 / 8) << 20;
 }
 
 Engine::~Engine() = default;
@@ -143,8 +146,14 @@ Status Engine::settle(Tree::Update* pending) {
     if (!writing_) return {};
     writer_->wait();
     writing_ = false;
-    in_flight_.clear();
-    if (written_) return {};
+    // Freed, not cleared: after a large height its capacity would stay with the process.
+    in_flight_ = storage::WriteBatch();
+    if (written_) {
+        // The nodes of the height just written can go now; not while `pending`, built
+        // on them, still refers to their slots.
+        if (!pending) tree_->trim(kNoNode);
+        return {};
+    }
     const Error error = written_.error();
     written_ = {};
     // The tree, tip and counters had moved on to the height whose write failed: back

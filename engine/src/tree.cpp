@@ -224,6 +224,7 @@ void Tree::reset(NodeId root_id, const Hash& root_hash) {
         branches_[a]->clear();
         leaves_[a]->clear();
     }
+    trimmed_to_ = growth_ = 0;
     *root_ = Ref{root_id == kNoNode ? kEmpty : kTagStored | root_id, root_id, root_hash};
 }
 
@@ -317,19 +318,28 @@ void Tree::relocate(Ref& ref, Holes& holes) {
 }
 
 void Tree::trim(NodeId unwritten) {
-    if (budget_ == 0 || memory_bytes() <= budget_) return;
-    if (resident_bytes() > budget_) {
+    if (budget_ == 0) return;
+    // The next height will likely grow the arenas by about what the last one did, and
+    // while it is built the nodes it replaces stay too: trim to leave room for two such
+    // heights, so that the budget bounds the tree during a height, not only between.
+    const std::size_t now = memory_bytes();
+    growth_ = std::max(now > trimmed_to_ ? now - trimmed_to_ : 0, growth_ / 2);
+    const std::size_t limit = budget_ - std::min(budget_ / 2, 2 * growth_);
+    trimmed_to_ = now;
+    if (now <= limit) return;
+    if (resident_bytes() > limit) {
         std::vector<std::size_t> bytes(258);
         measure(*root_, 0, bytes);
-        const std::size_t keep = budget_ / 4 * 3;
+        const std::size_t keep = limit / 4 * 3;
         std::size_t kept = bytes[0];
         int cut = 1;
         while (cut < 257 && kept + bytes[cut] <= keep) kept += bytes[cut++];
         evict(*root_, 0, cut, unwritten);
     }
+    trimmed_to_ = memory_bytes();
     // The nodes kept are scattered up to the high-water mark of the largest height
     // so far: move them down so the memory above can be given back.
-    if (memory_bytes() <= budget_) return;
+    if (trimmed_to_ <= limit) return;
     Holes holes;
     for (int a = 0; a < 2; ++a) {
         holes.branches[a] = branches_[a]->holes();
@@ -340,6 +350,7 @@ void Tree::trim(NodeId unwritten) {
         branches_[a]->shrink();
         leaves_[a]->shrink();
     }
+    trimmed_to_ = memory_bytes();
     // The rows and batches of the heights that grew the tree are freed by now, but the
     // allocator keeps their memory unless asked.
     malloc_trim(0);

@@ -48,9 +48,14 @@ class TreeHarness {
         next_chunk_ = update->end_chunk;
         const engine::TreeStats stats = update->stats;
         tree_->commit(std::move(*update));
+        // Before trim(): the nodes of this height and those it replaced, all at once.
+        peak_bytes_ = tree_->memory_bytes();
         tree_->trim();
         return stats;
     }
+
+    // Tree::memory_bytes() at the end of the last apply(), before it trimmed.
+    std::size_t peak_bytes() const { return peak_bytes_; }
 
     // Forgets every node in memory, as a fresh process would.
     void reopen() {
@@ -72,6 +77,7 @@ class TreeHarness {
     std::unique_ptr<engine::NodeReader> helper_;
     std::unique_ptr<engine::Tree> tree_;
     std::uint64_t next_chunk_ = 0;
+    std::size_t peak_bytes_ = 0;
 };
 
 inline engine::TreeChange put(const engine::Hash& path, const engine::Hash& value_hash) {

@@ -274,3 +274,28 @@ TEST_CASE("tree: under a memory budget the tree trims to it and its roots do not
     CHECK(reads > 0);
     CHECK(whole.tree().resident_bytes() > 4 * kBudget);
 }
+
+TEST_CASE("tree: under a memory budget a height's nodes fit within it too, not only the tree between heights",
+          "[engine][tree]") {
+    std::mt19937_64 rng(22);
+    const PathPool pool(rng, 20000);
+    TreeHarness bounded;
+    constexpr std::size_t kBudget = 1 << 20;
+    bounded.tree().set_memory_budget(kBudget);
+    for (int round = 0; round < 40; ++round) {
+        std::map<Hash, TreeChange> batch;
+        // Heights that each grow the arenas by about a third of the budget.
+        const std::size_t n = round < 4 ? 5000 : 200;
+        for (std::size_t i = 0; i < n; ++i) {
+            const Hash& p = pool.pick(rng);
+            batch[p] = test::put(p, test::random_hash(rng));
+        }
+        std::vector<TreeChange> changes;
+        for (const auto& [p, c] : batch) changes.push_back(c);
+        bounded.apply(changes);
+        INFO("round " << round << ": " << bounded.peak_bytes() << " bytes");
+        // Once the tree has seen a height of this size, the next ones fit.
+        if (round >= 6) REQUIRE(bounded.peak_bytes() <= kBudget);
+        REQUIRE(bounded.tree().memory_bytes() <= kBudget);
+    }
+}

@@ -40,9 +40,10 @@ struct EngineOptions {
     std::size_t tree_memory_bytes = 0;
 
     // Sizes the memory the engine may hold from one budget of `mb` MiB (like bitcoind's
-    // -dbcache): a quarter to RocksDB's block cache, three sixteenths to its memtables
-    // (up to three of mb / 16), a sixteenth to the node cache and half to the writer's
-    // tree. A reader uses only the block and node caches.
+    // -dbcache): a quarter to RocksDB's block cache, three thirty-seconds to its
+    // memtables (up to three of mb / 32), a thirty-second to the node cache and three
+    // eighths to the writer's tree; the last quarter is left for what no cache bounds.
+    // A reader uses only the block and node caches.
     void set_memory_budget_mb(std::size_t mb);
     // Open as a read replica of a primary in another process (a RocksDB secondary
     // instance keeping its own files in this directory); see catch_up(). Implies
@@ -153,7 +154,9 @@ class Engine {
 
     // With pipelined writes: waits for the write of the last applied height, and
     // returns its error if it failed (the engine is then back at the height before).
-    // Otherwise (and with nothing in flight) returns at once.
+    // Once it is written, the tree may drop that height's nodes to stay within its
+    // memory budget, and the batch is freed. Otherwise (and with nothing in flight)
+    // returns at once.
     Status settle();
 
     // Removes every height above `height` in one atomic write; with nullopt or a height

@@ -103,18 +103,20 @@ public:
     // Bytes the node arenas occupy: the resident nodes and the free slots among them.
     std::size_t memory_bytes() const;
 
-    // Bounds the bytes of nodes held in memory between heights (0, the default: every
-    // node loaded or built stays, and a height reads nothing it read before). See trim().
+    // Bounds the bytes of nodes held in memory (0, the default: every node loaded or
+    // built stays, and a height reads nothing it read before). See trim().
     void set_memory_budget(std::size_t bytes) { budget_ = bytes; }
-    // If more than the budget is resident, drops subtrees back to their records, deepest
-    // levels first: paths are hashes, so the tree is balanced and its upper levels are
-    // crossed by every height while a given node below is rarely touched again. Keeps
-    // the levels that fit in three quarters of the budget, leaving room to grow before
-    // the next trim. Only subtrees whose records are on disk can go: those whose ids are
+    // Keeps the tree within its budget while the next height is built: the limit is
+    // the budget less room for two heights' growth (as the last heights grew the
+    // arenas; at most half the budget). If more than the limit is resident, drops
+    // subtrees back to their records, deepest levels first: paths are hashes, so the
+    // tree is balanced and its upper levels are crossed by every height while a given
+    // node below is rarely touched again. Keeps the levels that fit in three quarters
+    // of the limit. Only subtrees whose records are on disk can go: those whose ids are
     // below `unwritten` (the first id of a write still in flight; kNoNode if none).
     // The nodes kept are then moved together and the memory above them given back, so
     // a large height does not leave the process that much bigger. Costs a walk or two
-    // over the resident nodes, once per quarter of the budget loaded.
+    // over the resident nodes, once per quarter of the limit loaded.
     void trim(NodeId unwritten = kNoNode);
 
     // Below this many changes an update stays on one thread.
@@ -165,6 +167,8 @@ private:
     std::unique_ptr<Ref> root_;
     std::unique_ptr<Worker> worker_;
     std::size_t budget_ = 0;
+    std::size_t trimmed_to_ = 0;  // memory_bytes() after the last trim()
+    std::size_t growth_ = 0;      // what the arenas grew by per height of late
 };
 
 }  // namespace stateroot::engine
