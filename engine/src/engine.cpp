@@ -129,12 +129,12 @@ Result<std::unique_ptr<Engine>> Engine::open(const std::string& dir, const Engin
 }
 
 void EngineOptions::set_memory_budget_mb(std::size_t mb) {
-    // Three quarters of the budget to what RocksDB and the tree hold; the last quarter
-    // is room for what no cache bounds: a height's rows and batches in flight, the
+    // About four fifths of the budget (25/32) to what RocksDB and the tree hold; the
+    // rest is room for what no cache bounds: a height's rows and batches in flight, the
     // allocator's slack, RocksDB's table readers and compactions.
     store.block_cache_mb = std::max<std::size_t>(1, mb / 4);
     store.write_buffer_mb = std::max<std::size_t>(1, mb / 32);
-    node_cache_mb = std::max<std::size_t>(1, mb / 32);
+    node_cache_mb = std::max<std::size_t>(1, mb / 16);
     tree_memory_bytes = std::max<std::size_t>(1, mb * 3 / 8) << 20;
 }
 

@@ -512,7 +512,7 @@ TEST_CASE("engine: a memory budget is split among RocksDB, the node cache and th
     split.set_memory_budget_mb(256);
     CHECK(split.store.block_cache_mb == 64);
     CHECK(split.store.write_buffer_mb == 8);
-    CHECK(split.node_cache_mb == 8);
+    CHECK(split.node_cache_mb == 16);
     CHECK(split.tree_memory_bytes == std::size_t{96} << 20);
 
     test::TempDir bounded_dir, whole_dir;
