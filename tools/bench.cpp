@@ -144,7 +144,7 @@ double node_hashes_per_s() {
 int run_bench(const BenchOptions& o) {
     if (o.block_keys == 0 || o.blocks == 0)
         return fail("--block-keys and --blocks must be positive");
-    // Measured heights: 70 % updates, 20 % inserts, 10 % deletes.
+    // Measured heights: 70 % updates, 20 % inserts, 10 % deletes (of the oldest keys).
     const std::uint64_t inserts = o.block_keys / 5;
     const bool own_dir = o.db.empty();
     const fs::path dir = own_dir ? temp_dir("db") : fs::path(o.db);

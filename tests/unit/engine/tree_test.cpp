@@ -284,7 +284,7 @@ TEST_CASE("tree: under a memory budget a height's nodes fit within it too, not o
     bounded.tree().set_memory_budget(kBudget);
     for (int round = 0; round < 40; ++round) {
         std::map<Hash, TreeChange> batch;
-        // Heights that each grow the arenas by about a third of the budget.
+        // Heights that each grow the arenas by nearly half the budget.
         const std::size_t n = round < 4 ? 5000 : 200;
         for (std::size_t i = 0; i < n; ++i) {
             const Hash& p = pool.pick(rng);

@@ -43,8 +43,7 @@ struct EngineOptions {
     // -dbcache): a quarter to RocksDB's block cache, three thirty-seconds to its
     // memtables (up to three of mb / 32), a sixteenth to the node cache and three
     // eighths to the writer's tree; the rest, about a fifth, is left for what no cache
-    // bounds.
-    // A reader uses only the block and node caches.
+    // bounds. A reader uses only the block and node caches.
     void set_memory_budget_mb(std::size_t mb);
     // Open as a read replica of a primary in another process (a RocksDB secondary
     // instance keeping its own files in this directory); see catch_up(). Implies
