@@ -2,7 +2,7 @@
 # The performance matrix of docs/performance.md: `stateroot bench` for N in
 # {100k, 1M, 10M} keys and K in {1, 100, 10k, 100k} changed keys per height, one run
 # each, then a table (stdout) and a plot (gnuplot) of keys/s against N and p99 against K.
-# Takes about half an hour on 2 cores, most of it preloading ten million keys.
+# Takes ten to fifteen minutes on 2 cores, most of it preloading ten million keys.
 #
 #   ./scripts/bench-matrix.sh [OUT_DIR]      (default: docs/)
 #   PLOT_ONLY=1 ./scripts/bench-matrix.sh    redraws the table and plot from OUT_DIR/performance.jsonl
