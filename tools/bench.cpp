@@ -180,7 +180,9 @@ int run_bench(const BenchOptions& o) {
             last_log = Clock::now();
         }
     }
-    // The last preload height's write, if still in flight, belongs to the preload.
+    // The last preload height's write, if still in flight, belongs to the preload; once
+    // it is written, the engine lets go of what that height held, so the peak below
+    // restarts from what the measured heights start with.
     if (Status s = eng.settle(); !s) return fail(s.error());
     const double preload_s = seconds_since(preload_start);
     // The preload's heights are larger than the measured ones: the peak while measuring
