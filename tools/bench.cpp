@@ -36,29 +36,30 @@ std::uint64_t splitmix(std::uint64_t& state) {
     return z ^ (z >> 31);
 }
 
+// `n` bytes from `draw()`, eight per 64-bit draw: the benchmark shares the machine's
+// cores with the engine it measures, so what it spends itself should stay small.
+template <class Draw>
+Bytes random_bytes(std::size_t n, Draw draw) {
+    Bytes v(n);
+    for (std::size_t i = 0; i < n; i += 8) {
+        const std::uint64_t x = draw();
+        for (std::size_t b = 0; b < 8 && i + b < n; ++b) v[i + b] = static_cast<std::uint8_t>(x >> (8 * b));
+    }
+    return v;
+}
+
 // Key number i: 32 bytes drawn from the seed. Keys are deleted oldest first and
 // inserted with new numbers, so the live set is the range [first, next) of numbers
 // and the benchmark keeps no list of its own in the RSS it reports; their paths are
 // hashes, so the oldest keys are as scattered over the tree as any others.
 Bytes bench_key(std::uint64_t seed, std::uint64_t i) {
     std::uint64_t s = seed * 0x632be59bd9b4e019ull + i;
-    Bytes k(32);
-    for (int w = 0; w < 4; ++w) {
-        const std::uint64_t x = splitmix(s);
-        for (int b = 0; b < 8; ++b) k[w * 8 + b] = static_cast<std::uint8_t>(x >> (8 * b));
-    }
-    return k;
+    return random_bytes(32, [&] { return splitmix(s); });
 }
 
-// Eight bytes per draw: the benchmark shares the machine's cores with the engine it
-// measures, so what it spends itself should stay small.
 Bytes bench_value(std::mt19937_64& rng) {
-    Bytes v(32 + rng() % 97);  // 32..128 bytes
-    for (std::size_t i = 0; i < v.size(); i += 8) {
-        const std::uint64_t x = rng();
-        for (std::size_t b = 0; b < 8 && i + b < v.size(); ++b) v[i + b] = static_cast<std::uint8_t>(x >> (8 * b));
-    }
-    return v;
+    const std::size_t n = 32 + rng() % 97;  // 32..128 bytes
+    return random_bytes(n, [&] { return rng(); });
 }
 
 std::uint64_t peak_rss_kb() {
