@@ -122,7 +122,7 @@ Result<std::unique_ptr<Engine>> Engine::open(const std::string& dir, const Engin
     e->helper_nodes_ = std::make_unique<NodeReader>(*e->store_, nullptr, e->node_cache_.get());
     e->tree_ = std::make_unique<Tree>(*e->nodes_, e->helper_nodes_.get());
     e->tree_->set_memory_budget(options.tree_memory_bytes);
-    if (options.pipelined_writes && !read_only) e->writer_ = std::make_unique<Worker>();
+    if (options.pipelined_writes && !read_only) e->writer_ = std::make_unique<Worker>("stateroot:write");
     e->pipeline_min_changes_ = options.pipeline_min_changes;
     if (Status s = e->load(); !s) return std::unexpected(s.error());
     return e;

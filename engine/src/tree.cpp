@@ -214,7 +214,7 @@ Tree::Tree(NodeReader& reader, NodeReader* helper)
         branches_[a] = std::make_unique<Arena<Branch>>();
         leaves_[a] = std::make_unique<Arena<Leaf>>();
     }
-    if (helper_) worker_ = std::make_unique<Worker>();
+    if (helper_) worker_ = std::make_unique<Worker>("stateroot:tree");
 }
 
 Tree::~Tree() = default;

@@ -5,13 +5,18 @@
 #include <condition_variable>
 #include <functional>
 #include <mutex>
+#include <pthread.h>
 #include <thread>
 
 namespace stateroot::engine {
 
 class Worker {
   public:
-    Worker() : thread_([this] { loop(); }) {}
+    // `name` (at most 15 characters) is what top -H and /proc show for the thread.
+    explicit Worker(const char* name) : thread_([this, name] {
+        pthread_setname_np(pthread_self(), name);
+        loop();
+    }) {}
     // Runs the task in progress, if any, to its end.
     ~Worker() {
         wait();

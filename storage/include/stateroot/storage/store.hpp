@@ -60,7 +60,8 @@ class WriteBatch {
 
     void put(ByteView key, ByteView value);
     void del(ByteView key);
-    // Deletes every key in [begin, end): one row, whatever the number of keys.
+    // Deletes every key in [begin, end): one row, whatever the number of keys. With
+    // rising prefixes (StoreOptions::rising_prefixes), only within one of them.
     void del_range(ByteView begin, ByteView end);
     // The keys the batch writes or deletes (range deletes: their first key), in order.
     // For tests that fail chosen writes.
