@@ -15,6 +15,11 @@ std::unique_ptr<Store> open_store(const test::TempDir& dir, StoreOptions o = {})
     REQUIRE(s);
     return std::move(*s);
 }
+StoreOptions with_rising(const char* prefixes) {
+    StoreOptions o;
+    o.rising_prefixes = prefixes;
+    return o;
+}
 }  // namespace
 
 TEST_CASE("store: a batch is applied whole and read back", "[storage]") {
@@ -146,8 +151,7 @@ TEST_CASE("store: an injected write fault writes nothing and returns the error",
 TEST_CASE("store: each rising prefix lives in a key space of its own, written atomically with the rest",
           "[storage]") {
     test::TempDir dir;
-    StoreOptions o;
-    o.rising_prefixes = "nc";
+    const StoreOptions o = with_rising("nc");
     auto scan = [](Store& store, std::string_view from) {
         std::vector<std::string> seen;
         auto it = store.iterator();
@@ -202,9 +206,7 @@ TEST_CASE("store: each rising prefix lives in a key space of its own, written at
 TEST_CASE("store: with rising prefixes, a range delete elsewhere is refused and writes nothing",
           "[storage]") {
     test::TempDir dir;
-    StoreOptions o;
-    o.rising_prefixes = "n";
-    auto store = open_store(dir, o);
+    auto store = open_store(dir, with_rising("n"));
     WriteBatch batch;
     for (const char* k : {"a1", "a2", "a3"}) batch.put(b(k), b(k));
     REQUIRE(store->write(batch));
@@ -225,9 +227,7 @@ TEST_CASE("store: rows of one leading byte may come in any order, within a batch
     // keys before it, equal to it (a delete of a row just written) or far from it must
     // land as well.
     test::TempDir dir;
-    StoreOptions o;
-    o.rising_prefixes = "n";
-    auto store = open_store(dir, o);
+    auto store = open_store(dir, with_rising("n"));
     std::vector<std::string> keys;
     for (int i = 0; i < 200; ++i) keys.push_back(fmt::format("v{:03}", (i * 37) % 200));
     WriteBatch up;
