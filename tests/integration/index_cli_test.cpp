@@ -7,6 +7,7 @@
 
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -112,6 +113,11 @@ TEST_CASE("index cli: a second signal exits at once and the database stays consi
     const std::string clean = s.dir.sub("clean"), db = s.dir.sub("db");
     REQUIRE(s.run(clean) == 0);
     Child c(s.args(db), s.dir.sub("out"), s.dir.sub("err"));
+    // Signals once the indexer has created its database and worked a while: under the
+    // sanitizers, on a busy machine, starting alone can take longer than the wait.
+    for (int i = 0; i < 3000 && !std::filesystem::exists(db + "/CURRENT"); ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     c.signal(SIGTERM);
     c.signal(SIGTERM);
