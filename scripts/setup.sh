@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential cmake pkg-config
+  build-essential cmake ninja-build pkg-config
   librocksdb-dev libssl-dev libfmt-dev libspdlog-dev
   catch2 nlohmann-json3-dev libcli11-dev libcpp-httplib-dev libipsec-mb-dev
   python3

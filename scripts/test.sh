@@ -16,6 +16,9 @@ stages=("$@")
 jobs=$(nproc)
 
 ./scripts/setup.sh
+# Ninja for new build trees (an existing tree keeps its generator): it starts compiling
+# a target's sources before the libraries it links are built, so both cores stay busy.
+export CMAKE_GENERATOR=${CMAKE_GENERATOR:-Ninja}
 # As root (CI), the disk-full test must mount its tmpfs rather than skip.
 [ "$(id -u)" -eq 0 ] && export STATEROOT_REQUIRE_MOUNT=1
 
@@ -39,7 +42,9 @@ for stage in "${stages[@]}"; do
         ctest --test-dir build-asan --output-on-failure -j "$jobs"
       ;;
     tsan)
-      cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTATEROOT_SANITIZE=thread -DSTATEROOT_WERROR=OFF
+      # -O1 like asan: a third less to build than -O2, and the races are the same.
+      cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g1" \
+        -DSTATEROOT_SANITIZE=thread -DSTATEROOT_WERROR=OFF
       cmake --build build-tsan -j "$jobs" --target stateroot server_tests index_cli_tests
       # See tests/sanitizers/tsan.supp for why uninstrumented libraries are ignored. A test
       # that times out is run once more (docs/reliability.md: one unexplained stall).

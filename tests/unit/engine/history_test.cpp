@@ -57,14 +57,13 @@ Bytes random_bytes(std::mt19937_64& rng, std::size_t min, std::size_t max) {
     return b;
 }
 
-}  // namespace
-
-TEST_CASE("history: 20 random histories match the model and the naive tree and a recomputation",
-          "[engine][history]") {
-    // Odd seeds with each height written before apply() returns, even seeds with the
-    // write of each height overlapping the next one; every third seed with a tree
-    // memory budget so small that most of the tree is read back at each height.
-    for (std::uint64_t seed = 1; seed <= 20; ++seed) {
+// The random histories of seeds [first, last], each checked against the model, the
+// naive tree and a recomputation. Odd seeds with each height written before apply()
+// returns, even seeds with the write of each height overlapping the next one; every
+// third seed with a tree memory budget so small that most of the tree is read back at
+// each height.
+void check_histories(std::uint64_t first_seed, std::uint64_t last_seed) {
+    for (std::uint64_t seed = first_seed; seed <= last_seed; ++seed) {
         INFO("seed " << seed);
         std::mt19937_64 rng(seed);
         test::TempDir dir;
@@ -167,4 +166,27 @@ TEST_CASE("history: 20 random histories match the model and the naive tree and a
             REQUIRE(view->get(k, h).value() == model.value_at(k, h));
         }
     }
+}
+
+}  // namespace
+
+// Twenty histories in four cases, which a parallel test run spreads over the cores.
+TEST_CASE("history: random histories of seeds 1-5 match the model and the naive tree and a recomputation",
+          "[engine][history]") {
+    check_histories(1, 5);
+}
+
+TEST_CASE("history: random histories of seeds 6-10 match the model and the naive tree and a recomputation",
+          "[engine][history]") {
+    check_histories(6, 10);
+}
+
+TEST_CASE("history: random histories of seeds 11-15 match the model and the naive tree and a recomputation",
+          "[engine][history]") {
+    check_histories(11, 15);
+}
+
+TEST_CASE("history: random histories of seeds 16-20 match the model and the naive tree and a recomputation",
+          "[engine][history]") {
+    check_histories(16, 20);
 }
