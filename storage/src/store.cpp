@@ -31,10 +31,6 @@ ByteView view(const rocksdb::Slice& s) {
     return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
 }
 
-// RocksDB's own messages: warnings and errors go to stderr, the rest is dropped. Not
-// RocksDB's default LOG file in the database directory: on a full disk a write to that
-// file fails too, and Debian's librocksdb (built with assertions) then aborts the
-// process on its next message, before the failed write's error can be reported.
 // Whether files in `dir` can be written with O_DIRECT: a 4 KiB aligned write to a
 // scratch file. Not every file system takes it (tmpfs before Linux 6.6, some network
 // file systems), and RocksDB would then fail its first flush.
@@ -55,6 +51,10 @@ bool direct_writes_work(const std::string& dir) {
     return ok;
 }
 
+// RocksDB's own messages: warnings and errors go to stderr, the rest is dropped. Not
+// RocksDB's default LOG file in the database directory: on a full disk a write to that
+// file fails too, and Debian's librocksdb (built with assertions) then aborts the
+// process on its next message, before the failed write's error can be reported.
 class StderrLogger final : public rocksdb::Logger {
 public:
     StderrLogger() : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL) {}
