@@ -63,6 +63,16 @@ std::vector<engine::Hash> roots(const std::string& db) {
     return out;
 }
 
+// Returns once the indexer started on `db` has created its database and worked a
+// while, so that a signal lands mid-run: under the sanitizers, on a busy machine,
+// starting alone can take longer than a fixed wait.
+void wait_until_indexing(const std::string& db) {
+    for (int i = 0; i < 3000 && !std::filesystem::exists(db + "/CURRENT"); ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+}
+
 }  // namespace
 
 TEST_CASE("index cli: killed with SIGKILL at random moments it resumes to the same roots",
@@ -96,7 +106,7 @@ TEST_CASE("index cli: SIGINT finishes the height in progress and exits cleanly",
     const std::string clean = s.dir.sub("clean"), db = s.dir.sub("db");
     REQUIRE(s.run(clean) == 0);
     Child c(s.args(db), s.dir.sub("out"), s.dir.sub("err"));
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    wait_until_indexing(db);
     c.signal(SIGINT);
     CHECK(c.wait() == 0);
     const std::string err = slurp(s.dir.sub("err"));
@@ -113,12 +123,7 @@ TEST_CASE("index cli: a second signal exits at once and the database stays consi
     const std::string clean = s.dir.sub("clean"), db = s.dir.sub("db");
     REQUIRE(s.run(clean) == 0);
     Child c(s.args(db), s.dir.sub("out"), s.dir.sub("err"));
-    // Signals once the indexer has created its database and worked a while: under the
-    // sanitizers, on a busy machine, starting alone can take longer than the wait.
-    for (int i = 0; i < 3000 && !std::filesystem::exists(db + "/CURRENT"); ++i) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    wait_until_indexing(db);
     c.signal(SIGTERM);
     c.signal(SIGTERM);
     const int code = c.wait();
