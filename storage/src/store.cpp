@@ -14,8 +14,6 @@
 #include <chrono>
 #include <cstdarg>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <system_error>
 #include <thread>
@@ -38,14 +36,8 @@ bool direct_writes_work(const std::string& dir) {
     const std::string path = dir + "/direct-io-probe";
     const int fd = ::open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_DIRECT, 0600);
     if (fd < 0) return false;
-    constexpr std::size_t kBlock = 4096;
-    void* block = std::aligned_alloc(kBlock, kBlock);
-    bool ok = false;
-    if (block != nullptr) {
-        std::memset(block, 0, kBlock);
-        ok = ::write(fd, block, kBlock) == static_cast<ssize_t>(kBlock);
-        std::free(block);
-    }
+    alignas(4096) static const std::array<char, 4096> kBlock{};
+    const bool ok = ::write(fd, kBlock.data(), kBlock.size()) == static_cast<ssize_t>(kBlock.size());
     ::close(fd);
     ::unlink(path.c_str());
     return ok;
