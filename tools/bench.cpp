@@ -153,7 +153,7 @@ int run_bench(const BenchOptions& o) {
         return fail(fmt::format("--db {} must be empty or absent", o.db));
     }
     engine::EngineOptions eo;
-    if (o.cache_mb > 0) eo.set_memory_budget_mb(o.cache_mb);
+    if (o.cache_mb > 0) set_memory_budget(eo, o.cache_mb);
     eo.pipelined_writes = o.pipelined_writes;
     auto opened = engine::Engine::open(dir.string(), eo);
     if (!opened) return fail(opened.error());

@@ -23,6 +23,10 @@ int fail(const std::string& message);
 
 // The engine settings of a configuration.
 engine::EngineOptions engine_options(const Config& config);
+// Shares a memory budget of `mb` MiB out in `options`
+// (EngineOptions::set_memory_budget_mb), and has the allocator give large blocks back
+// as soon as they are freed.
+void set_memory_budget(engine::EngineOptions& options, std::uint64_t mb);
 // kInvalidArgument unless the configuration names a database.
 Status require_db(const Config& config);
 

@@ -2,6 +2,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <malloc.h>
+
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -234,11 +236,21 @@ int fail(const std::string& message) {
 
 engine::EngineOptions engine_options(const Config& c) {
     engine::EngineOptions o;
-    if (c.cache_mb > 0) o.set_memory_budget_mb(c.cache_mb);
+    if (c.cache_mb > 0) set_memory_budget(o, c.cache_mb);
     // Given on its own, the node cache's size wins over its share of the budget.
     if (c.cache_mb == 0 || c.given.count("node_cache_mb") > 0) o.node_cache_mb = c.node_cache_mb;
     o.store.sync = c.sync;
     return o;
+}
+
+void set_memory_budget(engine::EngineOptions& options, std::uint64_t mb) {
+    options.set_memory_budget_mb(mb);
+    // glibc gives a block of at least M_MMAP_THRESHOLD pages of its own, returned when
+    // it is freed, but raises the threshold (up to 32 MiB) whenever such a block is
+    // freed. After the first heights, a height's batch and rows, RocksDB's 2 MiB
+    // compaction read-ahead and its memtable blocks then come from the heaps and their
+    // pages stay there. The threshold is per process: set here, by the process's owner.
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
 }
 
 Status require_db(const Config& c) {

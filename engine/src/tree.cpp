@@ -1,6 +1,5 @@
 #include "stateroot/engine/tree.hpp"
 
-#include <malloc.h>
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -351,9 +350,6 @@ void Tree::trim(NodeId unwritten) {
         leaves_[a]->shrink();
     }
     trimmed_to_ = memory_bytes();
-    // The rows and batches of the heights that grew the tree are freed by now, but the
-    // allocator keeps their memory unless asked.
-    malloc_trim(0);
 }
 
 Hash Tree::node(Context& cx, const Hash& left, const Hash& right) {

@@ -203,6 +203,9 @@ class Engine {
     // settle(), first discarding `pending` (an update built on the height in flight) if
     // that height's write failed.
     Status settle(Tree::Update* pending);
+    // Keeps the tree within its memory budget (Tree::trim) and, under a budget, gives
+    // back to the system the memory the last height's rows and batches were freed from.
+    void trim(NodeId unwritten);
 
     std::unique_ptr<storage::Store> store_;
     std::unique_ptr<NodeCache> node_cache_;
@@ -215,6 +218,7 @@ class Engine {
     std::optional<std::uint64_t> pruned_;
     std::uint64_t live_keys_ = 0;
     bool read_only_ = false;
+    bool bounded_ = false;  // under a memory budget (EngineOptions::tree_memory_bytes)
     // Pipelined writes: the batch of the height in flight, and its outcome.
     bool writing_ = false;
     storage::WriteBatch in_flight_;
