@@ -31,15 +31,16 @@ ByteView view(const rocksdb::Slice& s) {
 
 // Whether files in `dir` can be written with O_DIRECT: a 4 KiB aligned write to a
 // scratch file. Not every file system takes it (tmpfs before Linux 6.6, some network
-// file systems), and RocksDB would then fail its first flush.
+// file systems), and RocksDB would then fail its first flush. The file has no name
+// (O_TMPFILE), so a crash cannot leave it behind: a named one, killed before its
+// unlink, made the directory of a new database look like someone else's. A file
+// system without unnamed files gets buffered I/O.
 bool direct_writes_work(const std::string& dir) {
-    const std::string path = dir + "/direct-io-probe";
-    const int fd = ::open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_DIRECT, 0600);
+    const int fd = ::open(dir.c_str(), O_TMPFILE | O_WRONLY | O_DIRECT, 0600);
     if (fd < 0) return false;
     alignas(4096) static const std::array<char, 4096> kBlock{};
     const bool ok = ::write(fd, kBlock.data(), kBlock.size()) == static_cast<ssize_t>(kBlock.size());
     ::close(fd);
-    ::unlink(path.c_str());
     return ok;
 }
 
