@@ -2,8 +2,13 @@
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <sys/inotify.h>
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "temp_dir.hpp"
 
@@ -454,6 +459,45 @@ TEST_CASE("engine: a database whose creation a crash cut short opens as a new on
     auto m = Engine::open(mixed.str());
     REQUIRE_FALSE(m);
     CHECK(m.error().message == mixed.str() + " is not a stateroot database (it holds other files)");
+}
+
+TEST_CASE("engine: a kill at any moment of creating a database leaves a directory that opens",
+          "[engine][identity]") {
+    // Watches which names appear in the directory while a database is created, up to
+    // CURRENT: a kill between any two of them leaves the names before it. Each such
+    // set of names, as empty files, must open as a new database, not be refused as
+    // another program's directory.
+    test::TempDir dir;
+    const int fd = inotify_init1(IN_NONBLOCK);
+    REQUIRE(fd >= 0);
+    REQUIRE(inotify_add_watch(fd, dir.str().c_str(), IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM) >= 0);
+    open_engine(dir).reset();
+    std::vector<std::set<std::string>> moments{{}};
+    alignas(inotify_event) char buffer[64 * 1024];
+    bool current = false;
+    for (ssize_t n; !current && (n = read(fd, buffer, sizeof buffer)) > 0;) {
+        for (char* p = buffer; p < buffer + n && !current;) {
+            const auto* event = reinterpret_cast<const inotify_event*>(p);
+            p += sizeof(inotify_event) + event->len;
+            const std::string name = event->name;
+            current = name == "CURRENT";
+            std::set<std::string> names = moments.back();
+            if (event->mask & (IN_CREATE | IN_MOVED_TO)) names.insert(name);
+            if (event->mask & (IN_DELETE | IN_MOVED_FROM)) names.erase(name);
+            if (!current) moments.push_back(names);
+        }
+    }
+    close(fd);
+    REQUIRE(current);
+    CHECK(moments.size() > 3);
+    for (const std::set<std::string>& names : moments) {
+        INFO("files: " << fmt::format("{}", fmt::join(names, " ")));
+        test::TempDir cut;
+        for (const std::string& name : names) std::ofstream(cut.sub(name));
+        auto e = Engine::open(cut.str());
+        REQUIRE(e);
+        CHECK_FALSE((*e)->tip());
+    }
 }
 
 TEST_CASE("engine: directories that are not stateroot databases are refused untouched",
