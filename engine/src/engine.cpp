@@ -228,11 +228,16 @@ void Engine::trim(NodeId unwritten) {
     tree_->trim(unwritten);
     // glibc keeps freed memory in its heaps, one per thread that allocated, for reuse:
     // at ten million keys under --cache-mb 256, about 120 MiB of them were free but
-    // still resident after the measured heights. Asked after every height, it gives back
-    // their free pages; with large blocks mapped on their own (tools'
-    // set_memory_budget), the RSS while measuring fell by a quarter, and the call did
-    // not show in the heights' times (docs/performance.md).
-    if (bounded_) malloc_trim(0);
+    // still resident after the measured heights. Asked, it gives back their free
+    // pages; with large blocks mapped on their own (tools' set_memory_budget), the RSS
+    // while measuring fell by a quarter. Asking takes a millisecond or more, so only
+    // once the heights since have written kTrimAfterBytes: after every height of ten
+    // thousand keys, where it did not show in the heights' times, but not after every
+    // height of one key, which it made ten times slower (docs/performance.md).
+    if (bounded_ && written_since_trim_ >= kTrimAfterBytes) {
+        malloc_trim(0);
+        written_since_trim_ = 0;
+    }
 }
 
 Result<CommitResult> Engine::apply(const Changes& changes) {
@@ -302,6 +307,7 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
     }
     const auto t3 = Clock::now();
 
+    written_since_trim_ += batch.bytes();
     CommitResult r;
     r.height = h;
     r.root = rec.root;

@@ -204,7 +204,7 @@ class Engine {
     // that height's write failed.
     Status settle(Tree::Update* pending);
     // Keeps the tree within its memory budget (Tree::trim) and, under a budget, gives
-    // back to the system the memory the last height's rows and batches were freed from.
+    // back to the system the memory the last heights' rows and batches were freed from.
     void trim(NodeId unwritten);
 
     std::unique_ptr<storage::Store> store_;
@@ -219,6 +219,8 @@ class Engine {
     std::uint64_t live_keys_ = 0;
     bool read_only_ = false;
     bool bounded_ = false;  // under a memory budget (EngineOptions::tree_memory_bytes)
+    static constexpr std::size_t kTrimAfterBytes = std::size_t{4} << 20;
+    std::size_t written_since_trim_ = 0;  // bytes of the heights applied since trim() gave memory back
     // Pipelined writes: the batch of the height in flight, and its outcome.
     bool writing_ = false;
     storage::WriteBatch in_flight_;
