@@ -123,7 +123,6 @@ Result<std::unique_ptr<Engine>> Engine::open(const std::string& dir, const Engin
     e->helper_nodes_ = std::make_unique<NodeReader>(*e->store_, nullptr, e->node_cache_.get());
     e->tree_ = std::make_unique<Tree>(*e->nodes_, e->helper_nodes_.get());
     e->tree_->set_memory_budget(options.tree_memory_bytes);
-    e->bounded_ = options.tree_memory_bytes > 0;
     if (options.pipelined_writes && !read_only) e->writer_ = std::make_unique<Worker>("stateroot:write");
     e->pipeline_min_changes_ = options.pipeline_min_changes;
     if (Status s = e->load(); !s) return std::unexpected(s.error());
@@ -234,7 +233,7 @@ void Engine::trim(NodeId unwritten) {
     // once the heights since have written kTrimAfterBytes: after every height of ten
     // thousand keys, where it did not show in the heights' times, but not after every
     // height of one key, which it made ten times slower (docs/performance.md).
-    if (bounded_ && written_since_trim_ >= kTrimAfterBytes) {
+    if (tree_->memory_budget() > 0 && written_since_trim_ >= kTrimAfterBytes) {
         malloc_trim(0);
         written_since_trim_ = 0;
     }

@@ -218,7 +218,6 @@ class Engine {
     std::optional<std::uint64_t> pruned_;
     std::uint64_t live_keys_ = 0;
     bool read_only_ = false;
-    bool bounded_ = false;  // under a memory budget (EngineOptions::tree_memory_bytes)
     static constexpr std::size_t kTrimAfterBytes = std::size_t{4} << 20;
     std::size_t written_since_trim_ = 0;  // bytes of the heights applied since trim() gave memory back
     // Pipelined writes: the batch of the height in flight, and its outcome.

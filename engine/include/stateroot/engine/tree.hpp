@@ -106,6 +106,7 @@ public:
     // Bounds the bytes of nodes held in memory (0, the default: every node loaded or
     // built stays, and a height reads nothing it read before). See trim().
     void set_memory_budget(std::size_t bytes) { budget_ = bytes; }
+    std::size_t memory_budget() const { return budget_; }
     // Keeps the tree within its budget while the next height is built: the limit is
     // the budget less room for two heights' growth (as the last heights grew the
     // arenas; at most half the budget). If more than the limit is resident, drops
