@@ -277,7 +277,12 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
     rocksdb::BlockBasedTableOptions t;
     t.block_cache = rocksdb::NewLRUCache(options.block_cache_mb << 20);
     t.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
-    t.whole_key_filtering = true;
+    // With a seek prefix, the filters hold the keys' prefixes only: a point read is
+    // checked by its key's prefix, which names one row as surely for the short keys
+    // (shorter than the prefix: the whole key) and for the value rows (one path), and
+    // each row costs the filter one entry instead of two, in every file a compaction
+    // writes and in the block cache.
+    t.whole_key_filtering = options.seek_prefix_length == 0;
     // Index and filters in small partitions behind a pinned top level: a lookup in a
     // large database then loads a 4 KiB partition, not a whole table's index, and they
     // all live within the block cache budget.

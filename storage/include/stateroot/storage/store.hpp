@@ -35,10 +35,11 @@ struct StoreOptions {
     // fsync the write-ahead log on every write (default false). Without it a commit
     // survives a crash of the process but not of the machine.
     bool sync = false;
-    // When non-zero, bloom filters are also built over the first `seek_prefix_length`
-    // bytes of each key (shorter keys use the whole key), so that an iterator opened with
-    // IteratorOptions::same_prefix skips files that hold no key with the seek key's prefix
-    // (default 0: whole-key filters only).
+    // When non-zero, bloom filters are built over the first `seek_prefix_length` bytes
+    // of each key instead of the whole key (shorter keys: the whole key), so that an
+    // iterator opened with IteratorOptions::same_prefix skips files that hold no key
+    // with the seek key's prefix; a point read is checked by its key's prefix (default
+    // 0: whole-key filters).
     std::size_t seek_prefix_length = 0;
     // First bytes of the keys that are only ever written in rising order (keyed by a
     // counter or a height). Each is kept apart from the other keys (in a RocksDB column
