@@ -30,7 +30,8 @@ struct StoreOptions {
     std::string secondary_dir;
     // RocksDB block cache budget in MiB (default 128).
     std::size_t block_cache_mb = 128;
-    // Size of one memtable in MiB (default 64); memtables take up to 3 times this.
+    // Size of one memtable in MiB (default 64; with rising prefixes, a quarter of it for
+    // the other keys); memtables take up to 3 times this in all.
     std::size_t write_buffer_mb = 64;
     // fsync the write-ahead log on every write (default false). Without it a commit
     // survives a crash of the process but not of the machine.
