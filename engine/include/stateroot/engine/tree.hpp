@@ -158,6 +158,12 @@ private:
     std::size_t arena_bytes(bool free_slots_too) const;
     // Starts loading the node at `slot` into the CPU cache, if it is in memory.
     void prefetch(std::uint64_t slot);
+    // Brings the resident nodes on the paths of `cs` below `top` into the CPU cache,
+    // walking the paths in lock step: below the levels the changes share, each path
+    // is a chain of cache misses, one per level, and walked one after the other the
+    // chains do not overlap. At most kWarmGroup changes.
+    void warm(std::uint64_t top, std::span<const TreeChange> cs);
+    static constexpr std::size_t kWarmGroup = 32;
     Branch& branch(std::uint64_t slot);
     Leaf& leaf(std::uint64_t slot);
 
