@@ -272,13 +272,18 @@ Tree::Branch& Tree::branch(Slot slot) { return branches_[arena_of(slot)]->at(ind
 Tree::Leaf& Tree::leaf(Slot slot) { return leaves_[arena_of(slot)]->at(index_of(slot)); }
 
 void Tree::prefetch(Slot slot) {
+    const char* p = nullptr;
     if (tag(slot) == kTagBranch) {
-        const char* p = reinterpret_cast<const char*>(&branch(slot));
+        p = reinterpret_cast<const char*>(&branch(slot));
         __builtin_prefetch(p);
         __builtin_prefetch(p + sizeof(Branch) - 1);
     } else if (tag(slot) == kTagLeaf) {
-        __builtin_prefetch(&leaf(slot));
+        p = reinterpret_cast<const char*>(&leaf(slot));
+        __builtin_prefetch(p);
     }
+    // GCC takes a function whose only effect is a prefetch for one without effects and
+    // drops the calls to it: an (empty) asm statement that must run keeps them.
+    asm volatile("" : : "r"(p));
 }
 
 void Tree::release(Slot slot) {
