@@ -30,8 +30,8 @@ constexpr Slot kIndexMask = (Slot{1} << kDepthShift) - 1;
 Slot tag(Slot s) { return s & kTagMask; }
 
 // Sorts least significant digit first, 11 bits at a time, for as many digits as the
-// largest value needs: a height supersedes ~10 nodes per changed key, and a comparison
-// sort of them showed in profiles.
+// largest value needs: a height supersedes (and frees the slots of) ~10 nodes per
+// changed key, and a comparison sort of them showed in profiles.
 void radix_sort(std::span<std::uint64_t> values) {
     if (values.size() < 256) {
         std::sort(values.begin(), values.end());
@@ -380,8 +380,8 @@ Hash Tree::node(Context& cx, const Hash& left, const Hash& right) {
     return node_hash(left, right);
 }
 
-void Tree::warm(std::uint64_t top, std::span<const TreeChange> cs) {
-    Slot at[kWarmGroup];
+void Tree::walk_ahead(std::uint64_t top, std::span<const TreeChange> cs) {
+    Slot at[kWalkAheadGroup];
     const std::size_t n = cs.size();
     for (std::size_t i = 0; i < n; ++i) at[i] = top;
     for (bool more = n > 0; more;) {
@@ -621,9 +621,9 @@ Result<std::optional<Tree::Sub>> Tree::apply_at(Context& cx, Ref& loc, int at,
     // walk below the shared top levels is a chain of cache misses, one per level.
     if (!side_cs[0].empty() && !side_cs[1].empty()) prefetch(b.child[1].slot);
     // Where the changes fall into small groups, their paths are walked ahead in lock step.
-    if (cs.size() > kWarmGroup) {
+    if (cs.size() > kWalkAheadGroup) {
         for (int side = 0; side < 2; ++side) {
-            if (side_cs[side].size() <= kWarmGroup) warm(b.child[side].slot, side_cs[side]);
+            if (side_cs[side].size() <= kWalkAheadGroup) walk_ahead(b.child[side].slot, side_cs[side]);
         }
     }
     std::optional<Sub> result[2];
@@ -664,6 +664,9 @@ Result<Tree::Update> Tree::apply(std::span<const TreeChange> changes, std::uint6
         parallel = tag(root_->slot) == kTagBranch && depth_of(root_->slot) == 0;
     }
     if (!parallel) {
+        // A height of a few changes is one small group (apply_at walks ahead the groups
+        // of larger ones).
+        if (changes.size() > 1 && changes.size() <= kWalkAheadGroup) walk_ahead(root_->slot, changes);
         auto r = apply_at(main, *root_, 0, changes);
         if (!r) return fail(r.error());
         result = std::move(*r);

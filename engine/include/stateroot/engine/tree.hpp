@@ -161,9 +161,9 @@ private:
     // Brings the resident nodes on the paths of `cs` below `top` into the CPU cache,
     // walking the paths in lock step: below the levels the changes share, each path
     // is a chain of cache misses, one per level, and walked one after the other the
-    // chains do not overlap. At most kWarmGroup changes.
-    void warm(std::uint64_t top, std::span<const TreeChange> cs);
-    static constexpr std::size_t kWarmGroup = 32;
+    // chains do not overlap. At most kWalkAheadGroup changes.
+    void walk_ahead(std::uint64_t top, std::span<const TreeChange> cs);
+    static constexpr std::size_t kWalkAheadGroup = 32;
     Branch& branch(std::uint64_t slot);
     Leaf& leaf(std::uint64_t slot);
 
