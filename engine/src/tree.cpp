@@ -53,6 +53,18 @@ void radix_sort(std::span<std::uint64_t> values) {
 std::uint64_t index_of(Slot s) { return s & kIndexMask; }
 int arena_of(Slot s) { return (s & kArenaBit) ? 1 : 0; }
 int depth_of(Slot s) { return static_cast<int>((s >> kDepthShift) & 255); }
+
+// Starts fetching the cache lines of `node` (two for a branch), for writing if kWrite.
+// GCC takes a function whose only effect is a prefetch for one without effects and
+// drops the calls to it, as it once did Tree::prefetch's: the empty asm statement,
+// which must run, keeps them.
+template <int kWrite = 0, class T>
+void prefetch_node(const T* node) {
+    const char* p = reinterpret_cast<const char*>(node);
+    __builtin_prefetch(p, kWrite);
+    __builtin_prefetch(p + sizeof(T) - 1, kWrite);
+    asm volatile("" : : "r"(p));
+}
 Slot in_arena(Slot tag_bits, int arena, std::uint64_t index, int depth = 0) {
     return tag_bits | (arena ? kArenaBit : 0) | (Slot(depth) << kDepthShift) | index;
 }
@@ -172,11 +184,7 @@ private:
     // Far enough ahead for the slot to arrive before it is written: 32 measured a few
     // per cent faster than 8 at ten million keys (docs/performance.md).
     static constexpr std::size_t kAhead = 32;
-    void prefetch_for_write(std::uint64_t i) const {
-        const char* p = reinterpret_cast<const char*>(base_ + i);
-        __builtin_prefetch(p, 1);
-        __builtin_prefetch(p + sizeof(T) - 1, 1);
-    }
+    void prefetch_for_write(std::uint64_t i) const { prefetch_node<1>(base_ + i); }
     static constexpr std::size_t kMaxNodes = std::size_t{1} << 30;
     static constexpr std::size_t kBytes = kMaxNodes * sizeof(T);
     T* base_ = nullptr;
@@ -274,18 +282,8 @@ Tree::Branch& Tree::branch(Slot slot) { return branches_[arena_of(slot)]->at(ind
 Tree::Leaf& Tree::leaf(Slot slot) { return leaves_[arena_of(slot)]->at(index_of(slot)); }
 
 void Tree::prefetch(Slot slot) {
-    const char* p = nullptr;
-    if (tag(slot) == kTagBranch) {
-        p = reinterpret_cast<const char*>(&branch(slot));
-        __builtin_prefetch(p);
-        __builtin_prefetch(p + sizeof(Branch) - 1);
-    } else if (tag(slot) == kTagLeaf) {
-        p = reinterpret_cast<const char*>(&leaf(slot));
-        __builtin_prefetch(p);
-    }
-    // GCC takes a function whose only effect is a prefetch for one without effects and
-    // drops the calls to it: an (empty) asm statement that must run keeps them.
-    asm volatile("" : : "r"(p));
+    if (tag(slot) == kTagBranch) prefetch_node(&branch(slot));
+    if (tag(slot) == kTagLeaf) prefetch_node(&leaf(slot));
 }
 
 void Tree::release(Slot slot) {
