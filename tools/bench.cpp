@@ -110,7 +110,7 @@ Result<double> raw_rocksdb_keys_per_s(std::uint64_t batches, std::uint64_t per_b
                 for (auto& x : path.bytes) x = static_cast<std::uint8_t>(rng());
             }
             std::sort(paths.begin(), paths.end());
-            storage::WriteBatch batch;
+            storage::WriteBatch batch = (*store)->batch(per_batch * (engine::schema::kValueKeySize + 140));
             for (const auto& path : paths) {
                 batch.put(engine::schema::value_key(path, b),
                           engine::schema::encode_value_row(bench_value(rng)));

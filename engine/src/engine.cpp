@@ -114,7 +114,7 @@ Result<std::unique_ptr<Engine>> Engine::open(const std::string& dir, const Engin
             return make_error(ErrorCode::kInvalidArgument,
                               fmt::format("{} is not a stateroot database (no format row)", dir));
         }
-        storage::WriteBatch batch;
+        storage::WriteBatch batch = e->store_->batch();
         batch.put(schema::meta_key(schema::kMetaFormat), schema::format_value());
         if (Status s = e->store_->write(batch); !s) return std::unexpected(s.error());
     }
@@ -274,7 +274,15 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
     if (!update) return std::unexpected(update.error());
     const auto t2 = Clock::now();
 
-    storage::WriteBatch batch;
+    // Room for the whole height up front: grown as rows arrive, the megabytes of a
+    // large height's batch would be copied again at every doubling.
+    constexpr std::size_t kRowFraming = 8;  // tag, column family, two lengths
+    std::size_t reserve = update->record_bytes() + 10 * update->stale_ids.size() + 1024;
+    for (const NormalChange& c : *normal) {
+        reserve += schema::kValueKeySize + 1 + (c.value ? c.value->size() : 0) + kRowFraming +
+                   c.key->size() + 4;  // and its entry in the change index
+    }
+    storage::WriteBatch batch = store_->batch(reserve);
     std::vector<schema::ChangeEntry> index(normal->size());
     for (std::size_t i = 0; i < normal->size(); ++i) {
         const NormalChange& c = (*normal)[i];
@@ -353,7 +361,7 @@ Status Engine::rollback(std::optional<std::uint64_t> height) {
     if (!tip_ || (height && *height >= *tip_)) return {};
     const bool to_empty = !height || *height < *first_;
     const std::uint64_t lowest = to_empty ? *first_ : *height + 1;
-    storage::WriteBatch batch;
+    storage::WriteBatch batch = store_->batch();
     for (std::uint64_t t = *tip_;; --t) {
         auto rec = read_record(*store_, t, nullptr);
         if (!rec) return std::unexpected(rec.error());
@@ -387,7 +395,7 @@ Result<PruneResult> Engine::prune(std::uint64_t first_kept) {
     result.first_kept = kept;
     if (kept != pruned_.value_or(*first_)) {
         // Readers stop at `kept` before anything they could read is deleted.
-        storage::WriteBatch mark;
+        storage::WriteBatch mark = store_->batch();
         mark.put(schema::meta_key(schema::kMetaPruned), be64(kept));
         if (Status s = store_->write(mark); !s) return with_context(s.error(), "prune");
         pruned_ = kept;
@@ -401,7 +409,7 @@ Result<PruneResult> Engine::prune(std::uint64_t first_kept) {
     constexpr std::uint64_t kWindow = 64;  // heights cleaned per write
     for (std::uint64_t h = done->value_or(*first_); h < kept;) {
         const std::uint64_t end = std::min(kept, h + kWindow);
-        storage::WriteBatch batch;
+        storage::WriteBatch batch = store_->batch();
         std::map<std::uint64_t, std::vector<std::size_t>> dead;  // chunk -> record indices
         auto drop_stale = [&](std::uint64_t height) -> Status {
             auto row = store_->get(schema::stale_key(height));
@@ -476,7 +484,7 @@ Status Engine::checkpoint(const std::string& dir) {
 Status Engine::put_aux(const std::vector<std::pair<Bytes, std::optional<Bytes>>>& rows) {
     if (read_only_) return read_only_error();
     if (Status s = settle(); !s) return s;
-    storage::WriteBatch batch;
+    storage::WriteBatch batch = store_->batch();
     for (const auto& [key, value] : rows) {
         value ? batch.put(schema::aux_key(key), *value) : batch.del(schema::aux_key(key));
     }

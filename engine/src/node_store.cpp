@@ -71,6 +71,14 @@ void ChunkWriter::write_to(storage::WriteBatch& batch) const {
     }
 }
 
+std::size_t ChunkWriter::row_bytes() const {
+    std::size_t n = 0;
+    for (const Chunk& c : chunks_) {
+        n += schema::kNodeChunkKeySize + 2 + 2 * c.offsets.size() + c.records.size();
+    }
+    return n;
+}
+
 void ChunkWriter::clear() {
     chunks_.clear();
     count_ = 0;

@@ -235,6 +235,12 @@ void Tree::Update::write_records(storage::WriteBatch& batch) const {
     for (const auto& part : parts) part->writer.write_to(batch);
 }
 
+std::size_t Tree::Update::record_bytes() const {
+    std::size_t n = 0;
+    for (const auto& part : parts) n += part->writer.row_bytes();
+    return n;
+}
+
 Tree::Tree(NodeReader& reader, NodeReader* helper)
     : reader_(reader), helper_(helper), root_(std::make_unique<Ref>()) {
     for (int a = 0; a < 2; ++a) {

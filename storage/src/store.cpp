@@ -104,7 +104,15 @@ struct KeySpaces {
         rocksdb::ColumnFamilyHandle* family = key.empty() ? nullptr : family_of[static_cast<std::uint8_t>(key[0])];
         return family ? family : db->DefaultColumnFamily();
     }
+    // The family of a range delete from `begin`, or null if that is the default family,
+    // which takes none: its memtables take insert hints (see Store::open).
+    rocksdb::ColumnFamilyHandle* range_family(const rocksdb::Slice& begin) const {
+        rocksdb::ColumnFamilyHandle* family = of(begin);
+        return family == db->DefaultColumnFamily() ? nullptr : family;
+    }
 };
+
+constexpr const char* kRangeDeleteRefused = "a range delete outside the rising prefixes";
 
 // An iterator stays within the key space of the key it was last sought to: the rising
 // prefixes and the others are ordered apart.
@@ -151,7 +159,13 @@ class RocksIterator final : public Iterator {
 }  // namespace
 
 struct WriteBatch::Impl {
+    explicit Impl(std::size_t reserve_bytes = 0) : batch(reserve_bytes) {}
     rocksdb::WriteBatch batch;
+    // Set by Store::batch(): each row goes to its key space as it is added, so that
+    // Store::write need not copy the batch to route it (a height's batch is megabytes).
+    // Points into the store, which must outlive the batch.
+    const KeySpaces* spaces = nullptr;
+    bool refused = false;  // a range delete in the default key space was asked for
 };
 
 WriteBatch::WriteBatch() : impl_(std::make_unique<Impl>()) {}
@@ -160,19 +174,35 @@ WriteBatch::WriteBatch(WriteBatch&&) noexcept = default;
 WriteBatch& WriteBatch::operator=(WriteBatch&&) noexcept = default;
 
 void WriteBatch::put(ByteView key, ByteView value) {
-    impl_->batch.Put(slice(key), slice(value));
+    if (impl_->spaces) {
+        impl_->batch.Put(impl_->spaces->of(slice(key)), slice(key), slice(value));
+    } else {
+        impl_->batch.Put(slice(key), slice(value));
+    }
     ++rows_;
     bytes_ += key.size() + value.size();
 }
 
 void WriteBatch::del(ByteView key) {
-    impl_->batch.Delete(slice(key));
+    if (impl_->spaces) {
+        impl_->batch.Delete(impl_->spaces->of(slice(key)), slice(key));
+    } else {
+        impl_->batch.Delete(slice(key));
+    }
     ++rows_;
     bytes_ += key.size();
 }
 
 void WriteBatch::del_range(ByteView begin, ByteView end) {
-    impl_->batch.DeleteRange(slice(begin), slice(end));
+    if (impl_->spaces) {
+        if (rocksdb::ColumnFamilyHandle* family = impl_->spaces->range_family(slice(begin))) {
+            impl_->batch.DeleteRange(family, slice(begin), slice(end));
+        } else {
+            impl_->refused = true;
+        }
+    } else {
+        impl_->batch.DeleteRange(slice(begin), slice(end));
+    }
     ++rows_;
     bytes_ += begin.size() + end.size();
 }
@@ -181,8 +211,14 @@ std::vector<Bytes> WriteBatch::keys() const {
     struct Collect : rocksdb::WriteBatch::Handler {
         std::vector<Bytes> keys;
         void add(const rocksdb::Slice& k) { keys.emplace_back(view(k).begin(), view(k).end()); }
-        void Put(const rocksdb::Slice& k, const rocksdb::Slice&) override { add(k); }
-        void Delete(const rocksdb::Slice& k) override { add(k); }
+        rocksdb::Status PutCF(std::uint32_t, const rocksdb::Slice& k, const rocksdb::Slice&) override {
+            add(k);
+            return rocksdb::Status::OK();
+        }
+        rocksdb::Status DeleteCF(std::uint32_t, const rocksdb::Slice& k) override {
+            add(k);
+            return rocksdb::Status::OK();
+        }
         rocksdb::Status DeleteRangeCF(std::uint32_t, const rocksdb::Slice& begin, const rocksdb::Slice&) override {
             add(begin);
             return rocksdb::Status::OK();
@@ -194,6 +230,7 @@ std::vector<Bytes> WriteBatch::keys() const {
 
 void WriteBatch::clear() {
     impl_->batch.Clear();
+    impl_->refused = false;
     rows_ = 0;
     bytes_ = 0;
 }
@@ -216,8 +253,8 @@ std::string rising_family(std::uint8_t prefix) {
     return name;
 }
 
-// A batch as staged (all in the default column family), with each row moved to the
-// key space its key belongs to.
+// A batch not made by the store that writes it (all in the default column family, or
+// in another store's), with each row moved to the key space its key belongs to.
 class Router final : public rocksdb::WriteBatch::Handler {
 public:
     Router(const KeySpaces& spaces, rocksdb::WriteBatch& out) : spaces_(spaces), out_(out) {}
@@ -228,11 +265,8 @@ public:
         return out_.Delete(spaces_.of(key), key);
     }
     rocksdb::Status DeleteRangeCF(std::uint32_t, const rocksdb::Slice& begin, const rocksdb::Slice& end) override {
-        rocksdb::ColumnFamilyHandle* family = spaces_.of(begin);
-        // Its memtables take insert hints (see Store::open).
-        if (family == spaces_.db->DefaultColumnFamily()) {
-            return rocksdb::Status::InvalidArgument("a range delete outside the rising prefixes");
-        }
+        rocksdb::ColumnFamilyHandle* family = spaces_.range_family(begin);
+        if (!family) return rocksdb::Status::InvalidArgument(kRangeDeleteRefused);
         return out_.DeleteRange(family, begin, end);
     }
 
@@ -346,8 +380,8 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
             // that byte ended, instead of a search from the top of a skip list of random
             // keys, where every step is a cache miss. Not on the rising families:
             // RocksDB 7.8 keeps one hint for a memtable's rows and its range deletes,
-            // and mixing them trips its assertions. With rising families, writes are
-            // routed, and the router lets no range delete into the default family.
+            // and mixing them trips its assertions. With rising families, no range
+            // delete reaches the default family (KeySpaces::range_family).
             family.memtable_insert_with_hint_prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(1));
             // Even so, each insert passes the rows already in the memtable that sort
             // between it and the last one, a cache miss per step of the search: with the
@@ -415,6 +449,13 @@ Result<std::optional<Bytes>> Store::get(ByteView key,
     return std::optional<Bytes>(Bytes(v.begin(), v.end()));
 }
 
+WriteBatch Store::batch(std::size_t reserve_bytes) const {
+    WriteBatch batch;
+    batch.impl_ = std::make_unique<WriteBatch::Impl>(reserve_bytes);
+    batch.impl_->spaces = &impl_->spaces;
+    return batch;
+}
+
 Status Store::write(const WriteBatch& batch) {
     const std::uint64_t index = writes_++;
     if (write_fault_) {
@@ -422,7 +463,9 @@ Status Store::write(const WriteBatch& batch) {
     }
     rocksdb::WriteBatch& staged = batch.impl_->batch;
     rocksdb::Status s;
-    if (!impl_->spaces.rising.empty()) {
+    if (batch.impl_->refused) {
+        s = rocksdb::Status::InvalidArgument(kRangeDeleteRefused);
+    } else if (batch.impl_->spaces != &impl_->spaces && !impl_->spaces.rising.empty()) {
         rocksdb::WriteBatch routed(staged.GetDataSize());
         Router router(impl_->spaces, routed);
         s = staged.Iterate(&router);

@@ -150,8 +150,16 @@ TEST_CASE("store: an injected write fault writes nothing and returns the error",
 
 TEST_CASE("store: each rising prefix lives in a key space of its own, written atomically with the rest",
           "[storage]") {
-    test::TempDir dir;
+    // A batch made by the store files each row under its key space as it is added; one
+    // made by the constructor (or by another store) is filed by write().
+    const int made_by = GENERATE(0, 1, 2);  // the constructor, this store, another store
+    CAPTURE(made_by);
+    test::TempDir dir, other_dir;
     const StoreOptions o = with_rising("nc");
+    auto other = open_store(other_dir, with_rising("n"));
+    auto new_batch = [&](const Store& store) {
+        return made_by == 0 ? WriteBatch() : made_by == 1 ? store.batch() : other->batch();
+    };
     auto scan = [](Store& store, std::string_view from) {
         std::vector<std::string> seen;
         auto it = store.iterator();
@@ -161,7 +169,7 @@ TEST_CASE("store: each rising prefix lives in a key space of its own, written at
     };
     {
         auto store = open_store(dir, o);
-        WriteBatch batch;
+        WriteBatch batch = new_batch(*store);
         for (const char* k : {"a1", "c1", "n1", "n2", "z1"}) batch.put(b(k), b(k));
         REQUIRE(store->write(batch));
         for (const char* k : {"a1", "c1", "n1", "n2", "z1"}) CHECK(store->get(b(k)).value() == b(k));
@@ -170,7 +178,7 @@ TEST_CASE("store: each rising prefix lives in a key space of its own, written at
         CHECK(scan(*store, "c") == std::vector<std::string>{"c1"});
         CHECK(scan(*store, "n") == std::vector<std::string>{"n1", "n2"});
 
-        WriteBatch both;
+        WriteBatch both = new_batch(*store);
         both.put(b("a2"), b("a2"));
         both.del_range(b("n1"), b("n2"));
         both.del(b("z1"));
@@ -182,7 +190,7 @@ TEST_CASE("store: each rising prefix lives in a key space of its own, written at
 
         // A failed write leaves both key spaces as they were.
         store->set_write_fault([](const WriteBatch&, std::uint64_t) { return make_error(ErrorCode::kIoError, "injected"); });
-        WriteBatch failed;
+        WriteBatch failed = new_batch(*store);
         failed.put(b("a3"), b("a3"));
         failed.put(b("n3"), b("n3"));
         CHECK_FALSE(store->write(failed));
@@ -205,13 +213,15 @@ TEST_CASE("store: each rising prefix lives in a key space of its own, written at
 
 TEST_CASE("store: with rising prefixes, a range delete elsewhere is refused and writes nothing",
           "[storage]") {
+    const bool by_store = GENERATE(false, true);
+    CAPTURE(by_store);
     test::TempDir dir;
     auto store = open_store(dir, with_rising("n"));
     WriteBatch batch;
     for (const char* k : {"a1", "a2", "a3"}) batch.put(b(k), b(k));
     REQUIRE(store->write(batch));
 
-    WriteBatch bad;
+    WriteBatch bad = by_store ? store->batch(1 << 10) : WriteBatch();
     bad.put(b("n1"), b("n1"));
     bad.del_range(b("a1"), b("a3"));
     auto w = store->write(bad);

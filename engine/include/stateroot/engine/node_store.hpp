@@ -47,6 +47,8 @@ class ChunkWriter {
     std::uint64_t end_chunk() const;
     // Adds one put per chunk to `batch`.
     void write_to(storage::WriteBatch& batch) const;
+    // Bytes of keys and values write_to() adds.
+    std::size_t row_bytes() const;
     // Drops all records, keeping the first chunk.
     void clear();
 

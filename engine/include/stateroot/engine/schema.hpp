@@ -57,6 +57,7 @@ Bytes height_key(std::uint64_t height);
 Bytes changes_key(std::uint64_t height);
 Bytes stale_key(std::uint64_t height);
 Bytes node_chunk_key(std::uint64_t chunk);
+inline constexpr std::size_t kNodeChunkKeySize = 1 + 8;
 Bytes aux_key(ByteView key);
 // Versions of a path sort newest first: the height is stored inverted.
 Bytes value_key(const Hash& path, std::uint64_t height);

@@ -81,6 +81,8 @@ public:
 
         // Adds the new node records to `batch` (one row per chunk used).
         void write_records(storage::WriteBatch& batch) const;
+        // Bytes of keys and values write_records() adds.
+        std::size_t record_bytes() const;
 
     private:
         friend class Tree;

@@ -129,6 +129,12 @@ class Store {
     Result<std::optional<Bytes>> get(ByteView key,
                                      const std::shared_ptr<const Snapshot>& snapshot = {}) const;
 
+    // An empty batch for this store, with room for `reserve_bytes` of rows; it must not
+    // outlive the store. Rows are filed under their key spaces as they are added, which
+    // a batch made by the WriteBatch constructor leaves to write(): a copy of the whole
+    // batch.
+    WriteBatch batch(std::size_t reserve_bytes = 0) const;
+
     // Applies `batch` atomically (durably per StoreOptions::sync). On error nothing of the
     // batch is applied. Thread-safe, but the engine keeps a single writer.
     Status write(const WriteBatch& batch);
