@@ -112,8 +112,8 @@ Result<double> raw_rocksdb_keys_per_s(std::uint64_t batches, std::uint64_t per_b
             std::sort(paths.begin(), paths.end());
             storage::WriteBatch batch = (*store)->batch(per_batch * (engine::schema::kValueKeySize + 140));
             for (const auto& path : paths) {
-                batch.put(engine::schema::value_key(path, b),
-                          engine::schema::encode_value_row(bench_value(rng)));
+                const Bytes value = bench_value(rng);
+                engine::schema::put_value_row(batch, path, b, value);
             }
             const auto t = Clock::now();
             if (Status s = (*store)->write(batch); !s) return std::unexpected(s.error());

@@ -287,9 +287,8 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
     for (std::size_t i = 0; i < normal->size(); ++i) {
         const NormalChange& c = (*normal)[i];
         index[i] = {c.value != nullptr, *c.key};
-        batch.put(
-            schema::value_key(c.path, h),
-            schema::encode_value_row(c.value ? std::optional<ByteView>(*c.value) : std::nullopt));
+        schema::put_value_row(batch, c.path, h,
+                              c.value ? std::optional<ByteView>(*c.value) : std::nullopt);
     }
 
     schema::HeightRecord rec;

@@ -20,7 +20,13 @@ ChunkWriter::ChunkWriter(std::uint64_t first_chunk) : first_chunk_(first_chunk) 
 std::uint64_t ChunkWriter::end_chunk() const { return first_chunk_ + chunks_.size(); }
 
 void ChunkWriter::begin_record() {
-    if (count_ % schema::kChunkNodes == 0) chunks_.emplace_back();
+    if (count_ % schema::kChunkNodes == 0) {
+        // Room for a chunk of branches, most of what a chunk holds, from the start.
+        constexpr std::size_t kBranchBytes = 40;
+        chunks_.emplace_back();
+        chunks_.back().offsets.reserve(schema::kChunkNodes);
+        chunks_.back().records.reserve(schema::kChunkNodes * kBranchBytes);
+    }
     Chunk& c = chunks_.back();
     c.offsets.push_back(static_cast<std::uint16_t>(c.records.size()));
 }
@@ -55,18 +61,18 @@ NodeId ChunkWriter::add_branch(int depth, const Hash& top, NodeId left, NodeId r
 }
 
 void ChunkWriter::write_to(storage::WriteBatch& batch) const {
-    Bytes row;
+    // The row is the header and the records, which the batch copies in one go.
+    Bytes header;
     for (std::size_t i = 0; i < chunks_.size(); ++i) {
         const Chunk& c = chunks_[i];
-        row.clear();
-        row.reserve(2 + 2 * c.offsets.size() + c.records.size());
-        row.push_back(static_cast<std::uint8_t>(c.offsets.size() >> 8));
-        row.push_back(static_cast<std::uint8_t>(c.offsets.size()));
+        header.clear();
+        header.push_back(static_cast<std::uint8_t>(c.offsets.size() >> 8));
+        header.push_back(static_cast<std::uint8_t>(c.offsets.size()));
         for (std::uint16_t off : c.offsets) {
-            row.push_back(static_cast<std::uint8_t>(off >> 8));
-            row.push_back(static_cast<std::uint8_t>(off));
+            header.push_back(static_cast<std::uint8_t>(off >> 8));
+            header.push_back(static_cast<std::uint8_t>(off));
         }
-        row.insert(row.end(), c.records.begin(), c.records.end());
+        const ByteView row[2] = {header, c.records};
         batch.put(schema::node_chunk_key(first_chunk_ + i), row);
     }
 }

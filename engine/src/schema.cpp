@@ -3,6 +3,9 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
+
+#include "stateroot/storage/store.hpp"
 
 namespace stateroot::engine::schema {
 namespace {
@@ -12,6 +15,17 @@ Bytes prefixed_height(Prefix p, std::uint64_t height) {
     k.reserve(9);
     k.push_back(p);
     put_be64(k, height);
+    return k;
+}
+
+constexpr std::uint8_t kTombstone = 0;
+constexpr std::uint8_t kPut = 1;
+
+std::array<std::uint8_t, kValueKeySize> value_key_bytes(const Hash& path, std::uint64_t height) {
+    std::array<std::uint8_t, kValueKeySize> k;
+    k[0] = kValue;
+    std::copy(path.bytes.begin(), path.bytes.end(), k.begin() + 1);
+    set_be64(k.data() + 33, ~height);
     return k;
 }
 
@@ -43,12 +57,8 @@ Bytes aux_key(ByteView key) {
 }
 
 Bytes value_key(const Hash& path, std::uint64_t height) {
-    Bytes k;
-    k.reserve(kValueKeySize);
-    k.push_back(kValue);
-    k.insert(k.end(), path.bytes.begin(), path.bytes.end());
-    put_be64(k, ~height);
-    return k;
+    const auto k = value_key_bytes(path, height);
+    return Bytes(k.begin(), k.end());
 }
 
 std::uint64_t value_key_height(ByteView key) { return ~get_be64(key.data() + 33); }
@@ -138,21 +148,29 @@ Result<std::vector<ChangeEntry>> decode_change_index(ByteView v, std::uint64_t h
 Bytes encode_value_row(std::optional<ByteView> value) {
     Bytes v;
     if (!value) {
-        v.push_back(0);
+        v.push_back(kTombstone);
         return v;
     }
     v.reserve(1 + value->size());
-    v.push_back(1);
+    v.push_back(kPut);
     v.insert(v.end(), value->begin(), value->end());
     return v;
 }
 
+void put_value_row(storage::WriteBatch& batch, const Hash& path, std::uint64_t height,
+                   std::optional<ByteView> value) {
+    static constexpr std::uint8_t kTags[2] = {kTombstone, kPut};
+    const auto key = value_key_bytes(path, height);
+    const ByteView parts[2] = {{&kTags[value ? 1 : 0], 1}, value.value_or(ByteView{})};
+    batch.put({key.data(), key.size()}, std::span<const ByteView>(parts, value ? 2 : 1));
+}
+
 Result<std::optional<ByteView>> decode_value_row(ByteView row) {
-    if (row.empty() || row[0] > 1 || (row[0] == 0 && row.size() != 1) ||
-        (row[0] == 1 && row.size() < 2)) {
+    if (row.empty() || row[0] > kPut || (row[0] == kTombstone && row.size() != 1) ||
+        (row[0] == kPut && row.size() < 2)) {
         return make_error(ErrorCode::kCorruption, "corrupt value row");
     }
-    if (row[0] == 0) return std::optional<ByteView>();
+    if (row[0] == kTombstone) return std::optional<ByteView>();
     return std::optional<ByteView>(row.subspan(1));
 }
 

@@ -37,8 +37,12 @@ std::optional<Bytes> from_hex(std::string_view text) {
 }
 
 void put_be64(Bytes& out, std::uint64_t v) {
-    for (int shift = 56; shift >= 0; shift -= 8)
-        out.push_back(static_cast<std::uint8_t>(v >> shift));
+    out.resize(out.size() + 8);
+    set_be64(out.data() + out.size() - 8, v);
+}
+
+void set_be64(std::uint8_t* p, std::uint64_t v) {
+    for (int i = 0; i < 8; ++i) p[i] = static_cast<std::uint8_t>(v >> (56 - 8 * i));
 }
 
 std::uint64_t get_be64(const std::uint8_t* p) {

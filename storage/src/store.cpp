@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cassert>
 #include <chrono>
 #include <cstdarg>
 #include <cstdio>
@@ -181,6 +182,27 @@ void WriteBatch::put(ByteView key, ByteView value) {
     }
     ++rows_;
     bytes_ += key.size() + value.size();
+}
+
+void WriteBatch::put(ByteView key, std::span<const ByteView> value_parts) {
+    constexpr std::size_t kMaxParts = 4;
+    assert(value_parts.size() <= kMaxParts);
+    std::array<rocksdb::Slice, kMaxParts> parts;
+    std::size_t n = 0;
+    for (ByteView part : value_parts) {
+        parts[n++] = slice(part);
+        bytes_ += part.size();
+    }
+    const rocksdb::Slice k = slice(key);
+    const rocksdb::SliceParts key_parts(&k, 1);
+    const rocksdb::SliceParts value(parts.data(), static_cast<int>(n));
+    if (impl_->spaces) {
+        impl_->batch.Put(impl_->spaces->of(k), key_parts, value);
+    } else {
+        impl_->batch.Put(key_parts, value);
+    }
+    ++rows_;
+    bytes_ += key.size();
 }
 
 void WriteBatch::del(ByteView key) {

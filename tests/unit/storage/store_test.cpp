@@ -36,6 +36,25 @@ TEST_CASE("store: a batch is applied whole and read back", "[storage]") {
     CHECK_FALSE(store->get(b("c")).value().has_value());
 }
 
+TEST_CASE("store: a value put in parts is their concatenation, in any key space", "[storage]") {
+    const bool by_store = GENERATE(false, true);
+    CAPTURE(by_store);
+    test::TempDir dir;
+    auto store = open_store(dir, with_rising("n"));
+    WriteBatch batch = by_store ? store->batch() : WriteBatch();
+    const Bytes x = b("head"), y = b(""), z = b("tail");
+    const ByteView three[3] = {x, y, z};
+    batch.put(b("a"), three);
+    batch.put(b("n1"), std::span<const ByteView>(three, 1));
+    batch.put(b("n2"), std::span<const ByteView>());
+    CHECK(batch.rows() == 3);
+    CHECK(batch.bytes() == 1 + 8 + 2 + 4 + 2);
+    REQUIRE(store->write(batch));
+    CHECK(store->get(b("a")).value() == b("headtail"));
+    CHECK(store->get(b("n1")).value() == b("head"));
+    CHECK(store->get(b("n2")).value() == b(""));
+}
+
 TEST_CASE("store: a snapshot does not see later writes", "[storage]") {
     test::TempDir dir;
     auto store = open_store(dir);

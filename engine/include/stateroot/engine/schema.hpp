@@ -12,6 +12,10 @@
 #include "stateroot/storage/bytes.hpp"
 #include "stateroot/storage/result.hpp"
 
+namespace stateroot::storage {
+class WriteBatch;
+}
+
 namespace stateroot::engine::schema {
 
 // Written to disk as part of `m` "format"; bump on any incompatible change.
@@ -94,6 +98,10 @@ Result<std::vector<ChangeEntry>> decode_change_index(ByteView value, std::uint64
 
 // A value version: the value, or nullopt for a delete (a tombstone).
 Bytes encode_value_row(std::optional<ByteView> value);
+// Adds the row value_key(path, height) = encode_value_row(value) to `batch`, without
+// building either (a height adds one per change).
+void put_value_row(storage::WriteBatch& batch, const Hash& path, std::uint64_t height,
+                   std::optional<ByteView> value);
 Result<std::optional<ByteView>> decode_value_row(ByteView row);
 
 // The ids of the nodes a height superseded, ascending.

@@ -30,6 +30,8 @@ std::optional<Bytes> from_hex(std::string_view text);
 // Big-endian fixed-width integers, the encoding of heights and counters inside keys
 // so that byte order equals numeric order.
 void put_be64(Bytes& out, std::uint64_t v);
+// Writes `v` big-endian into p[0, 8).
+void set_be64(std::uint8_t* p, std::uint64_t v);
 std::uint64_t get_be64(const std::uint8_t* p);
 void put_be32(Bytes& out, std::uint32_t v);
 std::uint32_t get_be32(const std::uint8_t* p);

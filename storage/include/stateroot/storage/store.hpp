@@ -10,6 +10,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -61,6 +62,8 @@ class WriteBatch {
     WriteBatch& operator=(WriteBatch&&) noexcept;
 
     void put(ByteView key, ByteView value);
+    // Puts the concatenation of `value_parts` (at most 4), copied once, into the batch.
+    void put(ByteView key, std::span<const ByteView> value_parts);
     void del(ByteView key);
     // Deletes every key in [begin, end): one row, whatever the number of keys. With
     // rising prefixes (StoreOptions::rising_prefixes), only within one of them.
