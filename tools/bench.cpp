@@ -142,6 +142,13 @@ double node_hashes_per_s() {
 
 }  // namespace
 
+std::uint64_t preload_batch_for(std::size_t cache_mb) {
+    constexpr std::uint64_t kDefault = 100'000;
+    constexpr std::uint64_t kBudgetBytesPerKey = 16 << 10;
+    if (cache_mb == 0) return kDefault;
+    return std::clamp<std::uint64_t>((std::uint64_t{cache_mb} << 20) / kBudgetBytesPerKey, 1, kDefault);
+}
+
 int run_bench(const BenchOptions& o) {
     if (o.block_keys == 0 || o.blocks == 0)
         return fail("--block-keys and --blocks must be positive");
@@ -167,12 +174,13 @@ int run_bench(const BenchOptions& o) {
     std::uint64_t height = 0;
 
     // Preload.
+    const std::uint64_t preload_batch = o.preload_batch > 0 ? o.preload_batch : preload_batch_for(o.cache_mb);
     const auto preload_start = Clock::now();
     auto last_log = Clock::now();
     while (live() < o.keys) {
         engine::Changes c;
         c.height = height++;
-        const std::uint64_t n = std::min<std::uint64_t>(o.preload_batch, o.keys - live());
+        const std::uint64_t n = std::min<std::uint64_t>(preload_batch, o.keys - live());
         for (std::uint64_t i = 0; i < n; ++i) c.puts.emplace_back(bench_key(o.seed, next_key++), bench_value(rng));
         auto r = eng.apply(c);
         if (!r) return fail(r.error());
@@ -315,6 +323,7 @@ int run_bench(const BenchOptions& o) {
         {"sha256_node_hashes_per_s", hash_rate},
         {"hash_ceiling_keys_per_s", hash_ceiling},
         {"preload_s", preload_s},
+        {"preload_batch", preload_batch},
         {"proof_us_p50", percentile(proof_us, 0.50)},
         {"proof_us_p99", percentile(proof_us, 0.99)},
         {"get_us_p50", percentile(get_us, 0.50)},
@@ -347,7 +356,7 @@ int run_bench(const BenchOptions& o) {
     fmt::print("  reads:     proof p50 {:.1f} µs, p99 {:.1f} µs; value p50 {:.1f} µs (warm, at the tip)\n",
                percentile(proof_us, 0.50), percentile(proof_us, 0.99), percentile(get_us, 0.50));
     fmt::print("  reopen:    open and commit the next height in {:.2f} s\n", reopen_commit_s);
-    fmt::print("  preload:   {:.1f} s\n", preload_s);
+    fmt::print("  preload:   {:.1f} s, heights of {} keys\n", preload_s, preload_batch);
     if (o.json) fmt::print("{}\n", j.dump());
     return kExitOk;
 }

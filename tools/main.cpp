@@ -156,8 +156,9 @@ int main(int argc, char** argv) {
     bench->add_option("--db", bench_opts.db, "Database directory (default: a temporary one, removed after)");
     bench->add_flag("--json", bench_opts.json, "Print one JSON object with the results as the last line");
     bench->add_option("--seed", bench_opts.seed, "Random seed")->capture_default_str();
-    bench->add_option("--preload-batch", bench_opts.preload_batch, "Keys per height while preloading")
-        ->capture_default_str();
+    bench->add_option("--preload-batch", bench_opts.preload_batch,
+                      "Keys per height while preloading (default 100,000; under --cache-mb, at most one "
+                      "per 16 KiB of the budget)");
     bench->add_option("--cache-mb", bench_opts.cache_mb,
                       "Memory budget in MiB for RocksDB's caches and the tree (0: no budget)")
         ->capture_default_str();

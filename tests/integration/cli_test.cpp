@@ -203,4 +203,16 @@ TEST_CASE("cli: a tiny benchmark runs and prints its JSON summary last", "[cli][
         CHECK(j.contains(field));
         CHECK(j[field].get<double>() > 0);
     }
+    CHECK(j["preload_batch"] == 100000);
+}
+
+TEST_CASE("cli: under a memory budget the benchmark preloads in smaller heights", "[cli][bench]") {
+    // A height's own working set comes on top of the budget: one key per 16 KiB of it.
+    Cli cli;
+    Run r = cli.run("bench --keys 2000 --block-keys 100 --blocks 2 --cache-mb 1 --json");
+    REQUIRE(r.code == 0);
+    CHECK(nlohmann::json::parse(lines(r.out).back())["preload_batch"] == 64);
+    r = cli.run("bench --keys 2000 --block-keys 100 --blocks 2 --cache-mb 1 --preload-batch 500 --json");
+    REQUIRE(r.code == 0);
+    CHECK(nlohmann::json::parse(lines(r.out).back())["preload_batch"] == 500);
 }
