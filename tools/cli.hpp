@@ -69,16 +69,10 @@ struct BenchOptions {
     std::string db;  // empty: a temporary directory, removed afterwards
     bool json = false;
     std::uint64_t seed = 1;
-    std::uint64_t preload_batch = 0;  // 0: preload_batch_for(cache_mb)
+    std::uint64_t preload_batch = 0;  // 0: 100,000, fewer under a budget (bench.cpp)
     std::size_t cache_mb = 0;
     bool pipelined_writes = false;
 };
 int run_bench(const BenchOptions& options);
-// Keys per preload height by default: 100,000, or under a memory budget of `cache_mb`
-// MiB at most one per 16 KiB of it. A height's own working set (its changes, new
-// nodes, rows and batch: 3-4 KB per changed key) comes on top of what the budget
-// bounds, as a block being connected does on top of bitcoind's -dbcache; this keeps
-// it within about a quarter of the budget.
-std::uint64_t preload_batch_for(std::size_t cache_mb);
 
 }  // namespace stateroot::tools

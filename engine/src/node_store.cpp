@@ -66,6 +66,7 @@ void ChunkWriter::write_to(storage::WriteBatch& batch) const {
     for (std::size_t i = 0; i < chunks_.size(); ++i) {
         const Chunk& c = chunks_[i];
         header.clear();
+        header.reserve(header_bytes(c));
         header.push_back(static_cast<std::uint8_t>(c.offsets.size() >> 8));
         header.push_back(static_cast<std::uint8_t>(c.offsets.size()));
         for (std::uint16_t off : c.offsets) {
@@ -80,7 +81,7 @@ void ChunkWriter::write_to(storage::WriteBatch& batch) const {
 std::size_t ChunkWriter::row_bytes() const {
     std::size_t n = 0;
     for (const Chunk& c : chunks_) {
-        n += schema::kNodeChunkKeySize + 2 + 2 * c.offsets.size() + c.records.size();
+        n += schema::kNodeChunkKeySize + header_bytes(c) + c.records.size();
     }
     return n;
 }

@@ -167,6 +167,12 @@ struct WriteBatch::Impl {
     // Points into the store, which must outlive the batch.
     const KeySpaces* spaces = nullptr;
     bool refused = false;  // a range delete in the default key space was asked for
+
+    // The family of a row with this key; null (RocksDB's default family) until write()
+    // routes it, in a batch not made by a store.
+    rocksdb::ColumnFamilyHandle* family(const rocksdb::Slice& key) const {
+        return spaces ? spaces->of(key) : nullptr;
+    }
 };
 
 WriteBatch::WriteBatch() : impl_(std::make_unique<Impl>()) {}
@@ -175,11 +181,7 @@ WriteBatch::WriteBatch(WriteBatch&&) noexcept = default;
 WriteBatch& WriteBatch::operator=(WriteBatch&&) noexcept = default;
 
 void WriteBatch::put(ByteView key, ByteView value) {
-    if (impl_->spaces) {
-        impl_->batch.Put(impl_->spaces->of(slice(key)), slice(key), slice(value));
-    } else {
-        impl_->batch.Put(slice(key), slice(value));
-    }
+    impl_->batch.Put(impl_->family(slice(key)), slice(key), slice(value));
     ++rows_;
     bytes_ += key.size() + value.size();
 }
@@ -196,34 +198,22 @@ void WriteBatch::put(ByteView key, std::span<const ByteView> value_parts) {
     const rocksdb::Slice k = slice(key);
     const rocksdb::SliceParts key_parts(&k, 1);
     const rocksdb::SliceParts value(parts.data(), static_cast<int>(n));
-    if (impl_->spaces) {
-        impl_->batch.Put(impl_->spaces->of(k), key_parts, value);
-    } else {
-        impl_->batch.Put(key_parts, value);
-    }
+    impl_->batch.Put(impl_->family(k), key_parts, value);
     ++rows_;
     bytes_ += key.size();
 }
 
 void WriteBatch::del(ByteView key) {
-    if (impl_->spaces) {
-        impl_->batch.Delete(impl_->spaces->of(slice(key)), slice(key));
-    } else {
-        impl_->batch.Delete(slice(key));
-    }
+    impl_->batch.Delete(impl_->family(slice(key)), slice(key));
     ++rows_;
     bytes_ += key.size();
 }
 
 void WriteBatch::del_range(ByteView begin, ByteView end) {
-    if (impl_->spaces) {
-        if (rocksdb::ColumnFamilyHandle* family = impl_->spaces->range_family(slice(begin))) {
-            impl_->batch.DeleteRange(family, slice(begin), slice(end));
-        } else {
-            impl_->refused = true;
-        }
+    if (impl_->spaces && !impl_->spaces->range_family(slice(begin))) {
+        impl_->refused = true;  // reported by write()
     } else {
-        impl_->batch.DeleteRange(slice(begin), slice(end));
+        impl_->batch.DeleteRange(impl_->family(slice(begin)), slice(begin), slice(end));
     }
     ++rows_;
     bytes_ += begin.size() + end.size();

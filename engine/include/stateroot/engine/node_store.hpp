@@ -64,6 +64,8 @@ class ChunkWriter {
         Bytes records;
     };
     std::vector<Chunk> chunks_;
+    // A chunk row's bytes before its records: the count and the offsets.
+    static std::size_t header_bytes(const Chunk& c) { return 2 + 2 * c.offsets.size(); }
 };
 
 // `chunk` without the records at `indices` (which become holes: the other records keep
