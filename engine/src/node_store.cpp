@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cassert>
 #include <cstring>
 #include <list>
 #include <mutex>
@@ -46,18 +47,31 @@ NodeId ChunkWriter::add_leaf(const Hash& path, const Hash& value_hash) {
     return id;
 }
 
+// A branch record: tag, split depth, top hash, then the children.
+constexpr std::size_t kBranchHashOffset = 2;
+
 NodeId ChunkWriter::add_branch(int depth, const Hash& top, NodeId left, NodeId right) {
     const NodeId id = next_id();
     begin_record();
     Bytes& r = chunks_.back().records;
     r.push_back(kBranchRecord);
     r.push_back(static_cast<std::uint8_t>(depth));
+    static_assert(kBranchHashOffset == 2);
     r.insert(r.end(), top.bytes.begin(), top.bytes.end());
     // Children are always written before their parents, so the deltas are positive.
     put_varint(r, id - left);
     put_varint(r, id - right);
     ++count_;
     return id;
+}
+
+void ChunkWriter::set_branch_hash(NodeId id, const Hash& top) {
+    const std::size_t i = id - first_chunk_ * schema::kChunkNodes;
+    assert(i < count_);
+    Chunk& c = chunks_[i / schema::kChunkNodes];
+    std::uint8_t* record = c.records.data() + c.offsets[i % schema::kChunkNodes];
+    assert(*record == kBranchRecord);
+    std::memcpy(record + kBranchHashOffset, top.data(), 32);
 }
 
 void ChunkWriter::write_to(storage::WriteBatch& batch) const {

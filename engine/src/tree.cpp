@@ -193,6 +193,26 @@ private:
     std::uint64_t size_ = 0;
 };
 
+// A node hash put off while a group of changes is worked on: the top of a new branch,
+// which starts as the hash of its children (or as a given hash) and is wrapped once
+// per one-sided level above it. Its result goes into its parent's link and its record.
+struct Tree::HashJob {
+    Slot branch = kEmpty;  // if set, the top starts as the hash of its children's tops
+    Hash value;            // else it starts as this; in the end, the result
+    std::uint64_t sides[4] = {};  // bit i: the side of the i-th wrap
+    std::uint16_t wraps = 0;
+    // 1 + the highest rank among the jobs whose results it hashes: jobs of one rank
+    // are independent of each other.
+    std::uint16_t rank = 1;
+    std::uint8_t side = 0;     // which child of `parent` it is
+    Slot parent = kEmpty;      // the branch whose link takes the result, once placed
+    NodeId record = kNoNode;   // the record that takes the result, once written
+};
+
+namespace {
+constexpr std::uint32_t kNoJob = ~std::uint32_t{0};
+}  // namespace
+
 // What one thread of an update works with and produces.
 struct Tree::Context {
     Context(int a, NodeReader* r, std::uint64_t first_chunk) : arena(a), reader(r), writer(first_chunk) {}
@@ -203,6 +223,9 @@ struct Tree::Context {
     std::vector<std::pair<Slot, NodeId>> stale;    // nodes superseded: freed by commit()
     std::int64_t live_key_delta = 0;
     TreeStats stats;
+    bool deferring = false;       // hashes are put off into `jobs` (kHashGroup)
+    std::vector<HashJob> jobs;
+    std::vector<std::uint32_t> job_order;  // run_jobs(): jobs by rank
 };
 
 // A leaf on its way into build(): an existing leaf kept, or a new one.
@@ -222,8 +245,8 @@ struct Tree::Sub {
     Ref ref;
     Slot replaced = kEmpty;  // pending: the existing branch it supersedes, if any
     NodeId replaced_id = kNoNode;
+    std::uint32_t job = kNoJob;  // pending, while hashes are put off: the job of its top
 
-    const Hash& hash() const { return kind == kZ ? kZeroHash : ref.top; }
 };
 
 Tree::Update::Update() : root(std::make_unique<Ref>()) {}
@@ -386,6 +409,88 @@ Hash Tree::node(Context& cx, const Hash& left, const Hash& right) {
     return node_hash(left, right);
 }
 
+void Tree::run_jobs(Context& cx, Sub& result) {
+    std::vector<HashJob>& jobs = cx.jobs;
+    // The jobs by rank (a counting sort): each rank's jobs wait only for lower ranks.
+    std::uint16_t max_rank = 0;
+    for (const HashJob& job : jobs) max_rank = std::max(max_rank, job.rank);
+    std::vector<std::uint32_t> starts(max_rank + 2, 0);
+    for (const HashJob& job : jobs) ++starts[job.rank + 1];
+    for (std::size_t r = 1; r < starts.size(); ++r) starts[r] += starts[r - 1];
+    std::vector<std::uint32_t>& order = cx.job_order;
+    order.resize(jobs.size());
+    {
+        std::vector<std::uint32_t> next(starts.begin(), starts.end() - 1);
+        for (std::uint32_t i = 0; i < jobs.size(); ++i) order[next[jobs[i].rank]++] = i;
+    }
+    auto finish = [&](HashJob& job) {
+        if (job.parent != kEmpty) branch(job.parent).child[job.side].top = job.value;
+        if (job.record != kNoNode) cx.writer.set_branch_hash(job.record, job.value);
+    };
+    // Each lane works through one job's chain of hashes (its children, then each
+    // wrap), and takes the rank's next job when done.
+    struct Lane {
+        std::uint32_t job;
+        bool children;         // the next hash is of the branch's children
+        std::uint16_t wrapped;  // wraps done
+    };
+    for (std::size_t r = 0; r + 1 < starts.size(); ++r) {
+        std::uint32_t next = starts[r];
+        const std::uint32_t end = starts[r + 1];
+        Lane lanes[kHashLanes];
+        int active = 0;
+        for (;;) {
+            while (active < kHashLanes && next < end) {
+                HashJob& job = jobs[order[next]];
+                Lane lane{order[next++], job.branch != kEmpty, 0};
+                if (!lane.children && job.wraps == 0) {
+                    finish(job);
+                    continue;
+                }
+                lanes[active++] = lane;
+            }
+            if (active == 0) break;
+            const Hash* left[kHashLanes];
+            const Hash* right[kHashLanes];
+            Hash* out[kHashLanes];
+            for (int i = 0; i < active; ++i) {
+                HashJob& job = jobs[lanes[i].job];
+                out[i] = &job.value;
+                if (lanes[i].children) {
+                    const Branch& b = branch(job.branch);
+                    left[i] = &b.child[0].top;
+                    right[i] = &b.child[1].top;
+                } else {
+                    const std::uint16_t w = lanes[i].wrapped;
+                    const bool side = (job.sides[w >> 6] >> (w & 63)) & 1;
+                    left[i] = side ? &kZeroHash : &job.value;
+                    right[i] = side ? &job.value : &kZeroHash;
+                }
+            }
+            node_hashes(active, left, right, out);
+            cx.stats.hashes += static_cast<std::uint64_t>(active);
+            for (int i = active - 1; i >= 0; --i) {
+                Lane& lane = lanes[i];
+                HashJob& job = jobs[lane.job];
+                if (lane.children) {
+                    lane.children = false;
+                } else {
+                    ++lane.wrapped;
+                }
+                if (lane.wrapped == job.wraps) {
+                    finish(job);
+                    lane = lanes[--active];
+                }
+            }
+        }
+    }
+    if (result.job != kNoJob) {
+        result.ref.top = jobs[result.job].value;
+        result.job = kNoJob;
+    }
+    jobs.clear();
+}
+
 void Tree::walk_ahead(std::uint64_t top, std::span<const TreeChange> cs) {
     Slot at[kWalkAheadGroup];
     const std::size_t n = cs.size();
@@ -443,7 +548,7 @@ Result<Hash> Tree::prefix_path(Context& cx, Ref ref) {
     }
 }
 
-Tree::Sub Tree::pending_copy(Context& cx, const Ref& existing, const Hash& top, int at) {
+Tree::Sub Tree::pending_copy(Context& cx, const Ref& existing, int at, bool rehash) {
     // An existing branch whose slot moves is rewritten: same children, new top hash.
     const Slot slot = in_arena(kTagBranch, cx.arena, branches_[cx.arena]->alloc(branch(existing.slot)),
                                depth_of(existing.slot));
@@ -452,16 +557,45 @@ Tree::Sub Tree::pending_copy(Context& cx, const Ref& existing, const Hash& top, 
     sub.kind = Sub::kBranch;
     sub.pending = true;
     sub.at = at;
-    sub.ref = Ref{slot, kNoNode, top};
+    sub.ref = Ref{slot, kNoNode, existing.top};
     sub.replaced = existing.slot;
     sub.replaced_id = existing.id;
+    if (rehash) {
+        hash_children(cx, sub, 1);
+    } else if (cx.deferring) {
+        sub.job = static_cast<std::uint32_t>(cx.jobs.size());
+        cx.jobs.emplace_back().value = existing.top;
+    }
     return sub;
+}
+
+void Tree::hash_children(Context& cx, Sub& sub, std::uint16_t rank) {
+    if (!cx.deferring) {
+        const Branch& b = branch(sub.ref.slot);
+        sub.ref.top = node(cx, b.child[0].top, b.child[1].top);
+        return;
+    }
+    sub.job = static_cast<std::uint32_t>(cx.jobs.size());
+    HashJob& job = cx.jobs.emplace_back();
+    job.branch = sub.ref.slot;
+    job.rank = rank;
+}
+
+void Tree::wrap(Context& cx, Sub& sub, int side) {
+    if (sub.job == kNoJob) {
+        sub.ref.top = side == 0 ? node(cx, sub.ref.top, kZeroHash) : node(cx, kZeroHash, sub.ref.top);
+        return;
+    }
+    HashJob& job = cx.jobs[sub.job];
+    if (side) job.sides[job.wraps >> 6] |= std::uint64_t{1} << (job.wraps & 63);
+    ++job.wraps;
 }
 
 Tree::Sub Tree::lift(Context& cx, Sub sub, int at, int side) {
     if (sub.kind != Sub::kBranch) return sub;  // a lone leaf moves up; empty stays empty
-    if (!sub.pending) sub = pending_copy(cx, sub.ref, sub.ref.top, sub.at);
-    sub.ref.top = side == 0 ? node(cx, sub.ref.top, kZeroHash) : node(cx, kZeroHash, sub.ref.top);
+    assert(at == sub.at - 1);
+    if (!sub.pending) sub = pending_copy(cx, sub.ref, sub.at, false);
+    wrap(cx, sub, side);
     sub.at = at;
     return sub;
 }
@@ -476,7 +610,18 @@ Tree::Sub Tree::join(Context& cx, int at, const Sub& left, const Sub& right) {
     sub.kind = Sub::kBranch;
     sub.pending = true;
     sub.at = at;
-    sub.ref = Ref{slot, kNoNode, node(cx, b.child[0].top, b.child[1].top)};
+    sub.ref = Ref{slot, kNoNode, {}};
+    // A child's put-off top goes into this branch's link once known.
+    std::uint16_t rank = 0;
+    const Sub* children[2] = {&left, &right};
+    for (std::uint8_t side = 0; side < 2; ++side) {
+        if (children[side]->job == kNoJob) continue;
+        HashJob& job = cx.jobs[children[side]->job];
+        job.parent = slot;
+        job.side = side;
+        rank = std::max(rank, job.rank);
+    }
+    hash_children(cx, sub, static_cast<std::uint16_t>(rank + 1));
     return sub;
 }
 
@@ -493,6 +638,7 @@ Tree::Ref Tree::finalize(Context& cx, const Sub& sub) {
     const Branch& b = branch(sub.ref.slot);
     Ref ref = sub.ref;
     ref.id = cx.writer.add_branch(depth_of(ref.slot), ref.top, b.child[0].id, b.child[1].id);
+    if (sub.job != kNoJob) cx.jobs[sub.job].record = ref.id;
     ++cx.stats.new_nodes;
     if (sub.replaced != kEmpty) cx.stale.emplace_back(sub.replaced, sub.replaced_id);
     return ref;
@@ -513,6 +659,13 @@ Tree::Entry Tree::inserted(Context& cx, const TreeChange& c) {
 }
 
 Tree::Sub Tree::build(Context& cx, int at, std::span<const Entry> entries) {
+    if (!cx.deferring && entries.size() >= kHashLanes && entries.size() <= kHashGroup) {
+        cx.deferring = true;
+        Sub sub = build(cx, at, entries);
+        cx.deferring = false;
+        run_jobs(cx, sub);
+        return sub;
+    }
     Sub sub;
     if (entries.empty()) return sub;
     if (entries.size() == 1) {
@@ -536,11 +689,10 @@ Result<Tree::Sub> Tree::retop(Context& cx, const Ref& ref, int at, const Hash& p
     for (Ref& child : b.child) {
         if (Status s = load(cx, child); !s) return std::unexpected(s.error());
     }
-    Hash top = node(cx, b.child[0].top, b.child[1].top);
-    for (int j = depth_of(ref.slot) - 1; j >= at; --j) {
-        top = bit(prefix, j) == 0 ? node(cx, top, kZeroHash) : node(cx, kZeroHash, top);
-    }
-    return pending_copy(cx, ref, top, at);
+    Sub sub = pending_copy(cx, ref, depth_of(ref.slot), true);
+    for (int j = depth_of(ref.slot) - 1; j >= at; --j) wrap(cx, sub, bit(prefix, j));
+    sub.at = at;
+    return sub;
 }
 
 // The new content of the subtree at `loc`, seen from depth `at`, after `cs` (all of
@@ -549,6 +701,18 @@ Result<std::optional<Tree::Sub>> Tree::apply_at(Context& cx, Ref& loc, int at,
                                                 std::span<const TreeChange> cs) {
     using R = std::optional<Sub>;
     if (cs.empty()) return R();
+    if (!cx.deferring && cs.size() >= kHashLanes && cs.size() <= kHashGroup) {
+        cx.deferring = true;
+        auto r = apply_at(cx, loc, at, cs);
+        cx.deferring = false;
+        if (!r) {
+            cx.jobs.clear();
+            return r;
+        }
+        Sub none;
+        run_jobs(cx, *r ? **r : none);
+        return r;
+    }
     if (Status s = load(cx, loc); !s) return std::unexpected(s.error());
     std::vector<Entry> entries;
 

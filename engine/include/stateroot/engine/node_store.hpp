@@ -40,6 +40,9 @@ class ChunkWriter {
 
     NodeId add_leaf(const Hash& path, const Hash& value_hash);
     NodeId add_branch(int depth, const Hash& top, NodeId left, NodeId right);
+    // Replaces the top hash of the branch record `id` added before (written first with
+    // whatever top it had, when its hash was put off).
+    void set_branch_hash(NodeId id, const Hash& top);
 
     std::size_t nodes() const { return count_; }
     std::uint64_t first_chunk() const { return first_chunk_; }

@@ -124,25 +124,39 @@ public:
 
     // Below this many changes an update stays on one thread.
     static constexpr std::size_t kParallelMin = 256;
+    // Node hashes are put off while a subtree of at most this many changes (and at
+    // least kHashLanes) is worked on, then computed level by level, kHashLanes
+    // independent ones at a time (node_hashes()). Bounded so that what they read and
+    // patch is still in the CPU's cache.
+    static constexpr std::size_t kHashGroup = 64;
 
 private:
     struct Branch;
     struct Leaf;
     struct Sub;
     struct Entry;
+    struct HashJob;
     template <class T>
     class Arena;
 
     Result<std::optional<Sub>> apply_at(Context& cx, Ref& loc, int at, std::span<const TreeChange> cs);
     Status load(Context& cx, Ref& ref);
-    Status learn_top(Context& cx, Ref& ref);
     Result<Sub> existing(Context& cx, Ref& ref, int at);
     Result<Hash> prefix_path(Context& cx, Ref ref);
     Result<Sub> retop(Context& cx, const Ref& ref, int at, const Hash& prefix);
     Sub build(Context& cx, int at, std::span<const Entry> entries);
     Sub join(Context& cx, int at, const Sub& left, const Sub& right);
     Sub lift(Context& cx, Sub sub, int at, int side);
-    Sub pending_copy(Context& cx, const Ref& existing, const Hash& top, int at);
+    // A new branch with the children of `existing`, at its slot; its top starts from
+    // the existing top, or from its children's hashes if `rehash`.
+    Sub pending_copy(Context& cx, const Ref& existing, int at, bool rehash);
+    // Sets a new branch's top to the hash of its children, now or as a job.
+    void hash_children(Context& cx, Sub& sub, std::uint16_t rank);
+    // Hashes the top of `sub` once more for the one-sided level above it, now or in
+    // its job.
+    void wrap(Context& cx, Sub& sub, int side);
+    // Runs the jobs put off while a group was worked on, `result` its new content.
+    void run_jobs(Context& cx, Sub& result);
     Sub combine(Context& cx, int at, const Sub& left, const Sub& right);
     Ref finalize(Context& cx, const Sub& sub);
     // A new leaf for a put to an absent path.
