@@ -47,8 +47,18 @@ Result<std::vector<NormalChange>> normalize(const Changes& changes) {
         c.key = &key;
         out.push_back(c);
     }
-    std::sort(out.begin(), out.end(),
-              [](const NormalChange& a, const NormalChange& b) { return a.path < b.path; });
+    // By path: the first 8 bytes as one integer decide nearly every comparison of two
+    // hashes, without a call to memcmp; the 80-byte changes move once, at the end.
+    std::vector<std::pair<std::uint64_t, std::size_t>> order(out.size());
+    for (std::size_t i = 0; i < out.size(); ++i) order[i] = {get_be64(out[i].path.data()), i};
+    std::sort(order.begin(), order.end(), [&out](const auto& a, const auto& b) {
+        if (a.first != b.first) return a.first < b.first;
+        return out[a.second].path < out[b.second].path;
+    });
+    std::vector<NormalChange> sorted;
+    sorted.reserve(out.size());
+    for (const auto& entry : order) sorted.push_back(out[entry.second]);
+    out = std::move(sorted);
     const auto dup = std::adjacent_find(
         out.begin(), out.end(),
         [](const NormalChange& a, const NormalChange& b) { return a.path == b.path; });
