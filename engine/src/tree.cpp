@@ -246,7 +246,6 @@ struct Tree::Sub {
     Slot replaced = kEmpty;  // pending: the existing branch it supersedes, if any
     NodeId replaced_id = kNoNode;
     std::uint32_t job = kNoJob;  // pending, while hashes are put off: the job of its top
-
 };
 
 Tree::Update::Update() : root(std::make_unique<Ref>()) {}
@@ -658,8 +657,16 @@ Tree::Entry Tree::inserted(Context& cx, const TreeChange& c) {
     return new_leaf(cx, c, leaf_hash(c.path, c.value_hash));
 }
 
+namespace {
+// Whether a subtree of `n` changes starts a group whose hashes are put off: one not
+// inside a group already, with enough changes to fill the lanes.
+bool starts_group(const Tree::Context& cx, std::size_t n) {
+    return !cx.deferring && n >= kHashLanes && n <= Tree::kHashGroup;
+}
+}  // namespace
+
 Tree::Sub Tree::build(Context& cx, int at, std::span<const Entry> entries) {
-    if (!cx.deferring && entries.size() >= kHashLanes && entries.size() <= kHashGroup) {
+    if (starts_group(cx, entries.size())) {
         cx.deferring = true;
         Sub sub = build(cx, at, entries);
         cx.deferring = false;
@@ -701,7 +708,7 @@ Result<std::optional<Tree::Sub>> Tree::apply_at(Context& cx, Ref& loc, int at,
                                                 std::span<const TreeChange> cs) {
     using R = std::optional<Sub>;
     if (cs.empty()) return R();
-    if (!cx.deferring && cs.size() >= kHashLanes && cs.size() <= kHashGroup) {
+    if (starts_group(cx, cs.size())) {
         cx.deferring = true;
         auto r = apply_at(cx, loc, at, cs);
         cx.deferring = false;
