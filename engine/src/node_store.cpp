@@ -56,7 +56,7 @@ NodeId ChunkWriter::add_branch(int depth, const Hash& top, NodeId left, NodeId r
     Bytes& r = chunks_.back().records;
     r.push_back(kBranchRecord);
     r.push_back(static_cast<std::uint8_t>(depth));
-    static_assert(kBranchHashOffset == 2);
+    assert(r.size() - chunks_.back().offsets.back() == kBranchHashOffset);
     r.insert(r.end(), top.bytes.begin(), top.bytes.end());
     // Children are always written before their parents, so the deltas are positive.
     put_varint(r, id - left);
