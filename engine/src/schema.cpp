@@ -145,18 +145,6 @@ Result<std::vector<ChangeEntry>> decode_change_index(ByteView v, std::uint64_t h
     return entries;
 }
 
-Bytes encode_value_row(std::optional<ByteView> value) {
-    Bytes v;
-    if (!value) {
-        v.push_back(kTombstone);
-        return v;
-    }
-    v.reserve(1 + value->size());
-    v.push_back(kPut);
-    v.insert(v.end(), value->begin(), value->end());
-    return v;
-}
-
 void put_value_row(storage::WriteBatch& batch, const Hash& path, std::uint64_t height,
                    std::optional<ByteView> value) {
     static constexpr std::uint8_t kTags[2] = {kTombstone, kPut};

@@ -716,8 +716,11 @@ Result<std::optional<Tree::Sub>> Tree::apply_at(Context& cx, Ref& loc, int at,
             cx.jobs.clear();
             return r;
         }
-        Sub none;
-        run_jobs(cx, *r ? **r : none);
+        if (*r) {
+            run_jobs(cx, **r);
+        } else {
+            cx.jobs.clear();  // an unchanged subtree has nothing to hash
+        }
         return r;
     }
     if (Status s = load(cx, loc); !s) return std::unexpected(s.error());

@@ -96,10 +96,9 @@ struct ChangeEntry {
 Bytes encode_change_index(const std::vector<ChangeEntry>& entries);
 Result<std::vector<ChangeEntry>> decode_change_index(ByteView value, std::uint64_t height);
 
-// A value version: the value, or nullopt for a delete (a tombstone).
-Bytes encode_value_row(std::optional<ByteView> value);
-// Adds the row value_key(path, height) = encode_value_row(value) to `batch`, without
-// building either (a height adds one per change).
+// A value version: 0x01 ‖ the value, or 0x00 for a delete (a tombstone). Adds the row
+// value_key(path, height) to `batch` without building the key or the value first (a
+// height adds one per change).
 void put_value_row(storage::WriteBatch& batch, const Hash& path, std::uint64_t height,
                    std::optional<ByteView> value);
 Result<std::optional<ByteView>> decode_value_row(ByteView row);
