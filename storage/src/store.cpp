@@ -176,6 +176,7 @@ struct WriteBatch::Impl {
 };
 
 WriteBatch::WriteBatch() : impl_(std::make_unique<Impl>()) {}
+WriteBatch::WriteBatch(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 WriteBatch::~WriteBatch() = default;
 WriteBatch::WriteBatch(WriteBatch&&) noexcept = default;
 WriteBatch& WriteBatch::operator=(WriteBatch&&) noexcept = default;
@@ -462,10 +463,9 @@ Result<std::optional<Bytes>> Store::get(ByteView key,
 }
 
 WriteBatch Store::batch(std::size_t reserve_bytes) const {
-    WriteBatch batch;
-    batch.impl_ = std::make_unique<WriteBatch::Impl>(reserve_bytes);
-    batch.impl_->spaces = &impl_->spaces;
-    return batch;
+    auto batch = std::make_unique<WriteBatch::Impl>(reserve_bytes);
+    batch->spaces = &impl_->spaces;
+    return WriteBatch(std::move(batch));
 }
 
 Status Store::write(const WriteBatch& batch) {

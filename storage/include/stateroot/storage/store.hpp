@@ -80,6 +80,7 @@ class WriteBatch {
   private:
     friend class Store;
     struct Impl;
+    explicit WriteBatch(std::unique_ptr<Impl> impl);
     std::unique_ptr<Impl> impl_;
     std::size_t rows_ = 0;
     std::size_t bytes_ = 0;
