@@ -174,6 +174,7 @@ int run_bench(const BenchOptions& o) {
     engine::EngineOptions eo;
     if (o.cache_mb > 0) set_memory_budget(eo, o.cache_mb);
     eo.pipelined_writes = o.pipelined_writes;
+    eo.parallel_tree = o.tree_threads > 1;
     auto opened = engine::Engine::open(dir.string(), eo);
     if (!opened) return fail(opened.error());
     engine::Engine& eng = **opened;
@@ -321,6 +322,8 @@ int run_bench(const BenchOptions& o) {
         {"blocks", o.blocks},
         // Whether the measured heights were pipelined (small ones are written inline).
         {"pipelined_writes", o.pipelined_writes && o.block_keys >= eo.pipeline_min_changes},
+        // Threads that updated a measured height's tree.
+        {"tree_threads", eo.parallel_tree && o.block_keys >= engine::Tree::kParallelMin ? 2 : 1},
         {"keys_per_s", keys_per_s},
         {"p50_ms", percentile(latencies_ms, 0.50)},
         {"p99_ms", percentile(latencies_ms, 0.99)},
@@ -346,8 +349,9 @@ int run_bench(const BenchOptions& o) {
         {"encode_us_per_key", encode_s * 1e6 / f(changed)},
         {"write_us_per_key", write_s * 1e6 / f(changed)},
     };
-    fmt::print("stateroot bench: N = {} keys, K = {} changed keys per height, B = {} heights{}\n", o.keys,
-               o.block_keys, o.blocks, o.pipelined_writes ? ", pipelined writes" : "");
+    fmt::print("stateroot bench: N = {} keys, K = {} changed keys per height, B = {} heights{}{}\n", o.keys,
+               o.block_keys, o.blocks, o.pipelined_writes ? ", pipelined writes" : "",
+               eo.parallel_tree ? "" : ", tree on one thread");
     fmt::print("  commit:    {:.0f} changed keys/s, p50 {:.2f} ms, p99 {:.2f} ms per height\n",
                keys_per_s, percentile(latencies_ms, 0.50), percentile(latencies_ms, 0.99));
     fmt::print(

@@ -72,6 +72,7 @@ struct BenchOptions {
     std::uint64_t preload_batch = 0;  // 0: 100,000, fewer under a budget (bench.cpp)
     std::size_t cache_mb = 0;
     bool pipelined_writes = false;
+    int tree_threads = 2;  // 1: each height's tree on the calling thread
 };
 int run_bench(const BenchOptions& options);
 

@@ -164,6 +164,11 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     bench->add_flag("--pipelined-writes", bench_opts.pipelined_writes,
                     "Overlap each height's RocksDB write with the tree of the next");
+    bench->add_option("--tree-threads", bench_opts.tree_threads,
+                      "Threads updating a height's tree: 2 (the two subtrees under the root in "
+                      "parallel) or 1")
+        ->check(CLI::Range(1, 2))
+        ->capture_default_str();
 
     try {
         app.parse(argc, argv);

@@ -120,7 +120,9 @@ Result<std::unique_ptr<Engine>> Engine::open(const std::string& dir, const Engin
     }
     e->node_cache_ = std::make_unique<NodeCache>(options.node_cache_mb << 20);
     e->nodes_ = std::make_unique<NodeReader>(*e->store_, nullptr, e->node_cache_.get());
-    e->helper_nodes_ = std::make_unique<NodeReader>(*e->store_, nullptr, e->node_cache_.get());
+    if (options.parallel_tree) {
+        e->helper_nodes_ = std::make_unique<NodeReader>(*e->store_, nullptr, e->node_cache_.get());
+    }
     e->tree_ = std::make_unique<Tree>(*e->nodes_, e->helper_nodes_.get());
     e->tree_->set_memory_budget(options.tree_memory_bytes);
     if (options.pipelined_writes && !read_only) e->writer_ = std::make_unique<Worker>("stateroot:write");

@@ -374,6 +374,46 @@ TEST_CASE("engine: with pipelined writes a failed write is reported next and the
     }
 }
 
+TEST_CASE("engine: a height's tree on one thread or two gives the same roots and proofs",
+          "[engine]") {
+    // Heights of 400 changes, above Tree::kParallelMin: with parallel_tree the two
+    // subtrees under the root are updated on two threads.
+    auto height = [](std::uint64_t h) {
+        std::vector<std::pair<std::string, std::string>> puts;
+        for (int i = 0; i < 400; ++i) puts.emplace_back(fmt::format("k{}", (h * 41 + i * 7) % 1500), fmt::format("{}", h));
+        std::vector<std::string> deletes;
+        for (int i = 0; i < 30; ++i) deletes.push_back(fmt::format("k{}", (h * 29 + i * 47 + 3) % 1500));
+        std::erase_if(puts, [&](const auto& p) {
+            return std::find(deletes.begin(), deletes.end(), p.first) != deletes.end();
+        });
+        return changes(h, puts, deletes);
+    };
+    test::TempDir one_dir, two_dir;
+    EngineOptions one_options;
+    one_options.parallel_tree = false;
+    auto one = Engine::open(one_dir.str(), one_options);
+    REQUIRE(one);
+    auto two = open_engine(two_dir);
+    for (std::uint64_t h = 0; h < 6; ++h) {
+        auto a = (*one)->apply(height(h));
+        auto b2 = two->apply(height(h));
+        REQUIRE(a);
+        REQUIRE(b2);
+        CHECK(a->root == b2->root);
+        CHECK(a->live_keys == b2->live_keys);
+    }
+    for (auto* e : {one->get(), two.get()}) {
+        auto v = e->view();
+        REQUIRE(v);
+        CHECK(v->recompute_root(5).value() == e->root());
+        for (const std::string key : {"k3", "k700", "k1499", "absent"}) {
+            auto p = v->prove(b(key), 5);
+            REQUIRE(p);
+            CHECK(verify(*p, e->root()));
+        }
+    }
+}
+
 TEST_CASE("engine: reopening gives the same roots and values and proofs", "[engine]") {
     test::TempDir dir;
     std::vector<Hash> roots;

@@ -57,6 +57,10 @@ struct EngineOptions {
     // written heights only. Call settle() before relying on a height being on disk
     // (default false: apply() returns once its height is written).
     bool pipelined_writes = false;
+    // Update the two subtrees under the root on two threads (the caller's and one of
+    // the engine's) for heights of at least Tree::kParallelMin changes; false keeps
+    // each height's tree on the calling thread (default true).
+    bool parallel_tree = true;
     // With pipelined writes, heights of fewer changes than this are still written
     // before apply() returns: handing a small write to another thread and waking it
     // costs more than it hides (at one change per height, 143 µs a height instead of
