@@ -8,9 +8,13 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <sstream>
 #include <unordered_set>
+
+#include <unistd.h>
 
 #include "cli.hpp"
 #include "stateroot/engine/engine.hpp"
@@ -69,6 +73,35 @@ std::uint64_t peak_rss_kb() {
         if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6));
     }
     return 0;
+}
+
+// CPU seconds used so far by this process's threads, summed by thread name (RocksDB
+// names all its compaction threads alike; the calling thread is "main"). Read from
+// Linux's /proc; empty elsewhere.
+std::map<std::string, double> thread_cpu_s() {
+    std::map<std::string, double> cpu;
+    const double ticks_per_s = static_cast<double>(sysconf(_SC_CLK_TCK));
+    const std::string main_tid = std::to_string(gettid());
+    std::error_code ec;
+    for (const auto& task : fs::directory_iterator("/proc/self/task", ec)) {
+        std::ifstream in(task.path() / "stat");
+        std::string stat;
+        if (!std::getline(in, stat)) continue;  // the thread has just ended
+        // "tid (name) state ...": the name may hold spaces; utime and stime are the
+        // 14th and 15th fields.
+        const auto open = stat.find('('), close = stat.rfind(')');
+        if (open == std::string::npos || close == std::string::npos) continue;
+        std::istringstream rest(stat.substr(close + 1));
+        std::string field;
+        std::uint64_t ticks = 0;
+        for (int i = 3; i <= 15 && rest >> field; ++i) {
+            if (i >= 14) ticks += std::stoull(field);
+        }
+        const std::string name =
+            task.path().filename() == main_tid ? "main" : stat.substr(open + 1, close - open - 1);
+        cpu[name] += f(ticks) / ticks_per_s;
+    }
+    return cpu;
 }
 
 // Starts peak_rss_kb() again from the current RSS (Linux: clear_refs "5").
@@ -216,6 +249,7 @@ int run_bench(const BenchOptions& o) {
     std::vector<double> latencies_ms;
     std::uint64_t changed = 0, hashes = 0, rows = 0, bytes = 0, reads = 0;
     double commit_s = 0, prepare_s = 0, tree_s = 0, encode_s = 0, write_s = 0;
+    const auto cpu_before = thread_cpu_s();
     for (std::uint64_t b = 0; b < o.blocks; ++b) {
         engine::Changes c;
         c.height = height++;
@@ -254,6 +288,19 @@ int run_bench(const BenchOptions& o) {
         commit_s += waited;
         write_s += waited;
     }
+    // Each thread's CPU over the measured heights, per changed key. The main thread's
+    // includes making the benchmark's changes; the compactions' depends on where the
+    // measured heights fall among RocksDB's merges, which come a few hundred MB apart.
+    std::vector<std::pair<std::string, double>> cpu_us;
+    double cpu_us_total = 0;
+    for (const auto& [name, s] : thread_cpu_s()) {
+        const auto before = cpu_before.find(name);
+        const double used = s - (before == cpu_before.end() ? 0.0 : before->second);
+        if (used <= 0) continue;
+        cpu_us.emplace_back(name, used * 1e6 / f(changed));
+        cpu_us_total += cpu_us.back().second;
+    }
+    std::sort(cpu_us.begin(), cpu_us.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
     spdlog::info("measured {} heights", o.blocks);
     if (Status s = eng.store().flush(); !s) return fail(s.error());
     const std::uint64_t disk = eng.store().disk_bytes();
@@ -316,7 +363,7 @@ int run_bench(const BenchOptions& o) {
     const double hash_ceiling = hashes_per_key > 0 ? hash_rate / hashes_per_key : 0;
     if (own_dir) fs::remove_all(dir);
 
-    const nlohmann::json j{
+    nlohmann::json j{
         {"keys", o.keys},
         {"block_keys", o.block_keys},
         {"blocks", o.blocks},
@@ -348,7 +395,9 @@ int run_bench(const BenchOptions& o) {
         {"tree_us_per_key", tree_s * 1e6 / f(changed)},
         {"encode_us_per_key", encode_s * 1e6 / f(changed)},
         {"write_us_per_key", write_s * 1e6 / f(changed)},
+        {"cpu_us_per_key", cpu_us_total},
     };
+    for (const auto& [name, thread_us] : cpu_us) j["cpu_us_per_key_by_thread"][name] = thread_us;
     fmt::print("stateroot bench: N = {} keys, K = {} changed keys per height, B = {} heights{}{}\n", o.keys,
                o.block_keys, o.blocks, o.pipelined_writes ? ", pipelined writes" : "",
                eo.parallel_tree ? "" : ", tree on one thread");
@@ -362,6 +411,13 @@ int run_bench(const BenchOptions& o) {
         "  µs/key:    {:.2f} prepare (hash keys and values, sort), {:.2f} tree, {:.2f} encode "
         "rows, {:.2f} RocksDB write\n",
         prepare_s * us, tree_s * us, encode_s * us, write_s * us);
+    if (!cpu_us.empty()) {
+        std::string by_thread;
+        for (const auto& [name, thread_us] : cpu_us) {
+            by_thread += fmt::format("{}{} {:.2f}", by_thread.empty() ? "" : ", ", name, thread_us);
+        }
+        fmt::print("  CPU:       {:.2f} µs per changed key in all threads: {}\n", cpu_us_total, by_thread);
+    }
     fmt::print("  disk:      {:.0f} bytes per live key ({} live keys); peak RSS {:.0f} MiB ({:.0f} MiB while measuring)\n",
                live_keys ? f(disk) / f(live_keys) : 0.0, live_keys, f(rss_kb) / 1024.0,
                f(measured_rss_kb) / 1024.0);

@@ -206,6 +206,23 @@ TEST_CASE("cli: a tiny benchmark runs and prints its JSON summary last", "[cli][
     CHECK(j["preload_batch"] == 100000);
 }
 
+TEST_CASE("cli: the benchmark reports each thread's CPU, and --tree-threads 1 uses no tree thread",
+          "[cli][bench]") {
+    Cli cli;
+    const Run r = cli.run("bench --keys 5000 --block-keys 1000 --blocks 30 --tree-threads 1 --json");
+    REQUIRE(r.code == 0);
+    CHECK(r.out.find("µs per changed key in all threads: main") != std::string::npos);
+    const auto j = nlohmann::json::parse(lines(r.out).back());
+    CHECK(j["tree_threads"] == 1);
+    const auto& by_thread = j["cpu_us_per_key_by_thread"];
+    REQUIRE(by_thread.contains("main"));
+    CHECK(by_thread["main"].get<double>() > 0);
+    CHECK_FALSE(by_thread.contains("stateroot:tree"));
+    double sum = 0;
+    for (const auto& [name, us] : by_thread.items()) sum += us.get<double>();
+    CHECK(j["cpu_us_per_key"].get<double>() == Approx(sum));
+}
+
 TEST_CASE("cli: under a memory budget the benchmark preloads in smaller heights", "[cli][bench]") {
     // A height's own working set comes on top of the budget: one key per 16 KiB of it.
     Cli cli;
