@@ -82,6 +82,13 @@ bool creation_cut_short(const std::string& dir) {
 
 // ---------------------------------------------------------------------------- Engine
 
+storage::StoreOptions Engine::store_options(const EngineOptions& options) {
+    storage::StoreOptions so = options.store;
+    so.seek_prefix_length = schema::kValueSeekPrefix;
+    so.rising_prefixes = schema::kRisingPrefixes;
+    return so;
+}
+
 Result<std::unique_ptr<Engine>> Engine::open(const std::string& dir, const EngineOptions& options) {
     std::error_code ec;
     if (fs::is_directory(dir, ec) && !fs::is_empty(dir, ec) &&
@@ -91,12 +98,10 @@ Result<std::unique_ptr<Engine>> Engine::open(const std::string& dir, const Engin
             fmt::format("{} is not a stateroot database (it holds other files)", dir));
     }
     const bool read_only = options.read_only || !options.secondary_dir.empty();
-    storage::StoreOptions so = options.store;
+    storage::StoreOptions so = store_options(options);
     so.create_if_missing = !options.must_exist && !read_only;
     so.read_only = options.read_only;
     so.secondary_dir = options.secondary_dir;
-    so.seek_prefix_length = schema::kValueSeekPrefix;
-    so.rising_prefixes = schema::kRisingPrefixes;
     auto store = storage::Store::open(dir, so);
     if (!store) return std::unexpected(store.error());
 

@@ -198,7 +198,7 @@ TEST_CASE("cli: a tiny benchmark runs and prints its JSON summary last", "[cli][
     const auto j = nlohmann::json::parse(out.back());
     for (const char* field :
          {"keys_per_s", "p50_ms", "p99_ms", "hashes_per_key", "rows_per_key", "disk_bytes_per_key",
-          "peak_rss_mb", "raw_rocksdb_keys_per_s", "sha256_node_hashes_per_s"}) {
+          "peak_rss_mb", "raw_rocksdb_keys_per_s", "raw_rocksdb_at_n_keys_per_s", "sha256_node_hashes_per_s"}) {
         INFO(field);
         CHECK(j.contains(field));
         CHECK(j[field].get<double>() > 0);

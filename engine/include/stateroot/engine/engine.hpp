@@ -147,6 +147,10 @@ class Engine {
     // this format version.
     static Result<std::unique_ptr<Engine>> open(const std::string& dir,
                                                 const EngineOptions& options = {});
+    // The storage options open() gives RocksDB: `options.store` with the engine's key
+    // layout (the value rows' seek prefix, a column family per rising prefix), which
+    // also sets how the value rows are kept (StoreOptions).
+    static storage::StoreOptions store_options(const EngineOptions& options);
     ~Engine();
 
     // Commits `changes` as the next height (tip + 1, or any height on an empty
