@@ -406,7 +406,7 @@ TEST_CASE("engine: a height's tree on one thread or two gives the same roots and
         auto v = e->view();
         REQUIRE(v);
         CHECK(v->recompute_root(5).value() == e->root());
-        for (const std::string key : {"k3", "k700", "k1499", "absent"}) {
+        for (const char* key : {"k3", "k700", "k1499", "absent"}) {
             auto p = v->prove(b(key), 5);
             REQUIRE(p);
             CHECK(verify(*p, e->root()));
