@@ -78,13 +78,18 @@ alignas(16) constexpr std::uint32_t kRound[64] = {
 
 #define STATEROOT_SHA_NI __attribute__((target("sha,sse4.1,ssse3")))
 
+// The shuffle that turns each 32-bit word of a register between little- and big-endian.
+STATEROOT_SHA_NI inline __m128i word_byte_swap() {
+    return _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+}
+
 // One 64-byte block into each of N states. The state is in the order SHA-NI wants it:
 // abef = (a, b, e, f) and cdgh = (c, d, g, h), most significant lane first. The N
 // chains are independent, so each round's instructions of one lane overlap the
 // latency of the others'.
 template <int N>
 STATEROOT_SHA_NI inline void compress(__m128i* abef, __m128i* cdgh, const std::uint8_t (*block)[64]) {
-    const __m128i big_endian = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    const __m128i big_endian = word_byte_swap();
     __m128i w[N][4], abef0[N], cdgh0[N];
     for (int j = 0; j < N; ++j) {
         abef0[j] = abef[j];
@@ -140,7 +145,7 @@ STATEROOT_SHA_NI void node_hashes_sha_ni(const Hash* const* left, const Hash* co
     }
     compress<N>(abef, cdgh, first);
     compress<N>(abef, cdgh, second);
-    const __m128i big_endian = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    const __m128i big_endian = word_byte_swap();
     for (int j = 0; j < N; ++j) {
         // (a, b, e, f) and (c, d, g, h) back to a..h, each word big-endian.
         const __m128i ab_ef = _mm_shuffle_epi32(abef[j], 0x1b);

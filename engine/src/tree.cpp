@@ -408,8 +408,12 @@ Hash Tree::node(Context& cx, const Hash& left, const Hash& right) {
     return node_hash(left, right);
 }
 
-void Tree::run_jobs(Context& cx, Sub& result) {
+void Tree::run_jobs(Context& cx, Sub* result) {
     std::vector<HashJob>& jobs = cx.jobs;
+    if (result == nullptr) {
+        jobs.clear();
+        return;
+    }
     // The jobs by rank (a counting sort): each rank's jobs wait only for lower ranks.
     std::uint16_t max_rank = 0;
     for (const HashJob& job : jobs) max_rank = std::max(max_rank, job.rank);
@@ -483,9 +487,9 @@ void Tree::run_jobs(Context& cx, Sub& result) {
             }
         }
     }
-    if (result.job != kNoJob) {
-        result.ref.top = jobs[result.job].value;
-        result.job = kNoJob;
+    if (result->job != kNoJob) {
+        result->ref.top = jobs[result->job].value;
+        result->job = kNoJob;
     }
     jobs.clear();
 }
@@ -670,7 +674,7 @@ Tree::Sub Tree::build(Context& cx, int at, std::span<const Entry> entries) {
         cx.deferring = true;
         Sub sub = build(cx, at, entries);
         cx.deferring = false;
-        run_jobs(cx, sub);
+        run_jobs(cx, &sub);
         return sub;
     }
     Sub sub;
@@ -712,15 +716,7 @@ Result<std::optional<Tree::Sub>> Tree::apply_at(Context& cx, Ref& loc, int at,
         cx.deferring = true;
         auto r = apply_at(cx, loc, at, cs);
         cx.deferring = false;
-        if (!r) {
-            cx.jobs.clear();
-            return r;
-        }
-        if (*r) {
-            run_jobs(cx, **r);
-        } else {
-            cx.jobs.clear();  // an unchanged subtree has nothing to hash
-        }
+        run_jobs(cx, r && *r ? &**r : nullptr);
         return r;
     }
     if (Status s = load(cx, loc); !s) return std::unexpected(s.error());

@@ -155,8 +155,9 @@ private:
     // Hashes the top of `sub` once more for the one-sided level above it, now or in
     // its job.
     void wrap(Context& cx, Sub& sub, int side);
-    // Runs the jobs put off while a group was worked on, `result` its new content.
-    void run_jobs(Context& cx, Sub& result);
+    // Runs the jobs put off while a group was worked on, `result` its new content; with
+    // no result (the group's subtree is unchanged, or reading it failed) drops them.
+    void run_jobs(Context& cx, Sub* result);
     Sub combine(Context& cx, int at, const Sub& left, const Sub& right);
     Ref finalize(Context& cx, const Sub& sub);
     // A new leaf for a put to an absent path.
