@@ -187,6 +187,8 @@ Status Engine::load() {
     tip_ = *tip;
     first_ = *first;
     next_chunk_ = next_chunk->value_or(0);
+    tree_loaded_ = false;
+    nodes_read_since_load_ = 0;
     if (!tip_) {
         live_keys_ = 0;
         tree_->reset(kNoNode, kZeroHash);
@@ -246,6 +248,16 @@ void Engine::trim(NodeId unwritten) {
     }
 }
 
+Status Engine::load_tree_if_due() {
+    if (tree_loaded_ || tree_->memory_budget() > 0) return {};
+    if (nodes_read_since_load_ * kLoadTreeAfter < 2 * live_keys_) return {};
+    NodeReader reader(*store_), helper(*store_);
+    ChunkPrefetcher prefetcher(*store_, kPrefetchThreads);
+    if (Status s = tree_->load_all(reader, helper_nodes_ ? &helper : nullptr, &prefetcher); !s) return s;
+    tree_loaded_ = true;
+    return {};
+}
+
 Result<CommitResult> Engine::apply(const Changes& changes) {
     if (read_only_) return read_only_error();
     const auto t0 = Clock::now();
@@ -277,8 +289,10 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
     }
     const auto t1 = Clock::now();
 
+    if (Status s = load_tree_if_due(); !s) return std::unexpected(s.error());
     auto update = tree_->apply(tree_changes, next_chunk_);
     if (!update) return std::unexpected(update.error());
+    nodes_read_since_load_ += update->stats.node_reads;
     const auto t2 = Clock::now();
 
     // Room for the whole height up front: grown as rows arrive, the megabytes of a

@@ -1,5 +1,7 @@
 #include "stateroot/engine/node_store.hpp"
 
+#include <pthread.h>
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -266,6 +268,46 @@ Result<NodeRecord> NodeReader::decode(NodeId id) {
         child = id - *delta;
     }
     return n;
+}
+
+ChunkPrefetcher::ChunkPrefetcher(const storage::Store& store, std::size_t threads) : store_(store) {
+    for (std::size_t i = 0; i < threads; ++i) {
+        threads_.emplace_back([this] {
+            pthread_setname_np(pthread_self(), "stateroot:read");
+            loop();
+        });
+    }
+}
+
+ChunkPrefetcher::~ChunkPrefetcher() {
+    {
+        std::lock_guard lock(mu_);
+        stop_ = true;
+    }
+    cv_.notify_all();
+    for (std::thread& t : threads_) t.join();
+}
+
+void ChunkPrefetcher::add(std::uint64_t chunk) {
+    {
+        std::lock_guard lock(mu_);
+        queue_.push(chunk);
+    }
+    cv_.notify_one();
+}
+
+void ChunkPrefetcher::loop() {
+    std::unique_lock lock(mu_);
+    for (;;) {
+        cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+        if (stop_) return;
+        const std::uint64_t chunk = queue_.top();
+        queue_.pop();
+        lock.unlock();
+        // Only to bring the row into memory: an error is the reader's to report.
+        (void)store_.get(schema::node_chunk_key(chunk));
+        lock.lock();
+    }
 }
 
 }  // namespace stateroot::engine

@@ -3,9 +3,11 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <array>
 #include <cassert>
 #include <cstdio>
 #include <cstdlib>
+#include <queue>
 
 #include "worker.hpp"
 
@@ -528,6 +530,124 @@ Status Tree::load(Context& cx, Ref& ref) {
     }
     ref.slot = in_arena(kTagBranch, cx.arena, branches_[cx.arena]->alloc(b), rec->depth);
     return {};
+}
+
+// The nodes a sweep has found and not loaded yet, by chunk: a chain through `next_`
+// per chunk, whose head an open-addressing table finds. Chunks holding nodes of the
+// current tree are few against those written, and scattered among them.
+class Tree::PendingByChunk {
+public:
+    // Returns whether `chunk` had no pending node before.
+    bool add(std::uint64_t chunk, Ref* ref) {
+        if (2 * (used_ + 1) > keys_.size()) grow();
+        std::uint32_t& head = heads_[find(chunk)];
+        const bool first = head == kNone;
+        next_.push_back(head);
+        refs_.push_back(ref);
+        head = static_cast<std::uint32_t>(refs_.size() - 1);
+        return first;
+    }
+    // Calls f(ref) for each pending node of `chunk`, and forgets them.
+    template <class F>
+    void take(std::uint64_t chunk, F&& f) {
+        std::uint32_t& head = heads_[find(chunk)];
+        for (std::uint32_t i = head; i != kNone; i = next_[i]) f(refs_[i]);
+        head = kNone;  // the slot stays taken: nothing is added to a chunk once taken
+    }
+
+private:
+    static constexpr std::uint32_t kNone = ~std::uint32_t{0};
+    static constexpr std::uint64_t kFree = ~std::uint64_t{0};
+    std::size_t find(std::uint64_t chunk) {
+        const std::size_t mask = keys_.size() - 1;
+        for (std::size_t i = (chunk * 0x9e3779b97f4a7c15u) >> 20 & mask;; i = (i + 1) & mask) {
+            if (keys_[i] == chunk) return i;
+            if (keys_[i] == kFree) {
+                keys_[i] = chunk;
+                heads_[i] = kNone;
+                ++used_;
+                return i;
+            }
+        }
+    }
+    void grow() {
+        std::vector<std::uint64_t> keys = std::move(keys_);
+        std::vector<std::uint32_t> heads = std::move(heads_);
+        keys_.assign(std::max<std::size_t>(1024, 2 * keys.size()), kFree);
+        heads_.assign(keys_.size(), kNone);
+        used_ = 0;
+        for (std::size_t i = 0; i < keys.size(); ++i) {
+            if (keys[i] != kFree) heads_[find(keys[i])] = heads[i];
+        }
+    }
+    std::vector<std::uint64_t> keys_;
+    std::vector<std::uint32_t> heads_;
+    std::size_t used_ = 0;
+    std::vector<std::uint32_t> next_;
+    std::vector<Ref*> refs_;
+};
+
+Status Tree::sweep(Context& cx, Ref& top, ChunkPrefetcher* prefetcher) {
+    // Chunk by chunk, highest first: a record is written after those of its children,
+    // so every node found below one being loaded has a lower id, in the same chunk or
+    // one below. Each chunk is then read once, whatever order the tree's nodes were
+    // written in, and the prefetcher hears of it as soon as a node in it is found.
+    PendingByChunk pending;
+    std::priority_queue<std::uint64_t> chunks;
+    auto add = [&](Ref& r) {
+        const std::uint64_t c = r.id / schema::kChunkNodes;
+        if (pending.add(c, &r)) {
+            chunks.push(c);
+            if (prefetcher) prefetcher->add(c);
+        }
+    };
+    // The nodes in memory lead to the first stored ones.
+    std::vector<Ref*> resident{&top};
+    while (!resident.empty()) {
+        Ref& r = *resident.back();
+        resident.pop_back();
+        if (tag(r.slot) == kTagStored) add(r);
+        if (tag(r.slot) != kTagBranch) continue;
+        for (Ref& child : branch(r.slot).child) resident.push_back(&child);
+    }
+    std::array<Ref*, schema::kChunkNodes> in_chunk;
+    while (!chunks.empty()) {
+        const std::uint64_t c = chunks.top();
+        chunks.pop();
+        in_chunk.fill(nullptr);
+        pending.take(c, [&](Ref* r) { in_chunk[r->id % schema::kChunkNodes] = r; });
+        for (std::size_t i = schema::kChunkNodes; i-- > 0;) {
+            if (!in_chunk[i]) continue;
+            Ref& r = *in_chunk[i];
+            if (Status s = load(cx, r); !s) return s;
+            if (tag(r.slot) != kTagBranch) continue;
+            for (Ref& child : branch(r.slot).child) {
+                if (tag(child.slot) != kTagStored) continue;
+                if (child.id / schema::kChunkNodes == c) {
+                    in_chunk[child.id % schema::kChunkNodes] = &child;
+                } else {
+                    add(child);
+                }
+            }
+        }
+    }
+    return {};
+}
+
+Status Tree::load_all(NodeReader& reader, NodeReader* helper, ChunkPrefetcher* prefetcher) {
+    Context main(0, &reader, 0);
+    if (Status s = load(main, *root_); !s) return s;
+    if (!helper || !worker_ || tag(root_->slot) != kTagBranch || depth_of(root_->slot) != 0) {
+        return sweep(main, *root_, prefetcher);
+    }
+    // The subtrees under the root in the arenas apply() gives them, one per thread.
+    Branch& root = branch(root_->slot);
+    Context second(1, helper, 0);
+    Status right;
+    worker_->run([&] { right = sweep(second, root.child[1], prefetcher); });
+    Status left = sweep(main, root.child[0], prefetcher);
+    worker_->wait();
+    return left ? right : left;
 }
 
 Result<Tree::Sub> Tree::existing(Context& cx, Ref& ref, int at) {

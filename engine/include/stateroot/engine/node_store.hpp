@@ -2,8 +2,12 @@
 // height and never modified (docs/schema.md, "node chunks").
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <queue>
+#include <thread>
 #include <vector>
 
 #include "stateroot/engine/hash.hpp"
@@ -129,6 +133,31 @@ class NodeReader {
     std::uint64_t clock_ = 0;
     std::uint64_t reads_ = 0;
     std::uint64_t fetches_ = 0;
+};
+
+// Reads chunk rows on threads of its own, highest chunk first, ahead of a reader
+// that will want them: on a database just opened each read is a wait for the disk,
+// and these overlap; the reader then finds the rows in memory (RocksDB's block cache
+// or the system's page cache). Rows read are not kept here: a reader that gets ahead
+// reads a row itself, and no one waits for anyone. For Tree::load_all(), which reads
+// the chunks of the tree from the highest down. Thread-safe.
+class ChunkPrefetcher {
+  public:
+    ChunkPrefetcher(const storage::Store& store, std::size_t threads);
+    // Stops: the chunks not read yet are not.
+    ~ChunkPrefetcher();
+    ChunkPrefetcher(const ChunkPrefetcher&) = delete;
+    ChunkPrefetcher& operator=(const ChunkPrefetcher&) = delete;
+    void add(std::uint64_t chunk);
+
+  private:
+    void loop();
+    const storage::Store& store_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::priority_queue<std::uint64_t> queue_;
+    bool stop_ = false;
+    std::vector<std::thread> threads_;
 };
 
 }  // namespace stateroot::engine

@@ -99,6 +99,14 @@ public:
     // Discards `update`.
     void abort(Update&& update);
 
+    // Reads every node of the current tree that is not in memory, in one sweep down
+    // the node ids that reads each chunk once: through `reader` and, for the subtree
+    // right of the root, `helper` on the tree's second thread (readers without a
+    // shared node cache, so that the sweep does not push out what it holds for
+    // proofs). Tells `prefetcher` of each chunk as soon as it knows it will read it.
+    // Fails only if a node cannot be read; the nodes loaded by then stay.
+    Status load_all(NodeReader& reader, NodeReader* helper, ChunkPrefetcher* prefetcher);
+
     // Nodes held in memory, and their bytes.
     std::size_t resident_nodes() const;
     std::size_t resident_bytes() const;
@@ -136,11 +144,14 @@ private:
     struct Sub;
     struct Entry;
     struct HashJob;
+    class PendingByChunk;
     template <class T>
     class Arena;
 
     Result<std::optional<Sub>> apply_at(Context& cx, Ref& loc, int at, std::span<const TreeChange> cs);
     Status load(Context& cx, Ref& ref);
+    // Loads every stored node under `top` (load_all()).
+    Status sweep(Context& cx, Ref& top, ChunkPrefetcher* prefetcher);
     Result<Sub> existing(Context& cx, Ref& ref, int at);
     Result<Hash> prefix_path(Context& cx, Ref ref);
     Result<Sub> retop(Context& cx, const Ref& ref, int at, const Hash& prefix);
