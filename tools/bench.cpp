@@ -355,6 +355,7 @@ int run_bench(const BenchOptions& o) {
     // Opening the database again and committing the next heights: the tree is read
     // from the disk again, node by node and then in one sweep (Engine: load_tree_if_due).
     opened->reset();
+    reset_peak_rss();
     const std::uint64_t reopen_heights = std::min<std::uint64_t>(o.blocks, kReopenHeights);
     double reopen_commit_s = 0;
     std::uint64_t reopen_changed = 0;
@@ -372,6 +373,7 @@ int run_bench(const BenchOptions& o) {
         if (Status s = (*reopened)->settle(); !s) return fail(s.error());
     }
     const double reopen_heights_s = seconds_since(reopen_start);
+    const std::uint64_t reopen_rss_kb = peak_rss_kb();
 
     const double keys_per_s = f(changed) / commit_s;
     const double hashes_per_key = f(hashes) / f(changed);
@@ -419,6 +421,7 @@ int run_bench(const BenchOptions& o) {
         {"reopen_commit_s", reopen_commit_s},
         {"reopen_heights", reopen_heights},
         {"reopen_heights_s", reopen_heights_s},
+        {"reopen_peak_rss_mib", f(reopen_rss_kb) / 1024.0},
         {"prepare_us_per_key", prepare_s * 1e6 / f(changed)},
         {"tree_us_per_key", tree_s * 1e6 / f(changed)},
         {"encode_us_per_key", encode_s * 1e6 / f(changed)},
@@ -458,8 +461,10 @@ int run_bench(const BenchOptions& o) {
         hash_ceiling > 0 ? 100 * keys_per_s / hash_ceiling : 0.0);
     fmt::print("  reads:     proof p50 {:.1f} µs, p99 {:.1f} µs; value p50 {:.1f} µs (warm, at the tip)\n",
                percentile(proof_us, 0.50), percentile(proof_us, 0.99), percentile(get_us, 0.50));
-    fmt::print("  reopen:    open and commit the next height in {:.2f} s, the next {} in {:.2f} s ({:.0f} changed keys/s)\n",
-               reopen_commit_s, reopen_heights, reopen_heights_s, f(reopen_changed) / reopen_heights_s);
+    fmt::print("  reopen:    open and commit the next height in {:.2f} s, the next {} in {:.2f} s ({:.0f} changed keys/s); "
+               "peak RSS {:.0f} MiB\n",
+               reopen_commit_s, reopen_heights, reopen_heights_s, f(reopen_changed) / reopen_heights_s,
+               f(reopen_rss_kb) / 1024.0);
     fmt::print("  preload:   {:.1f} s, heights of {} keys\n", preload_s, preload_batch);
     if (o.json) fmt::print("{}\n", j.dump());
     return kExitOk;

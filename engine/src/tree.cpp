@@ -542,16 +542,31 @@ public:
         if (2 * (used_ + 1) > keys_.size()) grow();
         std::uint32_t& head = heads_[find(chunk)];
         const bool first = head == kNone;
-        next_.push_back(head);
-        refs_.push_back(ref);
-        head = static_cast<std::uint32_t>(refs_.size() - 1);
+        std::uint32_t i;
+        if (free_ != kNone) {
+            i = free_;
+            free_ = next_[i];
+        } else {
+            i = static_cast<std::uint32_t>(refs_.size());
+            next_.emplace_back();
+            refs_.emplace_back();
+        }
+        next_[i] = head;
+        refs_[i] = ref;
+        head = i;
         return first;
     }
     // Calls f(ref) for each pending node of `chunk`, and forgets them.
     template <class F>
     void take(std::uint64_t chunk, F&& f) {
         std::uint32_t& head = heads_[find(chunk)];
-        for (std::uint32_t i = head; i != kNone; i = next_[i]) f(refs_[i]);
+        for (std::uint32_t i = head; i != kNone;) {
+            f(refs_[i]);
+            const std::uint32_t next = next_[i];
+            next_[i] = free_;  // reused: the lists hold the sweep's frontier, not all it found
+            free_ = i;
+            i = next;
+        }
         head = kNone;  // the slot stays taken: nothing is added to a chunk once taken
     }
 
@@ -585,6 +600,7 @@ private:
     std::size_t used_ = 0;
     std::vector<std::uint32_t> next_;
     std::vector<Ref*> refs_;
+    std::uint32_t free_ = kNone;  // a chain of the entries taken
 };
 
 Status Tree::sweep(Context& cx, Ref& top, ChunkPrefetcher* prefetcher) {
