@@ -308,6 +308,8 @@ std::size_t Tree::arena_bytes(bool free_slots_too) const {
     return n;
 }
 
+bool Tree::root_splits() const { return tag(root_->slot) == kTagBranch && depth_of(root_->slot) == 0; }
+
 Tree::Branch& Tree::branch(Slot slot) { return branches_[arena_of(slot)]->at(index_of(slot)); }
 Tree::Leaf& Tree::leaf(Slot slot) { return leaves_[arena_of(slot)]->at(index_of(slot)); }
 
@@ -653,7 +655,7 @@ Status Tree::sweep(Context& cx, Ref& top, ChunkPrefetcher* prefetcher) {
 Status Tree::load_all(NodeReader& reader, NodeReader* helper, ChunkPrefetcher* prefetcher) {
     Context main(0, &reader, 0);
     if (Status s = load(main, *root_); !s) return s;
-    if (!helper || !worker_ || tag(root_->slot) != kTagBranch || depth_of(root_->slot) != 0) {
+    if (!helper || !worker_ || !root_splits()) {
         return sweep(main, *root_, prefetcher);
     }
     // The subtrees under the root in the arenas apply() gives them, one per thread.
@@ -973,7 +975,7 @@ Result<Tree::Update> Tree::apply(std::span<const TreeChange> changes, std::uint6
     bool parallel = worker_ && changes.size() >= kParallelMin;
     if (parallel) {
         if (Status s = load(main, *root_); !s) return fail(s.error());
-        parallel = tag(root_->slot) == kTagBranch && depth_of(root_->slot) == 0;
+        parallel = root_splits();
     }
     if (!parallel) {
         // A height of a few changes is one small group (apply_at walks ahead the groups

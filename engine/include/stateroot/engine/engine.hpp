@@ -226,7 +226,6 @@ class Engine {
     // many heights follow, the reads cost at most about twice the cheaper choice.
     Status load_tree_if_due();
 
-
     std::unique_ptr<storage::Store> store_;
     std::unique_ptr<NodeCache> node_cache_;
     std::unique_ptr<NodeReader> nodes_;
@@ -239,13 +238,13 @@ class Engine {
     std::uint64_t live_keys_ = 0;
     bool read_only_ = false;
     static constexpr std::size_t kTrimAfterBytes = std::size_t{4} << 20;
-    std::size_t written_since_trim_ = 0;
+    std::size_t written_since_trim_ = 0;  // bytes of the heights applied since trim() gave memory back
     static constexpr std::uint64_t kLoadTreeAfter = 32;  // sweep once 1/32 of the nodes were read alone
     // Reads in flight during the sweep: this disk served 16.7 k random 16 KiB reads/s
     // one at a time, 54 k with 16 at once.
     static constexpr std::size_t kPrefetchThreads = 16;
     bool tree_loaded_ = false;              // the sweep ran since the tree was reset
-    std::uint64_t nodes_read_since_load_ = 0;  // nodes read one by one since then  // bytes of the heights applied since trim() gave memory back
+    std::uint64_t nodes_read_since_load_ = 0;  // nodes read one by one since then
     // Pipelined writes: the batch of the height in flight, and its outcome.
     bool writing_ = false;
     storage::WriteBatch in_flight_;

@@ -192,6 +192,9 @@ private:
     // chains do not overlap. At most kWalkAheadGroup changes.
     void walk_ahead(std::uint64_t top, std::span<const TreeChange> cs);
     static constexpr std::size_t kWalkAheadGroup = 32;
+    // Whether the root, in memory, is a branch with a subtree on each side: what
+    // apply() and load_all() split between their two threads.
+    bool root_splits() const;
     Branch& branch(std::uint64_t slot);
     Leaf& leaf(std::uint64_t slot);
 
