@@ -534,8 +534,8 @@ Status Tree::load(Context& cx, Ref& ref) {
     return {};
 }
 
-// The nodes a sweep has found and not loaded yet, by chunk: a chain through `next_`
-// per chunk, whose head an open-addressing table finds. Chunks holding nodes of the
+// The nodes a sweep has found and not loaded yet, by chunk: a chain of entries per
+// chunk, whose head an open-addressing table finds. Chunks holding nodes of the
 // current tree are few against those written, and scattered among them.
 class Tree::PendingByChunk {
 public:
@@ -547,14 +547,13 @@ public:
         std::uint32_t i;
         if (free_ != kNone) {
             i = free_;
-            free_ = next_[i];
+            free_ = next(i);
         } else {
-            i = static_cast<std::uint32_t>(refs_.size());
-            next_.emplace_back();
-            refs_.emplace_back();
+            i = size_++;
+            if (i % kPage == 0) pages_.push_back(std::make_unique<Page>());
         }
-        next_[i] = head;
-        refs_[i] = ref;
+        next(i) = head;
+        ref_at(i) = ref;
         head = i;
         return first;
     }
@@ -563,11 +562,11 @@ public:
     void take(std::uint64_t chunk, F&& f) {
         std::uint32_t& head = heads_[find(chunk)];
         for (std::uint32_t i = head; i != kNone;) {
-            f(refs_[i]);
-            const std::uint32_t next = next_[i];
-            next_[i] = free_;  // reused: the lists hold the sweep's frontier, not all it found
+            f(ref_at(i));
+            const std::uint32_t after = next(i);
+            next(i) = free_;  // reused: the lists hold the sweep's frontier, not all it found
             free_ = i;
-            i = next;
+            i = after;
         }
         head = kNone;  // the slot stays taken: nothing is added to a chunk once taken
     }
@@ -600,8 +599,17 @@ private:
     std::vector<std::uint64_t> keys_;
     std::vector<std::uint32_t> heads_;
     std::size_t used_ = 0;
-    std::vector<std::uint32_t> next_;
-    std::vector<Ref*> refs_;
+    // The entries, in pages: the frontier reaches millions of entries at ten million
+    // keys, and a vector doubling its capacity would hold up to twice that.
+    static constexpr std::uint32_t kPage = 1 << 16;
+    struct Page {
+        Ref* refs[kPage];
+        std::uint32_t next[kPage];
+    };
+    Ref*& ref_at(std::uint32_t i) { return pages_[i / kPage]->refs[i % kPage]; }
+    std::uint32_t& next(std::uint32_t i) { return pages_[i / kPage]->next[i % kPage]; }
+    std::vector<std::unique_ptr<Page>> pages_;
+    std::uint32_t size_ = 0;
     std::uint32_t free_ = kNone;  // a chain of the entries taken
 };
 

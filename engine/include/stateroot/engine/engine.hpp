@@ -241,8 +241,10 @@ class Engine {
     std::size_t written_since_trim_ = 0;  // bytes of the heights applied since trim() gave memory back
     static constexpr std::uint64_t kLoadTreeAfter = 32;  // sweep once 1/32 of the nodes were read alone
     // Reads in flight during the sweep: this disk served 16.7 k random 16 KiB reads/s
-    // one at a time, 54 k with 16 at once.
-    static constexpr std::size_t kPrefetchThreads = 16;
+    // one at a time, 35 k with 4 at once and 54 k with 16; yet sweeping with 8 and with
+    // 16 took the same time within the spread between runs, and each thread reading
+    // has its own allocator arena, memory held beside the tree.
+    static constexpr std::size_t kPrefetchThreads = 8;
     bool tree_loaded_ = false;              // the sweep ran since the tree was reset
     std::uint64_t nodes_read_since_load_ = 0;  // nodes read one by one since then
     // Pipelined writes: the batch of the height in flight, and its outcome.
