@@ -126,7 +126,8 @@ int main(int argc, char** argv) {
         index->add_option("--start-height", start_height, "Height of that first block (default: its BIP34 height)");
     std::uint64_t prune_keep = 0;
     auto* prune_opt = index->add_option("--prune-keep", prune_keep,
-                                        "Prune as it goes, keeping values and proofs of the last N heights");
+                                        "Prune as it goes, keeping values and proofs of the last N heights "
+                                        "(at least --max-reorg-depth + 1)");
 
     std::uint64_t keep = 0;
     auto* prune = app.add_subcommand(

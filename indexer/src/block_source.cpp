@@ -71,8 +71,14 @@ class File {
     bool ok() const { return static_cast<bool>(in_); }
     std::uint64_t size() const { return size_; }
 
-    // Reads up to n bytes at `offset` (fewer at the end of the file).
+    // Reads up to n bytes at `offset` (fewer at the end of the file), deobfuscated.
     Result<Bytes> read(std::uint64_t offset, std::uint64_t n) {
+        auto b = read_stored(offset, n);
+        if (b) deobfuscate(*b, offset);
+        return b;
+    }
+    // The same bytes as they are on disk.
+    Result<Bytes> read_stored(std::uint64_t offset, std::uint64_t n) {
         n = std::min(n, offset < size_ ? size_ - offset : 0);
         Bytes b(n);
         in_.seekg(static_cast<std::streamoff>(offset));
@@ -81,11 +87,13 @@ class File {
             return make_error(ErrorCode::kIoError,
                               fmt::format("{}: offset {}: read error", path_, offset));
         }
-        if (key_) {
-            for (std::uint64_t i = 0; i < n; ++i) b[i] ^= (*key_)[(offset + i) % 8];
-        }
         return b;
     }
+    void deobfuscate(Bytes& b, std::uint64_t offset) const {
+        if (!key_) return;
+        for (std::uint64_t i = 0; i < b.size(); ++i) b[i] ^= (*key_)[(offset + i) % 8];
+    }
+    bool obfuscated() const { return key_.has_value(); }
 
   private:
     std::string path_;
@@ -93,6 +101,22 @@ class File {
     std::optional<XorKey> key_;
     std::uint64_t size_ = 0;
 };
+
+// Whether every stored byte from `pos` to the end of the file is zero; `head` holds the
+// stored bytes from `pos` on, as far as they were read.
+Result<bool> zeros_to_end(File& f, std::uint64_t pos, const Bytes& head) {
+    constexpr std::uint64_t kChunk = 1 << 20;
+    auto zero = [](const Bytes& b) {
+        return std::all_of(b.begin(), b.end(), [](std::uint8_t x) { return x == 0; });
+    };
+    if (!zero(head)) return false;
+    for (std::uint64_t at = pos + head.size(); at < f.size(); at += kChunk) {
+        auto more = f.read_stored(at, kChunk);
+        if (!more) return std::unexpected(more.error());
+        if (!zero(*more)) return false;
+    }
+    return true;
+}
 
 }  // namespace
 
@@ -106,9 +130,17 @@ Result<std::vector<FoundBlock>> scan_blk_file(const std::string& path, Network n
     std::uint64_t pos = 0;
     constexpr std::uint64_t kChunk = 1 << 16;
     while (pos < f.size()) {
-        // Skip zero padding (Bitcoin Core preallocates files and fills them with zeros).
-        auto head = f.read(pos, kChunk);
+        auto head = f.read_stored(pos, kChunk);
         if (!head) return std::unexpected(head.error());
+        // Bitcoin Core preallocates its files with zeros as stored, not obfuscated: in an
+        // obfuscated file, stored zeros from here to the end are that preallocation.
+        if (f.obfuscated()) {
+            auto tail = zeros_to_end(f, pos, *head);
+            if (!tail) return std::unexpected(tail.error());
+            if (*tail) break;
+        }
+        // Skip zero padding: zeros once deobfuscated, as a plain file's are.
+        f.deobfuscate(*head, pos);
         const auto nonzero =
             std::find_if(head->begin(), head->end(), [](std::uint8_t b) { return b != 0; });
         if (nonzero == head->end()) {

@@ -50,25 +50,43 @@ Limbs divide(const Limbs& n, const Limbs& d) {
     return q;
 }
 
-}  // namespace
-
-Work Work::from_bits(std::uint32_t bits) {
-    // Compact form: target = mantissa * 256^(exponent - 3); a set sign bit is invalid.
+// The target a compact `bits` encodes: mantissa * 256^(exponent - 3). Absent if the sign
+// bit is set, the target is zero or it overflows 256 bits.
+std::optional<Limbs> target_of(std::uint32_t bits) {
     const std::uint32_t exponent = bits >> 24;
     const std::uint32_t mantissa = bits & 0x007fffff;
-    if ((bits & 0x00800000) != 0 || mantissa == 0) return {};
+    if ((bits & 0x00800000) != 0 || mantissa == 0) return std::nullopt;
     Limbs target{};
     if (exponent <= 3) {
         target[0] = mantissa >> (8 * (3 - exponent));
     } else {
         const std::uint32_t shift = 8 * (exponent - 3);
-        if (shift >= 256 - 23) return {};  // overflows 256 bits
+        if (shift >= 256 - 23) return std::nullopt;
         const std::uint32_t limb = shift / 64, off = shift % 64;
         target[limb] = static_cast<std::uint64_t>(mantissa) << off;
         if (off > 40 && limb + 1 < 4)
             target[limb + 1] = static_cast<std::uint64_t>(mantissa) >> (64 - off);
     }
-    if (target == Limbs{}) return {};
+    if (target == Limbs{}) return std::nullopt;
+    return target;
+}
+
+}  // namespace
+
+bool meets_target(const BlockHeader& header) {
+    const auto target = target_of(header.bits);
+    if (!target) return false;
+    Limbs hash{};  // the hash in internal byte order is a little-endian number
+    for (int i = 0; i < 4; ++i) {
+        for (int b = 7; b >= 0; --b) hash[i] = hash[i] << 8 | header.hash.bytes[8 * i + b];
+    }
+    return compare(hash, *target) <= 0;
+}
+
+Work Work::from_bits(std::uint32_t bits) {
+    const auto t = target_of(bits);
+    if (!t) return {};
+    const Limbs& target = *t;
     // 2^256 / (target + 1) = ~target / (target + 1) + 1, computed within 256 bits.
     Limbs plus_one = target;
     for (auto& l : plus_one) {
@@ -130,6 +148,7 @@ void ChainIndex::connect(const Hash& root, std::uint64_t root_height) {
     for (auto& [hash, e] : entries_) {
         e->height.reset();
         e->parent = nullptr;
+        e->below_root = false;
         children[e->header.prev].push_back(e.get());
     }
     ChainEntry* r = find(root);
@@ -144,9 +163,35 @@ void ChainIndex::connect(const Hash& root, std::uint64_t root_height) {
         if (it == children.end()) continue;
         for (ChainEntry* c : it->second) {
             if (c == r) continue;
-            c->parent = e;
-            c->height = *e->height + 1;
-            c->chain_work = e->chain_work + Work::from_bits(c->header.bits);
+            // What descends from an invalid block is invalid too, and gets no height.
+            if (e->invalid || c->invalid) {
+                c->invalid = true;
+            } else {
+                c->parent = e;
+                c->height = *e->height + 1;
+                c->chain_work = e->chain_work + Work::from_bits(c->header.bits);
+            }
+            queue.push_back(c);
+        }
+    }
+    // The root's known ancestors and all that descends from them without reaching the
+    // root: blocks below the root, which the chain above it does not need.
+    ChainEntry* oldest = r;
+    while (ChainEntry* p = find(oldest->header.prev)) {
+        if (p == r) break;  // a cycle cannot happen with real hashes; do not loop on one
+        oldest = p;
+    }
+    if (oldest == r) return;
+    oldest->below_root = true;
+    queue.push_back(oldest);
+    while (!queue.empty()) {
+        ChainEntry* e = queue.front();
+        queue.pop_front();
+        const auto it = children.find(e->header.hash);
+        if (it == children.end()) continue;
+        for (ChainEntry* c : it->second) {
+            if (c->height || c->below_root) continue;
+            c->below_root = true;
             queue.push_back(c);
         }
     }
@@ -155,7 +200,7 @@ void ChainIndex::connect(const Hash& root, std::uint64_t root_height) {
 std::vector<const ChainEntry*> ChainIndex::unconnected() const {
     std::vector<const ChainEntry*> out;
     for (const auto& [hash, e] : entries_) {
-        if (!e->height) out.push_back(e.get());
+        if (!e->height && !e->invalid && !e->below_root) out.push_back(e.get());
     }
     std::sort(out.begin(), out.end(), [](const auto* a, const auto* b) { return a->seq < b->seq; });
     return out;

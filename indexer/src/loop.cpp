@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
+#include <map>
 
 #include "stateroot/indexer/chain.hpp"
 
@@ -14,6 +16,7 @@ namespace {
 // Indexer rows of the block index (docs/schema.md).
 constexpr std::string_view kHeaderPrefix = "blk/";  // ‖ hash -> seq (8 BE) ‖ header (80)
 constexpr std::string_view kBodyPrefix = "body/";   // ‖ hash -> serialized block
+constexpr std::string_view kBadPrefix = "bad/";     // ‖ hash -> why the block is invalid
 constexpr std::size_t kHeadersPerWrite = 10'000;
 
 Bytes row_key(std::string_view prefix, const Hash& hash) {
@@ -33,14 +36,37 @@ std::string where(const ChainEntry& e) {
 
 class TipState final : public StateReader {
   public:
-    explicit TipState(engine::View view) : view_(std::move(view)) {}
+    explicit TipState(const engine::View& view) : view_(view) {}
     Result<std::optional<Bytes>> get(ByteView key) override {
         if (!view_.tip()) return std::optional<Bytes>();
         return view_.get(key, *view_.tip());
     }
 
   private:
-    engine::View view_;
+    const engine::View& view_;
+};
+
+// The state as of `height` with the changes of the heights staged above it: what a
+// branch's blocks are indexed against before the heights they replace are rolled back.
+class StagedState final : public StateReader {
+  public:
+    StagedState(const engine::View& view, std::uint64_t height) : view_(view), height_(height) {}
+    Result<std::optional<Bytes>> get(ByteView key) override {
+        const auto it = staged_.find(Bytes(key.begin(), key.end()));
+        if (it != staged_.end()) return it->second;
+        return view_.get(key, height_);
+    }
+    void add(const engine::Changes& changes) {
+        for (const auto& [key, value] : changes.puts) {
+            staged_[key] = value.empty() ? std::nullopt : std::optional<Bytes>(value);
+        }
+        for (const Bytes& key : changes.deletes) staged_[key] = std::nullopt;
+    }
+
+  private:
+    const engine::View& view_;
+    std::uint64_t height_;
+    std::map<Bytes, std::optional<Bytes>> staged_;
 };
 
 // The serialized block, from this run's input or the bodies kept in the database.
@@ -82,7 +108,21 @@ Result<ChainIndex> build_index(const engine::View& view, const std::vector<Found
             e->body_stored = true;
     });
     if (!scanned) return std::unexpected(scanned.error());
+    scanned = view.scan_aux(as_bytes(kBadPrefix), [&](ByteView key, ByteView) {
+        if (key.size() != kBadPrefix.size() + 32) return;
+        if (ChainEntry* e = index.find(Hash::from(key.subspan(kBadPrefix.size()))))
+            e->invalid = true;
+    });
+    if (!scanned) return std::unexpected(scanned.error());
     for (const FoundBlock& fb : input) {
+        if (!meets_target(fb.header)) {
+            return make_error(
+                ErrorCode::kInvalidArgument,
+                fmt::format("{}: offset {}: block {}: its hash is above the target its bits {:08x} "
+                            "encode (no valid proof of work)",
+                            fb.location.file, fb.location.offset, display_hex(fb.header.hash),
+                            fb.header.bits));
+        }
         bool added = false;
         index.add(fb.header, fb.location, index.next_seq(), &added);
         if (added) new_blocks.push_back(&fb);
@@ -90,8 +130,13 @@ Result<ChainIndex> build_index(const engine::View& view, const std::vector<Found
     return index;
 }
 
-Status prune_to(engine::Engine& engine, std::uint64_t keep) {
+// Prunes to the last `keep` heights, but never a height a reorg within `max_reorg_depth`
+// may roll back to.
+Status prune_to(engine::Engine& engine, std::uint64_t keep, std::uint64_t max_reorg_depth) {
     if (!engine.tip() || keep == 0) return {};
+    keep = std::max(keep, max_reorg_depth == std::numeric_limits<std::uint64_t>::max()
+                              ? max_reorg_depth
+                              : max_reorg_depth + 1);
     const std::uint64_t tip = *engine.tip();
     auto r = engine.prune(tip + 1 > keep ? tip + 1 - keep : 0);
     if (!r) return std::unexpected(r.error());
@@ -136,39 +181,59 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
         const auto genesis = std::find_if(input.begin(), input.end(), [](const FoundBlock& fb) {
             return fb.header.prev == Hash{};
         });
+        const FoundBlock* first = nullptr;
+        if (genesis == input.end()) {
+            // Mid-chain, the first block is the one whose parent the input lacks, whatever
+            // the order of the input.
+            for (const FoundBlock& fb : input) {
+                if (index.find(fb.header.prev)) continue;
+                if (first && first->header.hash != fb.header.hash) {
+                    return make_error(
+                        ErrorCode::kInvalidArgument,
+                        fmt::format("the input starts in more than one place: blocks {} ({}: offset "
+                                    "{}) and {} ({}: offset {}) both have parents it lacks",
+                                    display_hex(first->header.hash), first->location.file,
+                                    first->location.offset, display_hex(fb.header.hash),
+                                    fb.location.file, fb.location.offset));
+                }
+                first = &fb;
+            }
+        }
         if (genesis != input.end()) {
             root = genesis->header.hash;
-        } else if (input.empty()) {
+        } else if (!first) {
             return LoopResult{};
         } else {
-            const FoundBlock& first = input.front();
             if (!options.allow_missing_prevouts) {
                 return make_error(
                     ErrorCode::kInvalidArgument,
                     fmt::format(
                         "{}: offset {}: block {} has an unknown parent {} and the input has no "
                         "genesis block (use --allow-missing-prevouts to start mid-chain)",
-                        first.location.file, first.location.offset, display_hex(first.header.hash),
-                        display_hex(first.header.prev)));
+                        first->location.file, first->location.offset,
+                        display_hex(first->header.hash), display_hex(first->header.prev)));
             }
-            root = first.header.hash;
+            root = first->header.hash;
             if (options.start_height) {
                 root_height = *options.start_height;
             } else {
-                auto bytes = read_block(first.location);
+                auto bytes = read_block(first->location);
                 if (!bytes) return std::unexpected(bytes.error());
                 auto block = parse_block(*bytes);
                 if (!block)
-                    return with_context(
-                        block.error(),
-                        fmt::format("{}: offset {}", first.location.file, first.location.offset));
-                const auto h = bip34_height(block->txs[0]);
+                    return with_context(block.error(), fmt::format("{}: offset {}",
+                                                                   first->location.file,
+                                                                   first->location.offset));
+                // Coinbases carry their height from version 2 on (BIP34); before, the
+                // first push is anything (often the bits).
+                const auto h = first->header.version >= 2 ? bip34_height(block->txs[0])
+                                                          : std::nullopt;
                 if (!h) {
                     return make_error(
                         ErrorCode::kInvalidArgument,
                         fmt::format(
                             "block {} has no BIP34 height in its coinbase: give --start-height",
-                            display_hex(first.header.hash)));
+                            display_hex(first->header.hash)));
                 }
                 root_height = *h;
             }
@@ -214,7 +279,9 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
     // Keep the bodies a reorg could need: blocks of this input within max_reorg_depth of
     // the best tip. Side branches are written now; blocks of the best chain as they are
     // applied.
-    auto near_tip = [&](std::uint64_t h) { return h + options.max_reorg_depth >= best_height; };
+    auto near_tip = [&](std::uint64_t h) {
+        return h >= best_height || best_height - h <= options.max_reorg_depth;
+    };
     for (const FoundBlock& fb : input) {
         const ChainEntry* e = index.find(fb.header.hash);
         if (!e->height || !near_tip(*e->height) || e->body_stored) continue;
@@ -226,6 +293,65 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
             return std::unexpected(s.error());
         }
     }
+
+    // A block of the best chain read and turned into its height's changes. A failure is
+    // the block's own fault (`*bad`: the indexer refuses a body that matches its header)
+    // or not: its body is missing, cannot be read, or does not match its header (a
+    // corrupt copy, which another copy of the block may mend).
+    struct Prepared {
+        Bytes bytes;
+        std::size_t txs = 0;
+        engine::Changes changes;
+        double parse_seconds = 0, index_seconds = 0;
+    };
+    auto prepare = [&](const ChainEntry& e, std::uint64_t h, const engine::View& at,
+                       StateReader& state, bool* bad) -> Result<Prepared> {
+        *bad = false;
+        const auto t0 = Clock::now();
+        Prepared p;
+        auto bytes = block_bytes(e, at);
+        if (!bytes) return std::unexpected(bytes.error());
+        p.bytes = std::move(*bytes);
+        auto block = parse_block(p.bytes);
+        if (!block) return with_context(block.error(), fmt::format("{} (height {})", where(e), h));
+        const auto t1 = Clock::now();
+        auto changes = indexer.changes(*block, h, state);
+        *bad = !changes && changes.error().code == ErrorCode::kInvalidArgument;
+        if (!changes)
+            return with_context(changes.error(), fmt::format("{} (height {})", where(e), h));
+        p.changes = std::move(*changes);
+        p.changes.block_hash = reversed(e.header.hash);
+        p.txs = block->txs.size();
+        p.parse_seconds = std::chrono::duration<double>(t1 - t0).count();
+        p.index_seconds = std::chrono::duration<double>(Clock::now() - t1).count();
+        return p;
+    };
+    LoopProgress& progress = result.totals;
+    progress.target = result.target;
+    auto commit = [&](const ChainEntry& e, std::uint64_t h, Prepared& p) -> Status {
+        const auto t0 = Clock::now();
+        if (e.location && near_tip(h) && !e.body_stored) {
+            if (Status s = engine.put_aux({{row_key(kBodyPrefix, e.header.hash), p.bytes}}); !s)
+                return s;
+        }
+        auto committed = engine.apply(p.changes);
+        if (!committed)
+            return with_context(committed.error(), fmt::format("{} (height {})", where(e), h));
+        progress.parse_seconds += p.parse_seconds;
+        progress.index_seconds += p.index_seconds;
+        progress.commit_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+        ++progress.blocks;
+        progress.txs += p.txs;
+        progress.changed_keys += p.changes.puts.size() + p.changes.deletes.size();
+        progress.height = h;
+        progress.seconds = std::chrono::duration<double>(Clock::now() - started).count();
+        if (options.on_progress) options.on_progress(progress);
+        if (options.prune_keep && (h % 64 == 0 || h == result.target)) {
+            if (Status s = prune_to(engine, *options.prune_keep, options.max_reorg_depth); !s)
+                return s;
+        }
+        return {};
+    };
 
     // Where the best chain leaves the stored one.
     std::optional<std::uint64_t> fork;
@@ -254,55 +380,60 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
                         display_hex(best->header.hash), best_height, *fork + 1, depth,
                         options.max_reorg_depth));
             }
+            // Before rolling anything back, the blocks that take the place of the heights
+            // undone are read and indexed against the state at the fork, so that a bad or
+            // missing block leaves the stored chain as it was. A bad one is marked, so
+            // that the next run's fork choice passes it by.
+            std::vector<Prepared> staged;
+            StagedState state(*view, *fork);
+            for (std::uint64_t h = *fork + 1; h <= std::min(result.target, *engine.tip()); ++h) {
+                bool bad = false;
+                auto p = prepare(*on_path(h), h, *view, state, &bad);
+                if (p) {
+                    auto normal = engine::normalize(p->changes);
+                    bad = !normal;
+                    if (!normal) p = std::unexpected(normal.error());
+                }
+                if (!p) {
+                    const std::string& why = p.error().message;
+                    if (bad) {
+                        if (Status s = engine.put_aux({{row_key(kBadPrefix, on_path(h)->header.hash),
+                                                        Bytes(why.begin(), why.end())}});
+                            !s) {
+                            return std::unexpected(s.error());
+                        }
+                    }
+                    return make_error(
+                        p.error().code,
+                        fmt::format("{}; the reorg to {} was not made{}", why,
+                                    display_hex(best->header.hash),
+                                    bad ? " and the block is marked invalid" : ""));
+                }
+                state.add(p->changes);
+                staged.push_back(std::move(*p));
+            }
             if (Status s = engine.rollback(*fork); !s) return std::unexpected(s.error());
             result.rolled_back = depth;
+            for (Prepared& p : staged) {
+                const std::uint64_t h = *engine.tip() + 1;
+                if (Status s = commit(*on_path(h), h, p); !s) return std::unexpected(s.error());
+            }
         }
     }
 
-    LoopProgress& progress = result.totals;
-    progress.target = result.target;
     for (std::uint64_t h = engine.tip() ? *engine.tip() + 1 : root_height; h <= result.target;
          ++h) {
         if (options.stop_requested && options.stop_requested()) {
             result.stopped = true;
             break;
         }
-        const ChainEntry& e = *on_path(h);
-        const auto t0 = Clock::now();
         auto fresh = engine.view();
         if (!fresh) return std::unexpected(fresh.error());
-        auto bytes = block_bytes(e, *fresh);
-        if (!bytes) return std::unexpected(bytes.error());
-        auto block = parse_block(*bytes);
-        if (!block) return with_context(block.error(), fmt::format("{} (height {})", where(e), h));
-        const auto t1 = Clock::now();
-        TipState state(std::move(*fresh));
-        auto changes = indexer.changes(*block, h, state);
-        if (!changes)
-            return with_context(changes.error(), fmt::format("{} (height {})", where(e), h));
-        const auto t2 = Clock::now();
-        changes->block_hash = reversed(e.header.hash);
-        if (e.location && near_tip(h) && !e.body_stored) {
-            if (Status s = engine.put_aux({{row_key(kBodyPrefix, e.header.hash), *bytes}}); !s) {
-                return std::unexpected(s.error());
-            }
-        }
-        auto committed = engine.apply(*changes);
-        if (!committed)
-            return with_context(committed.error(), fmt::format("{} (height {})", where(e), h));
-        const auto t3 = Clock::now();
-        progress.parse_seconds += std::chrono::duration<double>(t1 - t0).count();
-        progress.index_seconds += std::chrono::duration<double>(t2 - t1).count();
-        progress.commit_seconds += std::chrono::duration<double>(t3 - t2).count();
-        ++progress.blocks;
-        progress.txs += block->txs.size();
-        progress.changed_keys += changes->puts.size() + changes->deletes.size();
-        progress.height = h;
-        progress.seconds = std::chrono::duration<double>(Clock::now() - started).count();
-        if (options.on_progress) options.on_progress(progress);
-        if (options.prune_keep && (h % 64 == 0 || h == result.target)) {
-            if (Status s = prune_to(engine, *options.prune_keep); !s) return std::unexpected(s.error());
-        }
+        TipState state(*fresh);
+        bool bad = false;
+        auto p = prepare(*on_path(h), h, *fresh, state, &bad);
+        if (!p) return std::unexpected(p.error());
+        if (Status s = commit(*on_path(h), h, *p); !s) return std::unexpected(s.error());
     }
 
     // Bodies deeper than max_reorg_depth below the tip can no longer be needed.
@@ -314,7 +445,8 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
             const ChainEntry* e = key.size() == kBodyPrefix.size() + 32
                                       ? index.find(Hash::from(key.subspan(kBodyPrefix.size())))
                                       : nullptr;
-            if (!e || !e->height || *e->height + options.max_reorg_depth < *engine.tip()) {
+            if (!e || !e->height ||
+                (*e->height < *engine.tip() && *engine.tip() - *e->height > options.max_reorg_depth)) {
                 stale.emplace_back(Bytes(key.begin(), key.end()), std::nullopt);
             }
         });

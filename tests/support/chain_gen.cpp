@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "stateroot/indexer/bitcoin.hpp"
+#include "stateroot/indexer/chain.hpp"
 
 namespace stateroot::test {
 
@@ -115,7 +116,12 @@ Bytes make_chain(const ChainSpec& spec) {
         block.insert(block.end(), root.bytes.begin(), root.bytes.end());
         le(block, 1'700'000'000 + height * 600, 4);
         le(block, 0x207fffff, 4);
-        le(block, height, 4);
+        le(block, 0, 4);
+        // Mined: at the regtest target about every other nonce will do.
+        for (std::uint32_t nonce = 0;; ++nonce) {
+            for (int i = 0; i < 4; ++i) block[76 + i] = static_cast<std::uint8_t>(nonce >> (8 * i));
+            if (indexer::meets_target(indexer::parse_header(ByteView(block).first(80)).value())) break;
+        }
         prev = indexer::double_sha256(ByteView(block).first(80));
         compact(block, txs.size());
         for (const Bytes& t : txs) block.insert(block.end(), t.begin(), t.end());

@@ -1,7 +1,7 @@
 // Synthetic Bitcoin chains for tests: valid serialization, txids and merkle roots, and
-// transactions that spend earlier outputs, so the UTXO indexer has real work. Proof of
-// work is not mined (the indexer does not check it); every header has the regtest
-// target, and the first block's parent is all zeros (a genesis block).
+// transactions that spend earlier outputs, so the UTXO indexer has real work. Every
+// header has the regtest target and is mined to meet it; the first block's parent is
+// all zeros (a genesis block).
 #pragma once
 
 #include <cstdint>

@@ -5,6 +5,7 @@
 
 #include <catch2/catch.hpp>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <random>
 
@@ -51,6 +52,9 @@ struct Db {
         UtxoIndexer utxo(options.allow_missing_prevouts);
         return run_index(*engine, utxo, scan_files(files), options);
     }
+    Result<LoopResult> index(const std::vector<std::string>& files, BlockIndexer& indexer) {
+        return run_index(*engine, indexer, scan_files(files), {});
+    }
     std::vector<engine::Hash> roots() {
         std::vector<engine::Hash> out;
         auto v = engine->view();
@@ -77,6 +81,30 @@ Bytes join(const std::vector<Bytes>& parts) {
     Bytes out;
     for (const Bytes& p : parts) out.insert(out.end(), p.begin(), p.end());
     return out;
+}
+
+// The UTXO indexer, refusing one block as if it broke a rule.
+class Refusing final : public BlockIndexer {
+  public:
+    explicit Refusing(const Hash& refused) : refused_(refused) {}
+    Result<engine::Changes> changes(const Block& block, std::uint64_t height,
+                                    StateReader& state) override {
+        if (block.header.hash == refused_)
+            return make_error(ErrorCode::kInvalidArgument, "refused by the test");
+        return utxo_.changes(block, height, state);
+    }
+
+  private:
+    Hash refused_;
+    UtxoIndexer utxo_{false};
+};
+
+// `file` written to `path` with one byte of its last transaction flipped: the header
+// (and its proof of work) intact, the merkle root no longer matching.
+void write_corrupt(const std::string& file, const std::string& path) {
+    Bytes b = read_file(file);
+    b[b.size() - 10] ^= 1;
+    write_file(path, b);
 }
 
 const std::string kMainnet = fixture("mainnet_0-589.blk");
@@ -133,6 +161,7 @@ TEST_CASE("loop: pruning as it goes keeps every root", "[indexer][loop][prune]")
     REQUIRE(full.index({kMainnet}));
     LoopOptions o;
     o.prune_keep = 100;
+    o.max_reorg_depth = 99;  // a reorg may roll back to 99 heights below the tip: keep 100
     auto r = pruned.index({kMainnet}, o);
     REQUIRE(r);
     CHECK(pruned.roots() == full.roots());
@@ -141,6 +170,22 @@ TEST_CASE("loop: pruning as it goes keeps every root", "[indexer][loop][prune]")
     CHECK(v->recompute_root(490).value() == full.roots()[490]);
     CHECK_FALSE(v->changes(489));
     CHECK(v->changes(490).value().size() == full.engine->view()->changes(490).value().size());
+}
+
+TEST_CASE("loop: pruning as it goes keeps the heights a reorg may roll back to",
+          "[indexer][loop][prune][reorg]") {
+    Db db;
+    LoopOptions o;
+    o.prune_keep = 1;
+    REQUIRE(db.index({kMainnet}, o));
+    CHECK(db.engine->view()->pruned() == 589u - 100u);  // the default depth, 100
+
+    Db btcd;
+    REQUIRE(btcd.index({kBtcd}, o));
+    auto r = btcd.index({k3A, k4A, k5A}, o);
+    REQUIRE(r);
+    CHECK(r->tip == 5u);
+    CHECK(r->rolled_back == 2);
 }
 
 TEST_CASE("loop: stopping and resuming gives the same roots as one run", "[indexer][loop]") {
@@ -236,6 +281,106 @@ TEST_CASE("loop: a reorg deeper than the limit changes nothing", "[indexer][loop
     CHECK(db.roots() == before);
 }
 
+TEST_CASE("loop: a reorg to a corrupt copy of a block changes nothing, and a good copy makes it",
+          "[indexer][loop][reorg]") {
+    Db expected;
+    REQUIRE(expected.index({kBtcd, k3A, k4A, k5A}));
+    Db db;
+    REQUIRE(db.index({kBtcd}));
+    const auto before = db.roots();
+    test::TempDir tmp;
+    const std::string bad3A = tmp.sub("3A.blk");
+    write_corrupt(k3A, bad3A);
+    auto r = db.index({bad3A, k4A, k5A});
+    REQUIRE_FALSE(r);
+    const std::string& m = r.error().message;
+    INFO(m);
+    CHECK(m.starts_with(fmt::format("{}: offset 8: block ", bad3A)));
+    CHECK(m.find("(height 3): merkle root mismatch") != std::string::npos);
+    CHECK(m.ends_with("; the reorg to "
+                      "00000000195f85184e77c18914bd0febd11278d950f5e4731a38f71ed79f044e was not "
+                      "made"));
+    CHECK(db.roots() == before);
+
+    auto good = db.index({k3A, k4A, k5A});
+    REQUIRE(good);
+    CHECK(good->rolled_back == 2);
+    CHECK(db.roots() == expected.roots());
+}
+
+TEST_CASE("loop: a reorg to a branch whose body is missing changes nothing",
+          "[indexer][loop][reorg]") {
+    Db db;
+    LoopOptions keep_none;
+    keep_none.max_reorg_depth = 0;  // 3A's header is kept, its body is not
+    REQUIRE(db.index({kBtcd, k3A}, keep_none));
+    const auto before = db.roots();
+    auto r = db.index({k4A, k5A});
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message.find("at height 3 is needed but is not in the input; the reorg to") !=
+          std::string::npos);
+    CHECK(db.roots() == before);
+    auto r2 = db.index({k3A, k4A, k5A});  // the body given: the reorg is made
+    INFO((r2 ? "" : r2.error().message));
+    REQUIRE(r2);
+    CHECK(r2->rolled_back == 2);
+    CHECK(db.engine->tip() == 5u);
+}
+
+TEST_CASE("loop: a reorg to a block the indexer refuses changes nothing, and the branch is passed "
+          "by from then on",
+          "[indexer][loop][reorg]") {
+    Db db;
+    REQUIRE(db.index({kBtcd}));
+    const auto before = db.roots();
+    const Hash h3A = scan_files({k3A})[0].header.hash;
+    Refusing refuse_3A(h3A);
+    auto r = db.index({k3A, k4A, k5A}, refuse_3A);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message.find("(height 3): refused by the test; the reorg to ") !=
+          std::string::npos);
+    CHECK(r.error().message.ends_with(" was not made and the block is marked invalid"));
+    CHECK(db.roots() == before);
+
+    // The next run, with an indexer that would take 3A, keeps the chain it has.
+    db.reopen();
+    auto again = db.index({k3A, k4A, k5A});
+    REQUIRE(again);
+    CHECK(again->tip == 4u);
+    CHECK(again->rolled_back == 0);
+    CHECK(db.roots() == before);
+}
+
+TEST_CASE("loop: an unlimited reorg depth keeps the bodies a reorg needs", "[indexer][loop][reorg]") {
+    Db db;
+    LoopOptions o;
+    o.max_reorg_depth = std::numeric_limits<std::uint64_t>::max();
+    REQUIRE(db.index({kBtcd, k3A}, o));
+    auto r = db.index({k4A, k5A}, o);  // 3A's body comes from the database
+    REQUIRE(r);
+    CHECK(r->tip == 5u);
+}
+
+TEST_CASE("loop: a block without proof of work is refused before anything is stored",
+          "[indexer][loop]") {
+    test::TempDir tmp;
+    auto recs = records(kMainnet);
+    recs[5][8 + 76] ^= 1;  // the nonce: the hash no longer meets the target
+    const std::string path = tmp.sub("nopow.blk");
+    write_file(path, join(recs));
+    const auto found = scan_files({path});
+    Db db;
+    auto r = db.index({path});
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message ==
+          fmt::format("{}: offset {}: block {}: its hash is above the target its bits 1d00ffff "
+                      "encode (no valid proof of work)",
+                      path, found[5].location.offset, display_hex(found[5].header.hash)));
+    CHECK_FALSE(db.engine->tip());
+    REQUIRE(db.index({kMainnet}));
+    CHECK(db.engine->tip() == 589u);
+}
+
 TEST_CASE("loop: an XOR-obfuscated block directory replays to the same roots", "[indexer][loop]") {
     Db plain;
     REQUIRE(plain.index({kMainnet}));
@@ -315,6 +460,44 @@ TEST_CASE("loop: a modern block starts a mid-chain index only when allowed", "[i
     auto at5 = given.index({raw}, o);
     REQUIRE(at5);
     CHECK(at5->tip == 5u);
+}
+
+TEST_CASE("loop: a mid-chain start is found whatever the input's order, and the blocks below it "
+          "are passed over later",
+          "[indexer][loop]") {
+    test::TempDir tmp;
+    const auto recs = records(kMainnet);
+    std::vector<std::string> files;
+    for (int i = 1; i <= 3; ++i) {
+        files.push_back(tmp.sub(fmt::format("r{}.blk", i)));
+        write_file(files.back(), recs[static_cast<std::size_t>(i)]);
+    }
+    LoopOptions o;
+    o.allow_missing_prevouts = true;
+    Db no_height;  // a version-1 block's coinbase holds no height
+    auto r = no_height.index({files[0]}, o);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message ==
+          "block 00000000839a8e6886ab5951d76f411475428afc90947ee320161bbf18eb6048 has no BIP34 "
+          "height in its coinbase: give --start-height");
+
+    o.start_height = 1;
+    Db db;
+    auto mid = db.index({files[1], files[0], files[2]}, o);
+    INFO((mid ? "" : mid.error().message));
+    REQUIRE(mid);
+    CHECK(mid->tip == 3u);
+
+    // Given the whole chain from genesis, it goes on from its tip; genesis adds no
+    // outputs, so from height 1 on its roots are those of an index started at genesis.
+    auto all = db.index({kMainnet});
+    INFO((all ? "" : all.error().message));
+    REQUIRE(all);
+    CHECK(all->tip == 589u);
+    Db full;
+    REQUIRE(full.index({kMainnet}));
+    const auto roots = full.roots();
+    CHECK(db.roots() == std::vector(roots.begin() + 1, roots.end()));
 }
 
 TEST_CASE("loop: a database written from change files is refused", "[indexer][loop]") {

@@ -27,13 +27,19 @@ struct Work {
     bool operator==(const Work& o) const = default;
 };
 
+// Whether the header's hash, as a number, is at most the target its `bits` encode (its
+// proof of work is real); false for an invalid `bits`.
+bool meets_target(const BlockHeader& header);
+
 struct ChainEntry {
     BlockHeader header;
     std::optional<BlockLocation> location;  // where this run's input has the block
     bool body_stored = false;               // the block is kept in the database
+    bool invalid = false;                   // marked bad in the database, or descends from one
     std::uint64_t seq = 0;                  // order first seen; ties in work go to the lower
-    // Set by connect() for blocks that descend from the root.
+    // Set by connect() for blocks that descend from the root (and are not invalid).
     std::optional<std::uint64_t> height;
+    bool below_root = false;  // set by connect(): an ancestor of the root, or a branch off one
     Work chain_work;
     const ChainEntry* parent = nullptr;
 };
@@ -49,9 +55,11 @@ class ChainIndex {
     std::uint64_t next_seq() const { return next_seq_; }
 
     // Gives heights and cumulative work to the root (at `root_height`) and everything
-    // descending from it.
+    // descending from it but invalid blocks and their descendants (which it marks
+    // invalid); marks what lies below the root.
     void connect(const Hash& root, std::uint64_t root_height);
-    // Entries that connect() could not reach, in sequence order.
+    // Entries that connect() could not place (neither connected, invalid nor below the
+    // root), in sequence order.
     std::vector<const ChainEntry*> unconnected() const;
     // The connected entry with the most work (the lowest sequence among equals).
     const ChainEntry* best() const;

@@ -3,9 +3,11 @@
 //
 // Every header ever seen is kept in the database (indexer rows "blk/"), so a branch can
 // win in a later run; block bodies are kept ("body/") only within max_reorg_depth of
-// the best known tip, the only place a reorg can reach. Each height is one atomic
-// commit, so a run killed at any moment leaves a consistent height and a re-run
-// continues from it.
+// the best known tip, the only place a reorg can reach. A reorg indexes the winning
+// blocks up to the old tip before it rolls anything back, so a bad or missing block
+// changes nothing; a block the indexer refuses is marked invalid ("bad/") and passed by
+// from then on. Each height is one atomic commit, so a run killed at any moment leaves
+// a consistent height and a re-run continues from it.
 #pragma once
 
 #include <cstdint>
@@ -37,10 +39,11 @@ struct LoopOptions {
     std::uint64_t max_reorg_depth = 100;
     // On an empty database, the first block may have an unknown parent (default false).
     bool allow_missing_prevouts = false;
-    // Height of that first block (default: the height in its coinbase, BIP34).
+    // Height of that first block (default: the height in its coinbase, BIP34, for a
+    // block of version 2 or more).
     std::optional<std::uint64_t> start_height;
-    // Keep values and proofs of the last N heights only, pruning every 64 heights and
-    // at the end of the run (default: keep everything).
+    // Keep values and proofs of the last N heights only (at least max_reorg_depth + 1),
+    // pruning every 64 heights and at the end of the run (default: keep everything).
     std::optional<std::uint64_t> prune_keep;
     // Polled between heights; true stops the run after the height in progress.
     std::function<bool()> stop_requested;
