@@ -78,6 +78,9 @@ bool creation_cut_short(const std::string& dir) {
     return !ec;
 }
 
+std::unexpected<Error> read_only_error() {
+    return make_error(ErrorCode::kInvalidArgument, "the database is open for reading only");
+}
 }  // namespace
 
 // ---------------------------------------------------------------------------- Engine
@@ -167,37 +170,65 @@ Status Engine::settle(Tree::Update* pending) {
     // The tree, tip and counters had moved on to the height whose write failed: back
     // to the last height written.
     if (pending) tree_->abort(std::move(*pending));
-    if (Status s = load(); !s) return std::unexpected(s.error());
+    if (Status s = load(); !s) {
+        return make_error(error.code, fmt::format("{}; then reading the last height back failed: {}",
+                                                  error.message, s.error().message));
+    }
     return std::unexpected(error);
 }
 
 Status Engine::load() {
+    // Everything is read before anything is set: if a read fails, the engine refuses
+    // writes from then on (writable()), since what it holds may be a height the
+    // database does not have.
+    auto fail = [this](const Error& e) {
+        broken_ = e;
+        return std::unexpected(e);
+    };
     auto tip = read_meta_height(*store_, schema::kMetaTip, nullptr);
-    if (!tip) return std::unexpected(tip.error());
+    if (!tip) return fail(tip.error());
     auto first = read_meta_height(*store_, schema::kMetaFirst, nullptr);
-    if (!first) return std::unexpected(first.error());
+    if (!first) return fail(first.error());
     if (tip->has_value() != first->has_value()) {
-        return make_error(ErrorCode::kCorruption, "meta rows \"tip\" and \"first\" disagree");
+        return fail({ErrorCode::kCorruption, "meta rows \"tip\" and \"first\" disagree"});
     }
     auto next_chunk = read_meta_height(*store_, schema::kMetaNextChunk, nullptr);
-    if (!next_chunk) return std::unexpected(next_chunk.error());
+    if (!next_chunk) return fail(next_chunk.error());
     auto pruned = read_meta_height(*store_, schema::kMetaPruned, nullptr);
-    if (!pruned) return std::unexpected(pruned.error());
+    if (!pruned) return fail(pruned.error());
+    std::optional<schema::HeightRecord> rec;
+    if (*tip) {
+        auto r = read_record(*store_, **tip, nullptr);
+        if (!r) return fail(r.error());
+        rec = std::move(*r);
+        // New heights write from next_chunk on: below the tip's chunks, they would
+        // overwrite nodes of kept heights.
+        if (next_chunk->value_or(0) < rec->end_chunk) {
+            return fail({ErrorCode::kCorruption,
+                         fmt::format("meta row \"next_chunk\" ({}) is below the chunks height {} "
+                                     "wrote (up to {})",
+                                     next_chunk->value_or(0), **tip, rec->end_chunk)});
+        }
+    }
     pruned_ = *pruned;
     tip_ = *tip;
     first_ = *first;
     next_chunk_ = next_chunk->value_or(0);
     tree_loaded_ = false;
     nodes_read_since_load_ = 0;
-    if (!tip_) {
-        live_keys_ = 0;
-        tree_->reset(kNoNode, kZeroHash);
-        return {};
+    live_keys_ = rec ? rec->live_keys : 0;
+    tree_->reset(rec ? rec->root_id : kNoNode, rec ? rec->root : kZeroHash);
+    return {};
+}
+
+Status Engine::writable() const {
+    if (read_only_) return read_only_error();
+    if (broken_) {
+        return make_error(broken_->code,
+                          fmt::format("{} (while bringing the engine back to the database's "
+                                      "last height); reopen the database to go on",
+                                      broken_->message));
     }
-    auto rec = read_record(*store_, *tip_, nullptr);
-    if (!rec) return std::unexpected(rec.error());
-    live_keys_ = rec->live_keys;
-    tree_->reset(rec->root_id, rec->root);
     return {};
 }
 
@@ -226,9 +257,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds(Clock::time_point from, Clock::time_point to) {
     return std::chrono::duration<double>(to - from).count();
-}
-std::unexpected<Error> read_only_error() {
-    return make_error(ErrorCode::kInvalidArgument, "the database is open for reading only");
 }
 }  // namespace
 
@@ -259,7 +287,7 @@ Status Engine::load_tree_if_due() {
 }
 
 Result<CommitResult> Engine::apply(const Changes& changes) {
-    if (read_only_) return read_only_error();
+    if (Status s = writable(); !s) return std::unexpected(s.error());
     const auto t0 = Clock::now();
     auto normal = normalize(changes);
     if (!normal) return std::unexpected(normal.error());
@@ -372,7 +400,7 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
 }
 
 Status Engine::rollback(std::optional<std::uint64_t> height) {
-    if (read_only_) return read_only_error();
+    if (Status s = writable(); !s) return s;
     if (Status s = settle(); !s) return s;
     if (pruned_ && (!height || *height < *pruned_)) {
         return make_error(ErrorCode::kInvalidArgument,
@@ -407,7 +435,7 @@ Status Engine::rollback(std::optional<std::uint64_t> height) {
 }
 
 Result<PruneResult> Engine::prune(std::uint64_t first_kept) {
-    if (read_only_) return read_only_error();
+    if (Status s = writable(); !s) return std::unexpected(s.error());
     if (Status s = settle(); !s) return std::unexpected(s.error());
     PruneResult result;
     if (!tip_) return result;

@@ -237,11 +237,21 @@ Result<ProofNodes> prove_path(NodeReader& reader, NodeId root_id, const Hash& pa
             }
             break;
         }
+        // A branch splits at or below its slot, and its paths share the bits above the
+        // slot with this one; a record written wrong would send the walk astray.
+        auto misplaced = [&] {
+            return make_error(ErrorCode::kCorruption,
+                              fmt::format("corrupt tree: node {} (split depth {}) does not "
+                                          "belong at depth {}",
+                                          id, rec->depth, at));
+        };
+        if (rec->depth < at) return misplaced();
         if (rec->depth > at) {
             BranchView b{reader, id, *rec};
             auto prefix = b.prefix();
             if (!prefix) return std::unexpected(prefix.error());
             const int j = common_prefix_bits(path, *prefix);
+            if (j < at) return misplaced();
             if (j < rec->depth) {
                 // The path leaves the one-sided levels at depth j: the walk ends on the
                 // empty side at j + 1, beside the subtree's node there.

@@ -110,7 +110,7 @@ Result<HeightRecord> decode_height_record(ByteView v, std::uint64_t height) {
     r.live_keys = get_be64(p + 56);
     r.digest = Hash::from({p + 64, 32});
     const std::uint8_t flags = p[96];
-    if (flags > 1 || (flags == 1) != (v.size() == kFixed + 32)) {
+    if (r.first_chunk > r.end_chunk || flags > 1 || (flags == 1) != (v.size() == kFixed + 32)) {
         return corrupt("height record", height);
     }
     if (flags == 1) r.block_hash = Hash::from({p + 97, 32});

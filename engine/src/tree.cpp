@@ -1,5 +1,6 @@
 #include "stateroot/engine/tree.hpp"
 
+#include <fmt/format.h>
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -70,6 +71,13 @@ void prefetch_node(const T* node) {
 Slot in_arena(Slot tag_bits, int arena, std::uint64_t index, int depth = 0) {
     return tag_bits | (arena ? kArenaBit : 0) | (Slot(depth) << kDepthShift) | index;
 }
+// A stored link to a child of the branch at `parent_depth` keeps that depth, flagged by
+// the arena bit (which a stored link has no use for), so that loading the child can
+// check that it splits below its parent.
+Slot stored_child(NodeId id, int parent_depth) {
+    return kTagStored | kArenaBit | (Slot(parent_depth) << kDepthShift) | id;
+}
+bool has_parent_depth(Slot stored) { return (stored & kArenaBit) != 0; }
 }  // namespace
 
 // A link to a subtree with what its parent needs of it: its node id and its top hash
@@ -346,7 +354,7 @@ void Tree::evict(Ref& ref, int at, int cut, NodeId unwritten) {
     // everything below it.
     if (at >= cut && ref.id < unwritten) {
         release_subtree(ref.slot);
-        ref.slot = kTagStored | ref.id;
+        ref.slot = at > 0 ? stored_child(ref.id, at - 1) : kTagStored | ref.id;
         return;
     }
     if (tag(ref.slot) != kTagBranch) return;
@@ -526,9 +534,17 @@ Status Tree::load(Context& cx, Ref& ref) {
         ref.slot = in_arena(kTagLeaf, cx.arena, leaves_[cx.arena]->alloc(Leaf{rec->path}));
         return {};
     }
+    // A branch splits below its parent (a record written wrong, with a valid checksum,
+    // would otherwise send the walk past the 256 bits of a path).
+    if (has_parent_depth(ref.slot) && rec->depth <= depth_of(ref.slot)) {
+        return make_error(ErrorCode::kCorruption,
+                          fmt::format("corrupt tree: node {} splits at depth {}, not below its "
+                                      "parent at depth {}",
+                                      ref.id, rec->depth, depth_of(ref.slot)));
+    }
     Branch b;
     for (int side = 0; side < 2; ++side) {
-        b.child[side] = Ref{kTagStored | rec->child[side], rec->child[side], {}};
+        b.child[side] = Ref{stored_child(rec->child[side], rec->depth), rec->child[side], {}};
     }
     ref.slot = in_arena(kTagBranch, cx.arena, branches_[cx.arena]->alloc(b), rec->depth);
     return {};

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <set>
 
@@ -522,6 +523,105 @@ TEST_CASE("engine: a chunk missing from the sweep is an error naming it, and not
     REQUIRE(v);
     CHECK(v->tip() == failed - 1);
     CHECK_FALSE(v->root(failed));
+}
+
+namespace {
+
+// Rewrites the record of height 0's root (the last record written at that height) in
+// place with `edit`, as a writer gone wrong would, checksums and all.
+void corrupt_root_record(Engine& e, const std::function<void(std::uint8_t* record)>& edit) {
+    auto rec_row = e.store().get(schema::height_key(0));
+    REQUIRE(rec_row);
+    REQUIRE(*rec_row);
+    auto rec = schema::decode_height_record(**rec_row, 0);
+    REQUIRE(rec);
+    const Bytes key = schema::node_chunk_key(rec->end_chunk - 1);
+    auto chunk = e.store().get(key);
+    REQUIRE(chunk);
+    REQUIRE(*chunk);
+    Bytes c = **chunk;
+    const std::size_t count = std::size_t{c[0]} << 8 | c[1];
+    const std::size_t off = 2 + 2 * count + (std::size_t{c[2 * count]} << 8 | c[2 * count + 1]);
+    REQUIRE(c[off] == 0x01);  // a branch
+    edit(&c[off]);
+    auto batch = e.store().batch();
+    batch.put(key, c);
+    REQUIRE(e.store().write(batch));
+}
+
+}  // namespace
+
+TEST_CASE("engine: a branch record that splits above its parent is an error, not a walk past "
+          "the path's bits",
+          "[engine]") {
+    test::TempDir dir;
+    std::vector<std::pair<std::string, std::string>> puts;
+    for (int i = 0; i < 16; ++i) puts.emplace_back(fmt::format("k{}", i), "v");
+    {
+        auto e = open_engine(dir);
+        REQUIRE(e->apply(changes(0, puts)));
+        corrupt_root_record(*e, [](std::uint8_t* r) { r[1] = 255; });
+    }
+    auto e = open_engine(dir);
+    auto r = e->apply(changes(1, {{"k3", "w"}}));
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == ErrorCode::kCorruption);
+    CHECK(r.error().message.starts_with("corrupt tree: node "));
+    CHECK(r.error().message.find(", not below its parent at depth 255") != std::string::npos);
+    CHECK(e->tip() == 0u);
+}
+
+TEST_CASE("engine: a proof through a misplaced branch is an error, not a crash", "[engine]") {
+    test::TempDir dir;
+    std::vector<std::pair<std::string, std::string>> puts;
+    for (int i = 0; i < 16; ++i) puts.emplace_back(fmt::format("k{}", i), "v");
+    {
+        auto e = open_engine(dir);
+        REQUIRE(e->apply(changes(0, puts)));
+        // The root's children swapped: paths starting with 0 walk into the subtree of 1s.
+        corrupt_root_record(*e, [](std::uint8_t* r) {
+            REQUIRE(r[34] < 0x80);  // two one-byte deltas
+            REQUIRE(r[35] < 0x80);
+            std::swap(r[34], r[35]);
+        });
+    }
+    auto reopened = open_engine(dir);
+    std::size_t refused = 0;
+    for (const auto& [key, value] : puts) {
+        auto p = reopened->view()->prove(b(key), 0);
+        if (p) continue;
+        CHECK(p.error().code == ErrorCode::kCorruption);
+        ++refused;
+    }
+    CHECK(refused > 0);
+}
+
+TEST_CASE("engine: when the last height cannot be read back after a rollback, writes are refused "
+          "until reopened",
+          "[engine]") {
+    test::TempDir dir;
+    auto e = open_engine(dir);
+    for (std::uint64_t h = 0; h < 4; ++h) REQUIRE(e->apply(changes(h, {{fmt::format("k{}", h), "v"}})));
+    {
+        auto batch = e->store().batch();
+        batch.put(schema::height_key(1), Bytes{1, 2, 3});  // height 1's record, unreadable
+        REQUIRE(e->store().write(batch));
+    }
+    auto r = e->rollback(1);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == ErrorCode::kCorruption);
+    // The engine still holds height 3's tree: building on it would write a height 2
+    // whose nodes name chunks the rollback deleted.
+    auto a = e->apply(changes(2, {{"k9", "v"}}));
+    REQUIRE_FALSE(a);
+    CHECK(a.error().code == ErrorCode::kCorruption);
+    CHECK(a.error().message.ends_with("(while bringing the engine back to the database's last "
+                                      "height); reopen the database to go on"));
+    CHECK_FALSE(e->prune(1));
+    e.reset();
+    auto reopened = Engine::open(dir.str());
+    REQUIRE_FALSE(reopened);  // the record is still unreadable: an error, not a wrong tree
+    CHECK(reopened.error().code == ErrorCode::kCorruption);
 }
 
 TEST_CASE("engine: reopening gives the same roots and values and proofs", "[engine]") {

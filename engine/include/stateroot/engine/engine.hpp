@@ -210,7 +210,11 @@ class Engine {
 
   private:
     Engine() = default;
+    // Reads the tip, its record and the meta rows, and resets the tree to the tip.
     Status load();
+    // Whether writes may go on: not on a database open for reading, nor once load()
+    // failed after a failed write or a rollback.
+    Status writable() const;
     Result<CommitResult> check_committed(const Changes& changes, const Hash& digest);
     // settle(), first discarding `pending` (an update built on the height in flight) if
     // that height's write failed.
@@ -237,6 +241,7 @@ class Engine {
     std::optional<std::uint64_t> pruned_;
     std::uint64_t live_keys_ = 0;
     bool read_only_ = false;
+    std::optional<Error> broken_;  // why load() failed; writes are refused until reopened
     static constexpr std::size_t kTrimAfterBytes = std::size_t{4} << 20;
     std::size_t written_since_trim_ = 0;  // bytes of the heights applied since trim() gave memory back
     static constexpr std::uint64_t kLoadTreeAfter = 32;  // sweep once 1/32 of the nodes were read alone
