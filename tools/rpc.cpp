@@ -20,6 +20,7 @@ constexpr int kMethodNotFound = -32601;
 constexpr int kInvalidParams = -32602;
 constexpr int kInternalError = -32603;
 constexpr int kHeightNotFound = -32001;
+constexpr int kAnswerTooLarge = -32000;
 constexpr std::size_t kMaxDepth = 64;
 
 // An answer's text. Messages may quote the request, which may hold invalid UTF-8: such
@@ -37,6 +38,13 @@ std::unexpected<RpcError> rpc_error(int code, std::string message) {
 }
 
 std::unexpected<RpcError> internal(const Error& e) { return rpc_error(kInternalError, "internal error: " + e.message); }
+
+// An engine error as a JSON-RPC one: what the engine could not find (a height, or a
+// pruned height's values, changes or nodes) is the client's -32001, not a server fault.
+std::unexpected<RpcError> engine_error(const Error& e) {
+    if (e.code == ErrorCode::kNotFound) return rpc_error(kHeightNotFound, e.message);
+    return internal(e);
+}
 
 // Deepest nesting of arrays and objects in `text`, stopping once past `limit`: JSON
 // nested deeper than any request needs is refused before it is parsed.
@@ -98,10 +106,30 @@ std::expected<std::uint64_t, RpcError> resolve(const engine::View& view, std::op
     return *h;
 }
 
+// resolve(), for the methods that read a height's state (values, proofs, changes): those
+// of a pruned height are gone, though its root and block hash stay.
+std::expected<std::uint64_t, RpcError> resolve_state(const engine::View& view,
+                                                     std::optional<std::uint64_t> h) {
+    auto height = resolve(view, h);
+    if (height && view.pruned() && *height < *view.pruned()) {
+        return rpc_error(kHeightNotFound,
+                         fmt::format("height {} is pruned (values and proofs are kept for heights {}..{})",
+                                     *height, *view.pruned(), *view.tip()));
+    }
+    return height;
+}
+
 std::expected<std::uint64_t, RpcError> height_at(const engine::View& view, const json& params, std::size_t i) {
     auto h = height_param(params, i);
     if (!h) return std::unexpected(h.error());
     return resolve(view, *h);
+}
+
+std::expected<std::uint64_t, RpcError> state_height_at(const engine::View& view, const json& params,
+                                                       std::size_t i) {
+    auto h = height_param(params, i);
+    if (!h) return std::unexpected(h.error());
+    return resolve_state(view, *h);
 }
 
 std::expected<Bytes, RpcError> key_param(const json& params, std::size_t i) {
@@ -116,53 +144,69 @@ std::expected<Bytes, RpcError> key_param(const json& params, std::size_t i) {
     return std::move(*key);
 }
 
+std::unexpected<RpcError> too_large(std::size_t size, std::size_t room) {
+    return rpc_error(kAnswerTooLarge,
+                     fmt::format("answer too large: {} bytes, over the {} bytes left of this request's answer limit",
+                                 size, room));
+}
+
 // The methods (m_ and the name without its namespace). Each gets a view of one committed
-// state and its (array) params.
-using Handler = Answer (*)(engine::View&, const json&);
+// state, its (array) params, and how many bytes its answer may take: those whose answers
+// may be large refuse before building one that would not fit.
+using Handler = Answer (*)(engine::View&, const json&, std::size_t room);
 
-Answer m_height(engine::View& v, const json&) { return v.tip() ? json(*v.tip()) : json(nullptr); }
+Answer m_height(engine::View& v, const json&, std::size_t) {
+    return v.tip() ? json(*v.tip()) : json(nullptr);
+}
 
-Answer m_getroot(engine::View& v, const json& p) {
+Answer m_getroot(engine::View& v, const json& p, std::size_t) {
     auto h = height_at(v, p, 0);
     if (!h) return std::unexpected(h.error());
     auto root = v.root(*h);
-    if (!root) return internal(root.error());
+    if (!root) return engine_error(root.error());
     return root->hex();
 }
 
-Answer m_getblockhash(engine::View& v, const json& p) {
+Answer m_getblockhash(engine::View& v, const json& p, std::size_t) {
     auto h = height_at(v, p, 0);
     if (!h) return std::unexpected(h.error());
     auto rec = v.record(*h);
-    if (!rec) return internal(rec.error());
+    if (!rec) return engine_error(rec.error());
     return rec->block_hash ? json(rec->block_hash->hex()) : json(nullptr);
 }
 
-Answer m_get(engine::View& v, const json& p) {
+Answer m_get(engine::View& v, const json& p, std::size_t) {
     auto key = key_param(p, 0);
     if (!key) return std::unexpected(key.error());
-    auto h = height_at(v, p, 1);
+    auto h = state_height_at(v, p, 1);
     if (!h) return std::unexpected(h.error());
     auto value = v.get(*key, *h);
-    if (!value) return internal(value.error());
+    if (!value) return engine_error(value.error());
     return *value ? json(to_hex(**value)) : json(nullptr);
 }
 
-Answer m_prove(engine::View& v, const json& p) {
+Answer m_prove(engine::View& v, const json& p, std::size_t) {
     auto key = key_param(p, 0);
     if (!key) return std::unexpected(key.error());
-    auto h = height_at(v, p, 1);
+    auto h = state_height_at(v, p, 1);
     if (!h) return std::unexpected(h.error());
     auto proof = v.prove(*key, *h);
-    if (!proof) return internal(proof.error());
+    if (!proof) return engine_error(proof.error());
     return engine::to_json(*proof);
 }
 
-Answer m_getchanges(engine::View& v, const json& p) {
-    auto h = height_at(v, p, 0);
+Answer m_getchanges(engine::View& v, const json& p, std::size_t room) {
+    auto h = state_height_at(v, p, 0);
     if (!h) return std::unexpected(h.error());
     auto changes = v.changes(*h);
-    if (!changes) return internal(changes.error());
+    if (!changes) return engine_error(changes.error());
+    // A height's changes may run to many megabytes: their size as JSON (hex, quotes and
+    // separators) is known before any of it is built.
+    std::size_t size = 64;
+    for (const auto& c : *changes) {
+        size += 2 * c.key.size() + (c.value ? 2 * c.value->size() + 8 : 4);
+    }
+    if (size > room) return too_large(size, room);
     json puts = json::array(), deletes = json::array();
     for (const auto& c : *changes) {
         if (c.value) {
@@ -174,18 +218,18 @@ Answer m_getchanges(engine::View& v, const json& p) {
     return json{{"height", *h}, {"puts", std::move(puts)}, {"deletes", std::move(deletes)}};
 }
 
-Answer m_metashrew_height(engine::View& v, const json&) {
+Answer m_metashrew_height(engine::View& v, const json&, std::size_t) {
     return v.tip() ? json(std::to_string(*v.tip())) : json(nullptr);
 }
 
-Answer m_metashrew_stateroot(engine::View& v, const json& p) {
-    auto root = m_getroot(v, p);
+Answer m_metashrew_stateroot(engine::View& v, const json& p, std::size_t room) {
+    auto root = m_getroot(v, p, room);
     if (!root) return root;
     return "0x" + root->get<std::string>();
 }
 
-Answer m_metashrew_getblockhash(engine::View& v, const json& p) {
-    auto hash = m_getblockhash(v, p);
+Answer m_metashrew_getblockhash(engine::View& v, const json& p, std::size_t room) {
+    auto hash = m_getblockhash(v, p, room);
     if (!hash || hash->is_null()) return hash;
     return "0x" + hash->get<std::string>();
 }
@@ -228,7 +272,7 @@ double since(std::chrono::steady_clock::time_point t) {
 Result<StateSource::Lease> EngineSource::lease() {
     auto view = engine_.view();
     if (!view) return std::unexpected(view.error());
-    return Lease{std::move(*view), {}};
+    return Lease{{}, std::move(*view)};
 }
 
 ReplicaSource::ReplicaSource(engine::Engine& engine, std::chrono::milliseconds interval) : engine_(engine) {
@@ -254,19 +298,20 @@ Result<StateSource::Lease> ReplicaSource::lease() {
     std::shared_lock hold(mu_);
     auto view = engine_.view();
     if (!view) return std::unexpected(view.error());
-    return Lease{std::move(*view), std::move(hold)};
+    return Lease{std::move(hold), std::move(*view)};
 }
 
 Rpc::Rpc(StateSource& source, Metrics& metrics, std::function<IndexerStatus()> indexer)
     : source_(source), metrics_(metrics), indexer_(std::move(indexer)), started_(std::chrono::steady_clock::now()) {}
 
-json Rpc::call(const json& request, bool& notification) {
+std::string Rpc::call(const json& request, bool& notification, std::size_t room) {
     const auto t = std::chrono::steady_clock::now();
     notification = false;
     const json null_id = nullptr;
+    // Error answers are small and are given whatever room is left.
     auto fail = [&](const std::string& label, const RpcError& e, const json& id) {
         metrics_.observe_request(label, false, since(t));
-        return error_response(e, id);
+        return text(error_response(e, id));
     };
     if (!request.is_object()) return fail("invalid", {kInvalidRequest, "invalid request: not a JSON object"}, null_id);
     if (request.contains("id") && !request["id"].is_string() && !request["id"].is_number() && !request["id"].is_null()) {
@@ -292,13 +337,18 @@ json Rpc::call(const json& request, bool& notification) {
     }
     auto lease = source_.lease();
     if (!lease) return fail(name, {kInternalError, "internal error: " + lease.error().message}, id);
-    auto answer = m->fn(lease->view, params);
+    auto answer = m->fn(lease->view, params, room);
     if (!answer) return fail(name, answer.error(), id);
+    std::string response =
+        text(json{{"jsonrpc", "2.0"}, {"result", std::move(*answer)}, {"id", id}});
+    if (response.size() > room) {
+        return fail(name, too_large(response.size(), room).error(), id);
+    }
     metrics_.observe_request(name, true, since(t));
-    return json{{"jsonrpc", "2.0"}, {"result", std::move(*answer)}, {"id", id}};
+    return response;
 }
 
-HttpAnswer Rpc::post(std::string_view body) {
+HttpAnswer Rpc::post(std::string_view body, std::size_t max_answer) {
     HttpAnswer a;
     auto single_error = [&](int code, const std::string& message) {
         metrics_.observe_request("invalid", false, 0);
@@ -318,12 +368,12 @@ HttpAnswer Rpc::post(std::string_view body) {
     }
     bool notification = false;
     if (!request.is_array()) {
-        json response = call(request, notification);
+        std::string response = call(request, notification, max_answer);
         if (notification) {
             a.status = 204;
             return a;
         }
-        a.body = text(response);
+        a.body = std::move(response);
         return a;
     }
     if (request.empty()) return single_error(kInvalidRequest, "invalid request: empty batch");
@@ -331,19 +381,27 @@ HttpAnswer Rpc::post(std::string_view body) {
         return single_error(kInvalidRequest,
                             fmt::format("invalid request: a batch of {} calls exceeds {}", request.size(), kMaxBatch));
     }
-    json responses = json::array();
+    // The responses are joined as they come, as text, so the answer's size is known
+    // call by call (and each is rendered once).
+    a.body = "[";
     for (const json& r : request) {
-        json response = call(r, notification);
-        if (!notification) responses.push_back(std::move(response));
+        const std::size_t used = a.body.size() + 2;  // and a comma, and the closing bracket
+        std::string response = call(r, notification, max_answer > used ? max_answer - used : 0);
+        if (notification) continue;
+        if (a.body.size() > 1) a.body += ',';
+        a.body += response;
     }
-    if (responses.empty()) {
+    if (a.body.size() == 1) {
+        a.body.clear();
         a.status = 204;
         return a;
     }
-    a.body = text(responses);
+    a.body += ']';
     return a;
 }
 
+// The REST routes' answers are bounded by what they read (one value, one proof), well
+// within the answer limit.
 HttpAnswer Rpc::get(const std::string& path, const std::map<std::string, std::string>& query) {
     const auto t = std::chrono::steady_clock::now();
     HttpAnswer a;
@@ -379,7 +437,9 @@ HttpAnswer Rpc::get(const std::string& path, const std::map<std::string, std::st
     auto lease = source_.lease();
     if (!lease) return finish("rest", internal(lease.error()));
     engine::View& v = lease->view;
-    if (path == "/height") return finish("rest_height", json{{"height", *m_height(v, json::array())}});
+    if (path == "/height") {
+        return finish("rest_height", json{{"height", *m_height(v, json::array(), kMaxAnswer)}});
+    }
     if (path == "/status") {
         json status{{"tip", v.tip() ? json(*v.tip()) : json(nullptr)},
                     {"root", nullptr},
@@ -388,7 +448,7 @@ HttpAnswer Rpc::get(const std::string& path, const std::map<std::string, std::st
                     {"uptime_s", since(started_)}};
         if (v.tip()) {
             auto rec = v.record(*v.tip());
-            if (!rec) return finish("rest_status", internal(rec.error()));
+            if (!rec) return finish("rest_status", engine_error(rec.error()));
             status["root"] = rec->root.hex();
             status["block_hash"] = rec->block_hash ? json(rec->block_hash->hex()) : json(nullptr);
         }
@@ -405,27 +465,27 @@ HttpAnswer Rpc::get(const std::string& path, const std::map<std::string, std::st
     if (auto h = segments("/root/")) {
         auto height_value = height_at(v, json::array({*h}), 0);
         if (!height_value) return finish("rest_root", std::unexpected(height_value.error()));
-        auto root = m_getroot(v, json::array({*height_value}));
+        auto root = m_getroot(v, json::array({*height_value}), kMaxAnswer);
         if (!root) return finish("rest_root", root);
         return finish("rest_root", json{{"height", *height_value}, {"root", *root}});
     }
     if (auto h = segments("/blockhash/")) {
         auto height_value = height_at(v, json::array({*h}), 0);
         if (!height_value) return finish("rest_blockhash", std::unexpected(height_value.error()));
-        auto hash = m_getblockhash(v, json::array({*height_value}));
+        auto hash = m_getblockhash(v, json::array({*height_value}), kMaxAnswer);
         if (!hash) return finish("rest_blockhash", hash);
         return finish("rest_blockhash", json{{"height", *height_value}, {"block_hash", *hash}});
     }
     if (auto key = segments("/value/")) {
         auto height_value = height_at(v, json::array({height_query()}), 0);
         if (!height_value) return finish("rest_value", std::unexpected(height_value.error()));
-        auto value = m_get(v, json::array({*key, *height_value}));
+        auto value = m_get(v, json::array({*key, *height_value}), kMaxAnswer);
         if (!value) return finish("rest_value", value);
         auto normal = from_hex(*key);
         return finish("rest_value", json{{"height", *height_value}, {"key", to_hex(*normal)}, {"value", *value}});
     }
     if (auto key = segments("/proof/")) {
-        return finish("rest_proof", m_prove(v, json::array({*key, height_query()})));
+        return finish("rest_proof", m_prove(v, json::array({*key, height_query()}), kMaxAnswer));
     }
     a.status = 404;
     a.body = text(json{{"error", {{"code", 404}, {"message", "no such route: " + path}}}});

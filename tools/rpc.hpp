@@ -31,8 +31,10 @@ public:
     virtual ~StateSource() = default;
     // A view of the committed state, valid while the lease lives.
     struct Lease {
-        engine::View view;
+        // Declared first so it is released last: the view (its snapshot and node reader)
+        // is gone before a replica's catch-up, which needs no view in use, may run.
         std::shared_lock<std::shared_mutex> hold;
+        engine::View view;
     };
     virtual Result<Lease> lease() = 0;
     virtual std::uint64_t disk_bytes() = 0;
@@ -86,15 +88,21 @@ public:
     // `indexer` (optional) is called for /status.
     Rpc(StateSource& source, Metrics& metrics, std::function<IndexerStatus()> indexer = nullptr);
 
-    // A JSON-RPC POST body (one request or a batch).
-    HttpAnswer post(std::string_view body);
+    // A JSON-RPC POST body (one request or a batch). The answers to one body (a batch's
+    // together) take at most `max_answer` bytes: a call whose answer would not fit in
+    // what is left gets error -32000 "answer too large" instead, built at no more cost
+    // than the answer's size would have. Never throws for a bad body: it is answered
+    // with its JSON-RPC error.
+    HttpAnswer post(std::string_view body, std::size_t max_answer = kMaxAnswer);
     // A REST GET: `path` without the query, `query` its parameters.
     HttpAnswer get(const std::string& path, const std::map<std::string, std::string>& query);
 
     static constexpr std::size_t kMaxBatch = 1000;
+    static constexpr std::size_t kMaxAnswer = 64u << 20;
 
 private:
-    nlohmann::json call(const nlohmann::json& request, bool& notification);
+    // One call's response as text, an error if it would take more than `room` bytes.
+    std::string call(const nlohmann::json& request, bool& notification, std::size_t room);
 
     StateSource& source_;
     Metrics& metrics_;

@@ -3,11 +3,13 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <linux/sockios.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -114,6 +116,23 @@ std::string_view trim(std::string_view s) {
     return s;
 }
 
+// Whether an Authorization value is "Bearer TOKEN" with `token` (the scheme in any case,
+// RFC 9110 11.1). The token is compared without stopping at the first difference, so the
+// time taken does not tell a client how much of a guess was right.
+bool bearer_matches(std::string_view authorization, std::string_view token) {
+    const auto sp = authorization.find(' ');
+    if (sp == std::string_view::npos || !iequals(authorization.substr(0, sp), "Bearer")) {
+        return false;
+    }
+    const std::string_view given = trim(authorization.substr(sp + 1));
+    if (given.size() != token.size()) return false;
+    unsigned char diff = 0;
+    for (std::size_t i = 0; i < token.size(); ++i) {
+        diff |= static_cast<unsigned char>(given[i] ^ token[i]);
+    }
+    return diff == 0;
+}
+
 // A request as the workers see it.
 struct Request {
     std::string method;
@@ -170,6 +189,9 @@ int parse_head(std::string_view text, std::size_t max_body, Head& head) {
         const auto colon = field.find(':');
         if (colon == std::string_view::npos || colon == 0) return 400;
         const std::string_view name = field.substr(0, colon);
+        // RFC 9112 5.1: whitespace before the colon (or a folded line) must be refused, not
+        // read past: a proxy that reads the header differently would frame another request.
+        if (name.find_first_of(" \t") != std::string_view::npos) return 400;
         const std::string_view value = trim(field.substr(colon + 1));
         if (iequals(name, "Content-Length")) {
             std::size_t n = 0;
@@ -209,6 +231,14 @@ struct HttpServer::Impl {
     std::atomic<bool> stopping{false};
     std::atomic<std::size_t> open{0};      // connections, all loops together
     std::atomic<std::size_t> buffered{0};  // body bytes reserved, all loops together
+    // A descriptor kept open to be closed when the process has no other, so a connection
+    // can still be accepted and closed rather than left waiting (see Loop::shed_one).
+    std::mutex reserve_mu;
+    int reserve_fd = -1;
+    // Shortages of descriptors since the last warning, and when that was: one line per
+    // interval, not one per connection turned away.
+    std::atomic<std::uint64_t> descriptor_shortages{0};
+    std::atomic<Clock::rep> descriptor_warned{0};
 
     mutable std::mutex stats_mu;
     ServerStats stats;
@@ -216,6 +246,20 @@ struct HttpServer::Impl {
     void count(std::uint64_t ServerStats::*field) {
         std::lock_guard lock(stats_mu);
         ++(stats.*field);
+    }
+
+    void out_of_descriptors() {
+        ++descriptor_shortages;
+        const Clock::rep now = Clock::now().time_since_epoch().count();
+        Clock::rep last = descriptor_warned.load();
+        const Clock::rep interval =
+            std::chrono::duration_cast<Clock::duration>(std::chrono::seconds(10)).count();
+        if (last != 0 && now - last < interval) return;
+        if (!descriptor_warned.compare_exchange_strong(last, now)) return;
+        spdlog::warn("server: out of file descriptors ({} times since the last warning): idle "
+                     "connections are closed, or new ones refused; raise the limit (ulimit -n) "
+                     "or lower rpc_max_connections",
+                     descriptor_shortages.exchange(0));
     }
 
     Clock::duration request_timeout() const { return std::chrono::milliseconds(options.request_timeout_ms); }
@@ -229,12 +273,12 @@ struct HttpServer::Impl {
     }
 
     HttpAnswer handle(const Request& req) {
-        if (!options.token.empty() && req.authorization != "Bearer " + options.token) {
+        if (!options.token.empty() && !bearer_matches(req.authorization, options.token)) {
             return error_answer(401, "missing or wrong bearer token");
         }
         if (req.method == "POST") {
             if (req.path != "/") return error_answer(404, "not found");
-            return rpc.post(req.body);
+            return rpc.post(req.body, options.max_answer);
         }
         if (req.method == "GET") return rpc.get(req.path, req.query);
         return error_answer(405, "method not allowed");
@@ -261,9 +305,10 @@ struct HttpServer::Impl::Loop {
         bool head_done = false;
         Head head;
         std::size_t head_len = 0;
-        std::size_t reserved = 0;  // of `max_buffered`, for the body being received
+        std::size_t reserved = 0;  // of `max_buffered`: the body bytes received so far
         std::string out;
         std::size_t sent = 0;
+        std::size_t progress_mark = 0;  // of `out`, taken when the deadline last moved on
         bool keep_alive = true;
         bool out_watched = false;  // waiting for EPOLLOUT instead of input
         Clock::time_point deadline;
@@ -280,6 +325,29 @@ struct HttpServer::Impl::Loop {
     // connection in a batch of events).
     static constexpr std::uint64_t kListenTag = 0;
     std::uint64_t next_serial = kListenTag + 1;
+    // While an answer is being sent, each this many bytes the client has taken move its
+    // deadline on by request_timeout: a minimum rate, not a bound on the answer's size.
+    static constexpr std::size_t kProgressStep = 64u << 10;
+    // Whether the listening socket is in this loop's epoll set: it is taken out while
+    // the process is out of descriptors, and for good when the server stops.
+    bool listening = false;
+    Clock::time_point listen_again;
+
+    // Whether a client taking an answer has taken kProgressStep more bytes since its
+    // deadline was last set; if so, sets the next one. Counted from what the peer has
+    // acknowledged, not from what send() accepted: the kernel takes megabytes at once
+    // and then wakes the loop only when a third of its buffer is free again, which a
+    // steady reader may take longer than request_timeout to free.
+    bool still_taking(Conn& c) {
+        int unacknowledged = 0;
+        if (::ioctl(c.fd, SIOCOUTQ, &unacknowledged) != 0) return false;
+        const auto queued = static_cast<std::size_t>(std::max(unacknowledged, 0));
+        const std::size_t taken = c.sent - std::min(c.sent, queued);
+        if (taken < c.progress_mark + kProgressStep) return false;
+        c.progress_mark = taken;
+        c.deadline = Clock::now() + shared.request_timeout();
+        return true;
+    }
 
     void watch(std::uint64_t serial, Conn& c, std::uint32_t events, int op = EPOLL_CTL_MOD) {
         epoll_event ev{};
@@ -306,7 +374,17 @@ struct HttpServer::Impl::Loop {
             const int fd = ::accept4(shared.listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
             if (fd < 0) {
                 if (errno == EINTR || errno == ECONNABORTED) continue;
-                if (errno == EMFILE || errno == ENFILE) spdlog::warn("server: out of file descriptors");
+                if (errno == EMFILE || errno == ENFILE) {
+                    // The connection stays in the backlog and the (level-triggered) socket
+                    // stays ready: returning now would wake this loop again at once. Make
+                    // room as at max_connections, closing this loop's longest-waiting
+                    // connection; with none, turn the newcomer away.
+                    shared.out_of_descriptors();
+                    if (evict_one()) continue;
+                    const Shed shed = shed_one();
+                    if (shed == Shed::kShed) continue;
+                    if (shed == Shed::kFailed) stop_listening(std::chrono::milliseconds(100));
+                }
                 return;
             }
             // At the limit, the new connection replaces this loop's longest-waiting one.
@@ -327,6 +405,46 @@ struct HttpServer::Impl::Loop {
             ++shared.stats.accepted;
             ++shared.stats.open;
         }
+    }
+
+    enum class Shed { kShed, kNonePending, kFailed };
+
+    // Accepts one pending connection and closes it at once, with the descriptor kept in
+    // reserve for this: the client gets a closed connection rather than a wait.
+    Shed shed_one() {
+        std::lock_guard lock(shared.reserve_mu);
+        if (shared.reserve_fd < 0) shared.reserve_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (shared.reserve_fd < 0) return Shed::kFailed;
+        ::close(shared.reserve_fd);
+        const int fd = ::accept4(shared.listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+        const int why = errno;
+        if (fd >= 0) ::close(fd);
+        // Another thread may take the freed number first; then there is no reserve until
+        // a later shortage finds one free.
+        shared.reserve_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            shared.count(&ServerStats::shed);
+            return Shed::kShed;
+        }
+        return why == EAGAIN || why == EWOULDBLOCK ? Shed::kNonePending : Shed::kFailed;
+    }
+
+    // Takes the listening socket out of this loop's epoll set until `pause` has passed;
+    // once the server stops, for good.
+    void stop_listening(Clock::duration pause) {
+        if (!listening) return;
+        epoll_ctl(epoll_fd, EPOLL_CTL_DEL, shared.listen_fd, nullptr);
+        listening = false;
+        listen_again = Clock::now() + pause;
+    }
+
+    // Puts the listening socket (back) into this loop's epoll set; false if it cannot.
+    bool listen() {
+        epoll_event ev{};
+        ev.events = EPOLLIN | EPOLLEXCLUSIVE;
+        ev.data.u64 = kListenTag;
+        listening = epoll_ctl(epoll_fd, EPOLL_CTL_ADD, shared.listen_fd, &ev) == 0;
+        return listening;
     }
 
     bool evict_one() {
@@ -397,6 +515,7 @@ struct HttpServer::Impl::Loop {
         c.keep_alive = false;
         c.out = render(error_answer(status, message), false);
         c.sent = 0;
+        c.progress_mark = 0;
         c.deadline = Clock::now() + shared.request_timeout();
         return flush(serial, c);
     }
@@ -421,10 +540,6 @@ struct HttpServer::Impl::Loop {
                                                    : "malformed request";
                 return refuse(serial, c, status, what);
             }
-            if (!shared.reserve(c.head.content_length)) {
-                return refuse(serial, c, 503, "server busy: too many request bodies in flight");
-            }
-            c.reserved = c.head.content_length;
             c.head_done = true;
             c.head_len = end + 4;
             const bool body_pending = c.in.size() < c.head_len + c.head.content_length;
@@ -433,6 +548,15 @@ struct HttpServer::Impl::Loop {
                 const std::string_view cont = "HTTP/1.1 100 Continue\r\n\r\n";
                 (void)::send(c.fd, cont.data(), cont.size(), MSG_NOSIGNAL);
             }
+        }
+        // The budget holds the body bytes received, not those announced: a head that
+        // announces a body and sends none costs nothing, so idle heads cannot use it up.
+        const std::size_t arrived = std::min(c.in.size() - c.head_len, c.head.content_length);
+        if (arrived > c.reserved) {
+            if (!shared.reserve(arrived - c.reserved)) {
+                return refuse(serial, c, 503, "server busy: too many request bodies in flight");
+            }
+            c.reserved = arrived;
         }
         if (c.in.size() < c.head_len + c.head.content_length) return true;
         Request req = std::move(c.head.request);
@@ -452,6 +576,7 @@ struct HttpServer::Impl::Loop {
         c.keep_alive = req.keep_alive && !shared.stopping;
         c.out = render(answer, c.keep_alive);
         c.sent = 0;
+        c.progress_mark = 0;
         c.state = State::kWriting;
         c.deadline = Clock::now() + shared.request_timeout();
         return flush(serial, c);
@@ -501,7 +626,9 @@ struct HttpServer::Impl::Loop {
         const auto now = Clock::now();
         std::vector<std::uint64_t> expired;
         for (auto& [serial, c] : conns) {
-            if (now >= c.deadline) expired.push_back(serial);
+            if (now < c.deadline) continue;
+            if (c.state == State::kWriting && still_taking(c)) continue;
+            expired.push_back(serial);
         }
         for (const std::uint64_t serial : expired) {
             Conn& c = conns.at(serial);
@@ -522,6 +649,9 @@ struct HttpServer::Impl::Loop {
         auto next_sweep = Clock::now();
         for (;;) {
             if (shared.stopping) {
+                // New connections stay in the backlog: the socket would wake the loop at
+                // once, again and again, while the answers being sent finish.
+                stop_listening(Clock::duration::zero());
                 // Close what waits for input; let the answers being sent finish.
                 std::vector<std::uint64_t> idle;
                 for (const auto& [serial, c] : conns) {
@@ -538,6 +668,9 @@ struct HttpServer::Impl::Loop {
                 } else {
                     on_event(tag, events[i].events);
                 }
+            }
+            if (!listening && !shared.stopping && Clock::now() >= listen_again && !listen()) {
+                listen_again = Clock::now() + std::chrono::milliseconds(100);
             }
             if (Clock::now() >= next_sweep) {
                 sweep();
@@ -556,6 +689,7 @@ HttpServer::~HttpServer() {
         if (loop->epoll_fd >= 0) ::close(loop->epoll_fd);
     }
     if (impl_->listen_fd >= 0) ::close(impl_->listen_fd);
+    if (impl_->reserve_fd >= 0) ::close(impl_->reserve_fd);
 }
 
 Result<int> HttpServer::start() {
@@ -606,14 +740,12 @@ Result<int> HttpServer::start() {
     for (std::size_t i = 0; i < threads; ++i) {
         auto loop = std::make_unique<Impl::Loop>(s);
         loop->epoll_fd = ::epoll_create1(EPOLL_CLOEXEC);
-        epoll_event ev{};
-        ev.events = EPOLLIN | EPOLLEXCLUSIVE;
-        ev.data.u64 = Impl::Loop::kListenTag;
-        if (loop->epoll_fd < 0 || ::epoll_ctl(loop->epoll_fd, EPOLL_CTL_ADD, s.listen_fd, &ev) != 0) {
+        if (loop->epoll_fd < 0 || !loop->listen()) {
             return make_error(ErrorCode::kIoError, fmt::format("server: {}", std::strerror(errno)));
         }
         s.loops.push_back(std::move(loop));
     }
+    s.reserve_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
     for (auto& loop : s.loops) loop->thread = std::thread([l = loop.get()] { l->run(); });
     return bound_port;
 }

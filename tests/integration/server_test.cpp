@@ -241,6 +241,40 @@ TEST_CASE("server: a height without a block hash answers null", "[server]") {
     CHECK(call(s, "stateroot_getroot", {2}).dump() == err(-32001, "height 2 not found (heights 3..3 exist)"));
 }
 
+TEST_CASE("server: a pruned height answers -32001 naming the kept heights", "[server][prune]") {
+    test::TempDir dir;
+    auto e = engine::Engine::open(dir.str());
+    REQUIRE(e);
+    for (std::uint64_t h = 1; h <= 4; ++h) {
+        engine::Changes c;
+        c.height = h;
+        c.puts.emplace_back(Bytes{0x01}, Bytes{static_cast<std::uint8_t>(h)});
+        REQUIRE((*e)->apply(c));
+    }
+    REQUIRE((*e)->prune(3));
+    Served s(**e);
+    const std::string pruned = "height 1 is pruned (values and proofs are kept for heights 3..4)";
+    CHECK(call(s, "stateroot_get", {"01", 1}).dump() == err(-32001, pruned));
+    CHECK(call(s, "stateroot_prove", {"01", 1}).dump() == err(-32001, pruned));
+    CHECK(call(s, "stateroot_getchanges", {1}).dump() == err(-32001, pruned));
+    CHECK(call(s, "stateroot_get", {"01", 2}).dump() ==
+          err(-32001, "height 2 is pruned (values and proofs are kept for heights 3..4)"));
+    // Roots and block hashes of pruned heights stay, and the kept heights answer.
+    auto v = (*e)->view();
+    CHECK(result(s, "stateroot_getroot", {1}) == v->root(1)->hex());
+    CHECK(result(s, "stateroot_getblockhash", {1}).is_null());
+    CHECK(result(s, "stateroot_get", {"01", 3}) == "03");
+    CHECK(result(s, "stateroot_getchanges", {4})["puts"] == json::array({json::array({"01", "04"})}));
+    CHECK(result(s, "stateroot_prove", {"01", "latest"})["value"] == "04");
+    CHECK(call(s, "stateroot_get", {"01", 0}).dump() == err(-32001, "height 0 not found (heights 1..4 exist)"));
+
+    const std::string rest_error = json{{"error", {{"code", -32001}, {"message", pruned}}}}.dump();
+    CHECK(get(s, "/value/01?height=1") == std::pair{404, rest_error});
+    CHECK(get(s, "/proof/01?height=1") == std::pair{404, rest_error});
+    CHECK(get(s, "/root/1").first == 200);
+    CHECK(get(s, "/value/01?height=3").first == 200);
+}
+
 TEST_CASE("server: the REST routes mirror the methods", "[server]") {
     test::TempDir dir;
     auto e = indexed_db(dir.str());
@@ -319,6 +353,15 @@ TEST_CASE("server: a token is required off loopback and checked when set", "[ser
     REQUIRE(denied);
     CHECK(denied->status == 401);
     CHECK(denied->body == R"({"error":{"code":401,"message":"missing or wrong bearer token"}})");
+    // The scheme in any case; the token exactly.
+    for (const auto& [authorization, status] : std::initializer_list<std::pair<std::string, int>>{
+             {"bearer s3cret", 200}, {"BEARER  s3cret", 200}, {"Bearer s3cres", 401}, {"Bearer s3cret2", 401},
+             {"Bearer s3cre", 401}, {"Bearer", 401}, {"Basic s3cret", 401}, {"s3cret", 401}}) {
+        INFO(authorization);
+        auto answered = c.Post("/", httplib::Headers{{"Authorization", authorization}}, body, "application/json");
+        REQUIRE(answered);
+        CHECK(answered->status == status);
+    }
     c.set_bearer_token_auth("s3cret");
     auto allowed = c.Post("/", body, "application/json");
     REQUIRE(allowed);
