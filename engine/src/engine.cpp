@@ -283,6 +283,8 @@ Status Engine::load_tree_if_due() {
     ChunkPrefetcher prefetcher(*store_, kPrefetchThreads);
     if (Status s = tree_->load_all(reader, helper_nodes_ ? &helper : nullptr, &prefetcher); !s) return s;
     tree_loaded_ = true;
+    node_cache_->clear();
+    malloc_trim(0);
     return {};
 }
 

@@ -145,6 +145,15 @@ void NodeCache::put(NodeId id, const NodeRecord& record) {
     }
 }
 
+void NodeCache::clear() {
+    for (std::size_t i = 0; i < kShards; ++i) {
+        Shard& s = shards_[i];
+        std::lock_guard lock(s.mu);
+        std::unordered_map<NodeId, Shard::Entry>().swap(s.entries);
+        s.order.clear();
+    }
+}
+
 Result<std::optional<Bytes>> remove_records(ByteView c, const std::vector<std::size_t>& indices) {
     if (c.size() < 2) return make_error(ErrorCode::kCorruption, "corrupt node chunk");
     const std::size_t count = std::size_t{c[0]} << 8 | c[1];

@@ -1,4 +1,5 @@
 #include "stateroot/engine/engine.hpp"
+#include "stateroot/engine/node_store.hpp"
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
@@ -622,6 +623,20 @@ TEST_CASE("engine: when the last height cannot be read back after a rollback, wr
     auto reopened = Engine::open(dir.str());
     REQUIRE_FALSE(reopened);  // the record is still unreadable: an error, not a wrong tree
     CHECK(reopened.error().code == ErrorCode::kCorruption);
+}
+
+TEST_CASE("node cache: records come back until cleared, and none after", "[engine]") {
+    NodeCache cache(1 << 20);
+    NodeRecord r;
+    r.leaf = true;
+    r.path = sha256(b("k"));
+    for (NodeId id = 0; id < 100; ++id) cache.put(id, r);
+    REQUIRE(cache.get(7));
+    CHECK(cache.get(7)->path == r.path);
+    cache.clear();
+    for (NodeId id = 0; id < 100; ++id) CHECK_FALSE(cache.get(id));
+    cache.put(7, r);  // usable again
+    CHECK(cache.get(7));
 }
 
 TEST_CASE("engine: reopening gives the same roots and values and proofs", "[engine]") {

@@ -89,6 +89,8 @@ public:
     ~NodeCache();
     std::optional<NodeRecord> get(NodeId id);
     void put(NodeId id, const NodeRecord& record);
+    // Forgets every record, giving their memory back.
+    void clear();
 
 private:
     struct Shard;
