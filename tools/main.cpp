@@ -39,7 +39,7 @@ struct ConfigArgs {
         if (name == "rpc_token") return "Bearer token clients must send (required off loopback)";
         if (name == "rpc_threads") return "Server threads, each an event loop answering its connections (default 8)";
         if (name == "rpc_max_connections") return "Open connections; beyond, the longest-waiting is closed (default 1024)";
-        if (name == "rpc_timeout_ms") return "Time to send a whole request, and to take an answer (default 10000)";
+        if (name == "rpc_timeout_ms") return "Time to send a whole request, and to take each 64 KiB of an answer (default 10000)";
         if (name == "rpc_idle_ms") return "Idle keep-alive connections are closed after this (default 60000)";
         if (name == "secondary") return "Serve as a read replica keeping its own files in this directory";
         if (name == "catch_up_ms") return "How often a replica catches up with the primary (default 500)";
