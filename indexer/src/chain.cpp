@@ -151,29 +151,36 @@ void ChainIndex::connect(const Hash& root, std::uint64_t root_height) {
         e->below_root = false;
         children[e->header.prev].push_back(e.get());
     }
+    // Visits what descends from `start`, breadth first: `visit(parent, child)` says
+    // whether to go on below the child.
+    auto descend = [&](ChainEntry* start, auto&& visit) {
+        std::deque<ChainEntry*> queue{start};
+        while (!queue.empty()) {
+            ChainEntry* e = queue.front();
+            queue.pop_front();
+            const auto it = children.find(e->header.hash);
+            if (it == children.end()) continue;
+            for (ChainEntry* c : it->second) {
+                if (visit(*e, *c)) queue.push_back(c);
+            }
+        }
+    };
     ChainEntry* r = find(root);
     if (!r) return;
     r->height = root_height;
     r->chain_work = Work::from_bits(r->header.bits);
-    std::deque<ChainEntry*> queue{r};
-    while (!queue.empty()) {
-        ChainEntry* e = queue.front();
-        queue.pop_front();
-        const auto it = children.find(e->header.hash);
-        if (it == children.end()) continue;
-        for (ChainEntry* c : it->second) {
-            if (c == r) continue;
-            // What descends from an invalid block is invalid too, and gets no height.
-            if (e->invalid || c->invalid) {
-                c->invalid = true;
-            } else {
-                c->parent = e;
-                c->height = *e->height + 1;
-                c->chain_work = e->chain_work + Work::from_bits(c->header.bits);
-            }
-            queue.push_back(c);
+    descend(r, [&](ChainEntry& e, ChainEntry& c) {
+        if (&c == r) return false;
+        // What descends from an invalid block is invalid too, and gets no height.
+        if (e.invalid || c.invalid) {
+            c.invalid = true;
+        } else {
+            c.parent = &e;
+            c.height = *e.height + 1;
+            c.chain_work = e.chain_work + Work::from_bits(c.header.bits);
         }
-    }
+        return true;
+    });
     // The root's known ancestors and all that descends from them without reaching the
     // root: blocks below the root, which the chain above it does not need.
     ChainEntry* oldest = r;
@@ -183,18 +190,11 @@ void ChainIndex::connect(const Hash& root, std::uint64_t root_height) {
     }
     if (oldest == r) return;
     oldest->below_root = true;
-    queue.push_back(oldest);
-    while (!queue.empty()) {
-        ChainEntry* e = queue.front();
-        queue.pop_front();
-        const auto it = children.find(e->header.hash);
-        if (it == children.end()) continue;
-        for (ChainEntry* c : it->second) {
-            if (c->height || c->below_root) continue;
-            c->below_root = true;
-            queue.push_back(c);
-        }
-    }
+    descend(oldest, [](ChainEntry&, ChainEntry& c) {
+        if (c.height || c.below_root) return false;
+        c.below_root = true;
+        return true;
+    });
 }
 
 std::vector<const ChainEntry*> ChainIndex::unconnected() const {

@@ -20,8 +20,10 @@
 #include <fstream>
 #include <iterator>
 #include <sstream>
+#include <limits>
 #include <thread>
 
+#include "process.hpp"
 #include "rpc.hpp"
 #include "server.hpp"
 #include "temp_dir.hpp"
@@ -127,21 +129,7 @@ public:
         bool closed = false;
     };
     Read read_until_close(std::chrono::milliseconds timeout) {
-        Read r;
-        const auto until = Clock::now() + timeout;
-        char buf[64 << 10];
-        while (Clock::now() < until) {
-            pollfd p{fd_, POLLIN, 0};
-            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()).count();
-            if (::poll(&p, 1, static_cast<int>(std::max<long>(left, 1))) <= 0) continue;
-            const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
-            if (n <= 0) {
-                r.closed = true;
-                break;
-            }
-            r.bytes.append(buf, static_cast<std::size_t>(n));
-        }
-        return r;
+        return read_paced(std::numeric_limits<std::size_t>::max(), timeout);
     }
 
     // One answer (head and Content-Length body), waiting at most `timeout`.
@@ -177,7 +165,7 @@ public:
         char buf[16 << 10];
         while (Clock::now() < start + timeout) {
             const double allowed = std::chrono::duration<double>(Clock::now() - start).count() * static_cast<double>(rate);
-            if (static_cast<double>(r.bytes.size()) >= allowed) {
+            if (rate != std::numeric_limits<std::size_t>::max() && static_cast<double>(r.bytes.size()) >= allowed) {
                 std::this_thread::sleep_for(std::chrono::milliseconds(5));
                 continue;
             }
@@ -637,18 +625,6 @@ TEST_CASE("http: a stopping server does not spin on connections it will not acce
 
 namespace {
 
-// The port a `serve` child announced on its first stdout line.
-int announced_port(const std::string& out) {
-    for (int i = 0; i < 200; ++i) {
-        std::ifstream in(out);
-        std::string word, addr;
-        if (in >> word >> addr && word == "listening") return std::stoi(addr.substr(addr.rfind(':') + 1));
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    FAIL("the server did not announce its port");
-    return 0;
-}
-
 // User and system CPU time a process has used.
 double cpu_seconds_of(pid_t pid) {
     std::ifstream in(fmt::format("/proc/{}/stat", pid));
@@ -694,7 +670,7 @@ TEST_CASE("http: out of file descriptors, the server neither spins nor floods it
             }
         }
     } reaper{pid};
-    const int port = announced_port(out);
+    const int port = test::announced_port(out);
     std::vector<std::unique_ptr<Raw>> idle;
     for (int i = 0; i < 100; ++i) idle.push_back(std::make_unique<Raw>(port));
     std::this_thread::sleep_for(std::chrono::milliseconds(300));

@@ -445,18 +445,6 @@ namespace {
 
 using test::Child;
 
-// The port a `serve` child announced on its first stdout line.
-int announced_port(const std::string& out) {
-    for (int i = 0; i < 200; ++i) {
-        std::ifstream in(out);
-        std::string word, addr;
-        if (in >> word >> addr && word == "listening") return std::stoi(addr.substr(addr.rfind(':') + 1));
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    FAIL("the server did not announce its port");
-    return 0;
-}
-
 }  // namespace
 
 TEST_CASE("server: a replica in another process sees new heights within a second", "[server][replica]") {
@@ -472,7 +460,7 @@ TEST_CASE("server: a replica in another process sees new heights within a second
     commit(0);
     Child replica({"serve", "--db", dir.sub("db"), "--secondary", dir.sub("scratch"), "--rpc-addr", "127.0.0.1:0"},
                   dir.sub("out"), dir.sub("err"));
-    const int port = announced_port(dir.sub("out"));
+    const int port = test::announced_port(dir.sub("out"));
     httplib::Client c("127.0.0.1", port);
     auto tip_of_replica = [&]() -> json {
         auto r = c.Post("/", R"({"jsonrpc":"2.0","method":"stateroot_height","id":1})", "application/json");
@@ -501,7 +489,7 @@ TEST_CASE("server: SIGTERM stops serve cleanly with exit 0", "[server]") {
     test::TempDir dir;
     indexed_db(dir.sub("db"));
     Child server({"serve", "--db", dir.sub("db"), "--rpc-addr", "127.0.0.1:0"}, dir.sub("out"), dir.sub("err"));
-    const int port = announced_port(dir.sub("out"));
+    const int port = test::announced_port(dir.sub("out"));
     httplib::Client c("127.0.0.1", port);
     CHECK(c.Get("/height")->status == 200);
     server.signal(SIGTERM);

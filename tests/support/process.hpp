@@ -8,7 +8,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace stateroot::test {
@@ -40,5 +43,17 @@ public:
 private:
     pid_t pid_;
 };
+
+// The port a `serve` child announced on the first line of its stdout, `out`.
+inline int announced_port(const std::string& out) {
+    for (int i = 0; i < 200; ++i) {
+        std::ifstream in(out);
+        std::string word, addr;
+        if (in >> word >> addr && word == "listening") return std::stoi(addr.substr(addr.rfind(':') + 1));
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    FAIL("the server did not announce its port");
+    return 0;
+}
 
 }  // namespace stateroot::test
