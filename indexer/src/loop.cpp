@@ -392,7 +392,10 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
                 if (p) {
                     auto normal = engine::normalize(p->changes);
                     bad = !normal;
-                    if (!normal) p = std::unexpected(normal.error());
+                    if (!normal) {
+                        p = with_context(normal.error(),
+                                         fmt::format("{} (height {})", where(*on_path(h)), h));
+                    }
                 }
                 if (!p) {
                     const std::string& why = p.error().message;
