@@ -642,6 +642,13 @@ double cpu_seconds_of(pid_t pid) {
 
 TEST_CASE("http: out of file descriptors, the server neither spins nor floods its log and still serves",
           "[server][hostile]") {
+#if defined(__SANITIZE_ADDRESS__)
+    // UndefinedBehaviorSanitizer tests whether a vtable is readable through a pipe of its
+    // own, which a process out of descriptors cannot open: it then reports every virtual
+    // call as one on a bad object. So this runs in the plain and ThreadSanitizer builds.
+    WARN("not run under AddressSanitizer and UndefinedBehaviorSanitizer");
+    return;
+#endif
     raise_fd_limit();
     test::TempDir dir;
     const std::string db = dir.sub("db"), out = dir.sub("out"), err = dir.sub("err");
