@@ -78,6 +78,12 @@ Slot stored_child(NodeId id, int parent_depth) {
     return kTagStored | kArenaBit | (Slot(parent_depth) << kDepthShift) | id;
 }
 bool has_parent_depth(Slot stored) { return (stored & kArenaBit) != 0; }
+// A subtree whose paths do not share the bits that lead to its slot: a record written
+// wrong (its children swapped, say) with a valid checksum.
+Error misplaced(NodeId id, int at) {
+    return {ErrorCode::kCorruption,
+            fmt::format("corrupt tree: node {} does not belong at depth {}", id, at)};
+}
 }  // namespace
 
 // A link to a subtree with what its parent needs of it: its node id and its top hash
@@ -888,6 +894,7 @@ Result<std::optional<Tree::Sub>> Tree::apply_at(Context& cx, Ref& loc, int at,
         // The existing leaf, if any, unless a change replaces or deletes it, goes into
         // the new subtree in path order among the inserted leaves.
         const Hash* old = tag(loc.slot) == kTagLeaf ? &leaf(loc.slot).path : nullptr;
+        if (old && common_prefix_bits(*old, cs.front().path) < at) return std::unexpected(misplaced(loc.id, at));
         bool placed = old == nullptr;
         bool changed = false;
         entries.reserve(cs.size() + 1);
@@ -935,6 +942,7 @@ Result<std::optional<Tree::Sub>> Tree::apply_at(Context& cx, Ref& loc, int at,
         // on the other side hang a new subtree beside it.
         auto prefix = prefix_path(cx, loc);
         if (!prefix) return std::unexpected(prefix.error());
+        if (common_prefix_bits(*prefix, cs.front().path) < at) return std::unexpected(misplaced(loc.id, at));
         const int s = bit(*prefix, at);
         for (const TreeChange& c : side_cs[1 - s]) {
             if (!c.del) entries.push_back(inserted(cx, c));

@@ -572,7 +572,9 @@ TEST_CASE("engine: a branch record that splits above its parent is an error, not
     CHECK(e->tip() == 0u);
 }
 
-TEST_CASE("engine: a proof through a misplaced branch is an error, not a crash", "[engine]") {
+TEST_CASE("engine: a proof or an update through a misplaced branch is an error, not a crash or a "
+          "wrong root",
+          "[engine]") {
     test::TempDir dir;
     std::vector<std::pair<std::string, std::string>> puts;
     for (int i = 0; i < 16; ++i) puts.emplace_back(fmt::format("k{}", i), "v");
@@ -595,6 +597,14 @@ TEST_CASE("engine: a proof through a misplaced branch is an error, not a crash",
         ++refused;
     }
     CHECK(refused > 0);
+    // An update through it is refused too, rather than spreading it into new roots.
+    for (const auto& [key, value] : puts) {
+        auto r = reopened->apply(changes(1, {{key, "w"}}));
+        REQUIRE_FALSE(r);
+        CHECK(r.error().code == ErrorCode::kCorruption);
+        CHECK(r.error().message.find("does not belong at depth") != std::string::npos);
+    }
+    CHECK(reopened->tip() == 0u);
 }
 
 TEST_CASE("engine: when the last height cannot be read back after a rollback, writes are refused "
