@@ -569,3 +569,46 @@ TEST_CASE("config: the shipped default file holds every option with its default"
     want["rpc_addr"] = "127.0.0.1:9";
     CHECK(json::parse(printed) == want);
 }
+
+TEST_CASE("server: a replica catches up while requests overlap without a break", "[server][replica]") {
+    test::TempDir dir;
+    auto primary = engine::Engine::open(dir.sub("db"));
+    REQUIRE(primary);
+    REQUIRE((*primary)->apply({0, std::nullopt, {{{1}, {1}}}, {}}));
+    engine::EngineOptions eo;
+    eo.secondary_dir = dir.sub("scratch");
+    auto secondary = engine::Engine::open(dir.sub("db"), eo);
+    REQUIRE(secondary);
+    ReplicaSource replica(**secondary, std::chrono::milliseconds(10));
+
+    // Two readers hand the lease on to each other: each takes one while the other
+    // still holds its own, so some lease is always out.
+    std::atomic<int> turn{0};
+    std::atomic<bool> done{false};
+    std::atomic<std::uint64_t> seen{0};
+    auto reader = [&](int me) {
+        while (!done) {
+            if (turn != me) {
+                std::this_thread::yield();
+                continue;
+            }
+            auto lease = replica.lease();
+            if (!lease) continue;
+            if (lease->view.tip()) seen = std::max<std::uint64_t>(seen, *lease->view.tip());
+            turn = 1 - me;  // the other takes its lease now
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
+    };
+    std::thread a(reader, 0), b(reader, 1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the hand-over under way
+    REQUIRE(seen == 0u);
+    REQUIRE((*primary)->apply({1, std::nullopt, {{{2}, {2}}}, {}}));
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+    while (seen < 1 && std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    done = true;
+    a.join();
+    b.join();
+    CHECK(seen == 1u);
+}
