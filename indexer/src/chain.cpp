@@ -133,9 +133,14 @@ ChainEntry& ChainIndex::add(const BlockHeader& header, std::optional<BlockLocati
         it->second->seq = seq;
         next_seq_ = std::max(next_seq_, seq + 1);
     }
-    if (location && !it->second->location) it->second->location = std::move(location);
+    ChainEntry& e = *it->second;
+    if (location && !e.location) {
+        e.location = std::move(location);
+    } else if (location && (location->file != e.location->file || location->offset != e.location->offset)) {
+        e.other_copies.push_back(std::move(*location));
+    }
     if (added) *added = inserted;
-    return *it->second;
+    return e;
 }
 
 ChainEntry* ChainIndex::find(const Hash& hash) {

@@ -313,6 +313,15 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
         if (!bytes) return std::unexpected(bytes.error());
         p.bytes = std::move(*bytes);
         auto block = parse_block(p.bytes);
+        // A corrupt copy (a record torn by a crash) may have a good one elsewhere.
+        for (std::size_t i = 0; !block && i < e.other_copies.size(); ++i) {
+            auto again = read_block(e.other_copies[i]);
+            if (!again) continue;
+            if (auto parsed = parse_block(*again)) {
+                p.bytes = std::move(*again);
+                block = std::move(parsed);
+            }
+        }
         if (!block) return with_context(block.error(), fmt::format("{} (height {})", where(e), h));
         const auto t1 = Clock::now();
         auto changes = indexer.changes(*block, h, state);

@@ -420,6 +420,23 @@ TEST_CASE("loop: a bad block stops the run at the last good height naming file a
     CHECK(db.engine->tip() == 299u);
 }
 
+TEST_CASE("loop: a corrupt copy of a block is passed over for a good copy later in the input",
+          "[indexer][loop]") {
+    test::TempDir tmp;
+    auto recs = records(kMainnet);
+    const Bytes good = recs[300];
+    recs[300][recs[300].size() - 10] ^= 1;  // torn: the transactions no longer match
+    recs.push_back(good);                   // stored again, whole, further on
+    const std::string path = tmp.sub("twice.blk");
+    write_file(path, join(recs));
+    Db db, full;
+    auto r = db.index({path});
+    INFO((r ? "" : r.error().message));
+    REQUIRE(r);
+    REQUIRE(full.index({kMainnet}));
+    CHECK(db.roots() == full.roots());
+}
+
 TEST_CASE("loop: a block whose parent is unknown is an error and nothing is applied",
           "[indexer][loop]") {
     test::TempDir tmp;

@@ -34,6 +34,9 @@ bool meets_target(const BlockHeader& header);
 struct ChainEntry {
     BlockHeader header;
     std::optional<BlockLocation> location;  // where this run's input has the block
+    // Further copies in the input (a node that crashed mid-write stores a block again),
+    // tried in order when the first does not parse.
+    std::vector<BlockLocation> other_copies;
     bool body_stored = false;               // the block is kept in the database
     bool invalid = false;                   // marked bad in the database, or descends from one
     std::uint64_t seq = 0;                  // order first seen; ties in work go to the lower
@@ -47,7 +50,7 @@ struct ChainEntry {
 class ChainIndex {
   public:
     // Adds a header; returns the entry, which is new if `*added` is set. A known header
-    // keeps its sequence number and gains the location if it had none.
+    // keeps its sequence number and gains the location (as another copy if it had one).
     ChainEntry& add(const BlockHeader& header, std::optional<BlockLocation> location,
                     std::uint64_t seq, bool* added = nullptr);
     ChainEntry* find(const Hash& hash);
