@@ -314,8 +314,12 @@ std::string Rpc::call(const json& request, bool& notification, std::size_t room)
         return text(error_response(e, id));
     };
     if (!request.is_object()) return fail("invalid", {kInvalidRequest, "invalid request: not a JSON object"}, null_id);
-    if (request.contains("id") && !request["id"].is_string() && !request["id"].is_number() && !request["id"].is_null()) {
-        return fail("invalid", {kInvalidRequest, "invalid request: \"id\" must be a string, a number or null"}, null_id);
+    // An id that is not a 64-bit integer (1.5, or one too large, which the parser holds
+    // as a double) could not be echoed back as it was sent.
+    if (request.contains("id") && !request["id"].is_string() && !request["id"].is_number_integer() &&
+        !request["id"].is_null()) {
+        return fail("invalid",
+                    {kInvalidRequest, "invalid request: \"id\" must be a string, a 64-bit integer or null"}, null_id);
     }
     const json id = request.contains("id") ? request["id"] : null_id;
     if (!request.contains("jsonrpc") || request["jsonrpc"] != "2.0") {

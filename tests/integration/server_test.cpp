@@ -176,7 +176,13 @@ TEST_CASE("server: every error has its exact JSON", "[server]") {
     CHECK(post(s, R"({"method": "stateroot_height", "id": 1})") == err(-32600, "invalid request: \"jsonrpc\" must be \"2.0\""));
     CHECK(post(s, R"({"jsonrpc": "2.0", "id": 7})") == err(-32600, "invalid request: \"method\" must be a string", "7"));
     CHECK(post(s, R"({"jsonrpc": "2.0", "method": "x", "id": {}})") ==
-          err(-32600, "invalid request: \"id\" must be a string, a number or null", "null"));
+          err(-32600, "invalid request: \"id\" must be a string, a 64-bit integer or null", "null"));
+    for (const char* id : {"1.5", "18446744073709551616", "-9223372036854775809"}) {
+        CHECK(post(s, fmt::format(R"({{"jsonrpc": "2.0", "method": "stateroot_height", "id": {}}})", id)) ==
+              err(-32600, "invalid request: \"id\" must be a string, a 64-bit integer or null", "null"));
+    }
+    CHECK(post(s, R"({"jsonrpc": "2.0", "method": "stateroot_height", "id": 18446744073709551615})")
+              .ends_with(R"("id":18446744073709551615,"jsonrpc":"2.0","result":589})"));
     CHECK(post(s, R"({"jsonrpc": "2.0", "method": "eth_call", "id": "a"})") == err(-32601, "method not found: eth_call", "\"a\""));
     CHECK(call(s, "stateroot_getroot", {999}).dump() == err(-32001, "height 999 not found (tip is 589)"));
     CHECK(call(s, "metashrew_stateroot", {"600"}).dump() == err(-32001, "height 600 not found (tip is 589)"));
