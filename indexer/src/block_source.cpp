@@ -165,6 +165,13 @@ Result<std::vector<FoundBlock>> scan_blk_file(const std::string& path, Network n
                                    static_cast<std::uint32_t>((*frame)[5]) << 8 |
                                    static_cast<std::uint32_t>((*frame)[6]) << 16 |
                                    static_cast<std::uint32_t>((*frame)[7]) << 24;
+        // A larger length is a corrupt record, not a block (MAX_BLOCK_SERIALIZED_SIZE).
+        constexpr std::uint32_t kMaxBlockSize = 4'000'000;
+        if (size > kMaxBlockSize) {
+            return bad(path, pos,
+                       fmt::format("block length {} exceeds the {}-byte limit of a block", size,
+                                   kMaxBlockSize));
+        }
         const std::uint64_t left = f.size() - pos - 8;
         if (size > left) {
             return bad(path, pos,

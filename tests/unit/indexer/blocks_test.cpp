@@ -145,6 +145,12 @@ TEST_CASE("blocks: bad framing is an error naming file and offset", "[indexer][b
           fmt::format("{}: offset {}: truncated record: 5 bytes left, a record header needs 8",
                       path, second));
 
+    Bytes huge = good;
+    huge[second + 7] = 0x7f;  // a length of about 2 GiB
+    CHECK(error_of(huge, dir) ==
+          fmt::format("{}: offset {}: block length {} exceeds the 4000000-byte limit of a block",
+                      path, second, 0x7f000000u | blocks[1].location.size));
+
     Bytes short_block = good;
     short_block[second + 4] = 10;
     short_block[second + 5] = 0;
