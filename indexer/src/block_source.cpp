@@ -128,9 +128,11 @@ Result<std::vector<FoundBlock>> scan_blk_file(const std::string& path, Network n
     const auto magic = network_magic(network);
     std::vector<FoundBlock> out;
     std::uint64_t pos = 0;
-    constexpr std::uint64_t kChunk = 1 << 16;
+    // A record's frame and header are read at once; zero padding in 64 KiB steps.
+    constexpr std::uint64_t kFrame = 8 + kHeaderSize, kChunk = 1 << 16;
+    std::uint64_t want = kFrame;
     while (pos < f.size()) {
-        auto head = f.read_stored(pos, kChunk);
+        auto head = f.read_stored(pos, want);
         if (!head) return std::unexpected(head.error());
         // Bitcoin Core preallocates its files with zeros as stored, not obfuscated: in an
         // obfuscated file, stored zeros from here to the end are that preallocation.
@@ -145,11 +147,16 @@ Result<std::vector<FoundBlock>> scan_blk_file(const std::string& path, Network n
             std::find_if(head->begin(), head->end(), [](std::uint8_t b) { return b != 0; });
         if (nonzero == head->end()) {
             pos += head->size();
+            want = kChunk;
             continue;
         }
-        pos += static_cast<std::uint64_t>(nonzero - head->begin());
-        auto frame = f.read(pos, 8 + kHeaderSize);
-        if (!frame) return std::unexpected(frame.error());
+        want = kFrame;
+        if (nonzero != head->begin()) {
+            pos += static_cast<std::uint64_t>(nonzero - head->begin());
+            continue;
+        }
+        auto& frame = head;  // a record starts here
+        if (frame->size() > kFrame) frame->resize(kFrame);
         if (frame->size() < 8) {
             return bad(path, pos,
                        fmt::format("truncated record: {} bytes left, a record header needs 8",
