@@ -894,7 +894,9 @@ Result<std::optional<Tree::Sub>> Tree::apply_at(Context& cx, Ref& loc, int at,
         // The existing leaf, if any, unless a change replaces or deletes it, goes into
         // the new subtree in path order among the inserted leaves.
         const Hash* old = tag(loc.slot) == kTagLeaf ? &leaf(loc.slot).path : nullptr;
-        if (old && common_prefix_bits(*old, cs.front().path) < at) return std::unexpected(misplaced(loc.id, at));
+        if (old && common_prefix_bits(*old, cs.front().path) < at) {
+            return std::unexpected(misplaced(loc.id, at));
+        }
         bool placed = old == nullptr;
         bool changed = false;
         entries.reserve(cs.size() + 1);
@@ -942,7 +944,9 @@ Result<std::optional<Tree::Sub>> Tree::apply_at(Context& cx, Ref& loc, int at,
         // on the other side hang a new subtree beside it.
         auto prefix = prefix_path(cx, loc);
         if (!prefix) return std::unexpected(prefix.error());
-        if (common_prefix_bits(*prefix, cs.front().path) < at) return std::unexpected(misplaced(loc.id, at));
+        if (common_prefix_bits(*prefix, cs.front().path) < at) {
+            return std::unexpected(misplaced(loc.id, at));
+        }
         const int s = bit(*prefix, at);
         for (const TreeChange& c : side_cs[1 - s]) {
             if (!c.del) entries.push_back(inserted(cx, c));
