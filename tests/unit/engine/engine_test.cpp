@@ -550,19 +550,25 @@ void corrupt_root_record(Engine& e, const std::function<void(std::uint8_t* recor
     REQUIRE(e.store().write(batch));
 }
 
+// Sixteen keys committed at height 0, then the root's record rewritten with `edit`; the
+// database is closed on return.
+std::vector<std::pair<std::string, std::string>> sixteen_keys_root_edited(
+    const test::TempDir& dir, const std::function<void(std::uint8_t* record)>& edit) {
+    std::vector<std::pair<std::string, std::string>> puts;
+    for (int i = 0; i < 16; ++i) puts.emplace_back(fmt::format("k{}", i), "v");
+    auto e = open_engine(dir);
+    REQUIRE(e->apply(changes(0, puts)));
+    corrupt_root_record(*e, edit);
+    return puts;
+}
+
 }  // namespace
 
 TEST_CASE("engine: a branch record that splits above its parent is an error, not a walk past "
           "the path's bits",
           "[engine]") {
     test::TempDir dir;
-    std::vector<std::pair<std::string, std::string>> puts;
-    for (int i = 0; i < 16; ++i) puts.emplace_back(fmt::format("k{}", i), "v");
-    {
-        auto e = open_engine(dir);
-        REQUIRE(e->apply(changes(0, puts)));
-        corrupt_root_record(*e, [](std::uint8_t* r) { r[1] = 255; });
-    }
+    sixteen_keys_root_edited(dir, [](std::uint8_t* r) { r[1] = 255; });
     auto e = open_engine(dir);
     auto r = e->apply(changes(1, {{"k3", "w"}}));
     REQUIRE_FALSE(r);
@@ -576,18 +582,12 @@ TEST_CASE("engine: a proof or an update through a misplaced branch is an error, 
           "wrong root",
           "[engine]") {
     test::TempDir dir;
-    std::vector<std::pair<std::string, std::string>> puts;
-    for (int i = 0; i < 16; ++i) puts.emplace_back(fmt::format("k{}", i), "v");
-    {
-        auto e = open_engine(dir);
-        REQUIRE(e->apply(changes(0, puts)));
-        // The root's children swapped: paths starting with 0 walk into the subtree of 1s.
-        corrupt_root_record(*e, [](std::uint8_t* r) {
-            REQUIRE(r[34] < 0x80);  // two one-byte deltas
-            REQUIRE(r[35] < 0x80);
-            std::swap(r[34], r[35]);
-        });
-    }
+    // The root's children swapped: paths starting with 0 walk into the subtree of 1s.
+    const auto puts = sixteen_keys_root_edited(dir, [](std::uint8_t* r) {
+        REQUIRE(r[34] < 0x80);  // two one-byte deltas
+        REQUIRE(r[35] < 0x80);
+        std::swap(r[34], r[35]);
+    });
     auto reopened = open_engine(dir);
     std::size_t refused = 0;
     for (const auto& [key, value] : puts) {
