@@ -106,30 +106,23 @@ std::expected<std::uint64_t, RpcError> resolve(const engine::View& view, std::op
     return *h;
 }
 
-// resolve(), for the methods that read a height's state (values, proofs, changes): those
-// of a pruned height are gone, though its root and block hash stay.
-std::expected<std::uint64_t, RpcError> resolve_state(const engine::View& view,
-                                                     std::optional<std::uint64_t> h) {
-    auto height = resolve(view, h);
-    if (height && view.pruned() && *height < *view.pruned()) {
-        return rpc_error(kHeightNotFound,
-                         fmt::format("height {} is pruned (values and proofs are kept for heights {}..{})",
-                                     *height, *view.pruned(), *view.tip()));
-    }
-    return height;
-}
-
 std::expected<std::uint64_t, RpcError> height_at(const engine::View& view, const json& params, std::size_t i) {
     auto h = height_param(params, i);
     if (!h) return std::unexpected(h.error());
     return resolve(view, *h);
 }
 
+// height_at(), for the methods that read a height's state (values, proofs, changes):
+// those of a pruned height are gone, though its root and block hash stay.
 std::expected<std::uint64_t, RpcError> state_height_at(const engine::View& view, const json& params,
                                                        std::size_t i) {
-    auto h = height_param(params, i);
-    if (!h) return std::unexpected(h.error());
-    return resolve_state(view, *h);
+    auto height = height_at(view, params, i);
+    if (height && view.pruned() && *height < *view.pruned()) {
+        return rpc_error(kHeightNotFound,
+                         fmt::format("height {} is pruned (values and proofs are kept for heights {}..{})",
+                                     *height, *view.pruned(), *view.tip()));
+    }
+    return height;
 }
 
 std::expected<Bytes, RpcError> key_param(const json& params, std::size_t i) {

@@ -34,27 +34,20 @@ std::string where(const ChainEntry& e) {
                        display_hex(e.header.hash));
 }
 
-class TipState final : public StateReader {
-  public:
-    explicit TipState(const engine::View& view) : view_(view) {}
-    Result<std::optional<Bytes>> get(ByteView key) override {
-        if (!view_.tip()) return std::optional<Bytes>();
-        return view_.get(key, *view_.tip());
-    }
-
-  private:
-    const engine::View& view_;
-};
-
-// The state as of `height` with the changes of the heights staged above it: what a
-// branch's blocks are indexed against before the heights they replace are rolled back.
+// The state as of `height` (none: the empty state) with the changes of the heights
+// staged above it: the tip's, for the next block; the fork point's, for a branch's
+// blocks indexed before the heights they replace are rolled back.
 class StagedState final : public StateReader {
   public:
-    StagedState(const engine::View& view, std::uint64_t height) : view_(view), height_(height) {}
+    StagedState(const engine::View& view, std::optional<std::uint64_t> height)
+        : view_(view), height_(height) {}
     Result<std::optional<Bytes>> get(ByteView key) override {
-        const auto it = staged_.find(Bytes(key.begin(), key.end()));
-        if (it != staged_.end()) return it->second;
-        return view_.get(key, height_);
+        if (!staged_.empty()) {
+            const auto it = staged_.find(Bytes(key.begin(), key.end()));
+            if (it != staged_.end()) return it->second;
+        }
+        if (!height_) return std::optional<Bytes>();
+        return view_.get(key, *height_);
     }
     void add(const engine::Changes& changes) {
         for (const auto& [key, value] : changes.puts) {
@@ -65,7 +58,7 @@ class StagedState final : public StateReader {
 
   private:
     const engine::View& view_;
-    std::uint64_t height_;
+    std::optional<std::uint64_t> height_;
     std::map<Bytes, std::optional<Bytes>> staged_;
 };
 
@@ -441,7 +434,7 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
         }
         auto fresh = engine.view();
         if (!fresh) return std::unexpected(fresh.error());
-        TipState state(*fresh);
+        StagedState state(*fresh, fresh->tip());
         bool bad = false;
         auto p = prepare(*on_path(h), h, *fresh, state, &bad);
         if (!p) return std::unexpected(p.error());
