@@ -6,6 +6,9 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <exception>
+#include <new>
+#include <system_error>
 
 #include "cli.hpp"
 
@@ -212,4 +215,18 @@ int main(int argc, char** argv) {
 
 }  // namespace stateroot::tools
 
-int main(int argc, char** argv) { return stateroot::tools::main(argc, argv); }
+int main(int argc, char** argv) {
+    // What throws is what the commands do not foresee: memory or a thread that cannot be
+    // had. It ends the command like any other error; the database keeps its last height
+    // (each height is one atomic write, and a write in flight ends before the engine is
+    // closed).
+    try {
+        return stateroot::tools::main(argc, argv);
+    } catch (const std::bad_alloc&) {
+        return stateroot::tools::fail("out of memory");
+    } catch (const std::system_error& e) {
+        return stateroot::tools::fail(fmt::format("system error: {}", e.what()));
+    } catch (const std::exception& e) {
+        return stateroot::tools::fail(fmt::format("unexpected error: {}", e.what()));
+    }
+}

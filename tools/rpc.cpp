@@ -273,7 +273,11 @@ ReplicaSource::ReplicaSource(engine::Engine& engine, std::chrono::milliseconds i
         std::unique_lock stop_lock(stop_mu_);
         while (!stop_cv_.wait_for(stop_lock, interval, [this] { return stopping_; })) {
             std::unique_lock lock(mu_);
-            if (Status s = engine_.catch_up(); !s) spdlog::warn("replica: {}", s.error().message);
+            try {
+                if (Status s = engine_.catch_up(); !s) spdlog::warn("replica: {}", s.error().message);
+            } catch (const std::exception& e) {  // out of memory, say: try again next time
+                spdlog::warn("replica: {}", e.what());
+            }
         }
     });
 }

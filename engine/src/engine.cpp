@@ -182,7 +182,7 @@ Status Engine::load() {
     // writes from then on (writable()), since what it holds may be a height the
     // database does not have.
     auto fail = [this](const Error& e) {
-        broken_ = e;
+        broken_ = Error{e.code, e.message + " (while bringing the engine back to the database's last height)"};
         return std::unexpected(e);
     };
     auto tip = read_meta_height(*store_, schema::kMetaTip, nullptr);
@@ -224,10 +224,7 @@ Status Engine::load() {
 Status Engine::writable() const {
     if (read_only_) return read_only_error();
     if (broken_) {
-        return make_error(broken_->code,
-                          fmt::format("{} (while bringing the engine back to the database's "
-                                      "last height); reopen the database to go on",
-                                      broken_->message));
+        return make_error(broken_->code, fmt::format("{}; reopen the database to go on", broken_->message));
     }
     return {};
 }
@@ -288,7 +285,36 @@ Status Engine::load_tree_if_due() {
     return {};
 }
 
+template <typename F>
+auto Engine::guarded(F&& f) -> decltype(f()) {
+    std::string what;
+    try {
+        return f();
+    } catch (const std::bad_alloc&) {
+        what = "out of memory";
+    } catch (const std::exception& e) {
+        what = e.what();
+    }
+    // Thrown part-way, the call may have left the tree half-updated, so writes stop
+    // here. What the call wrote is all there or not at all (one atomic write), and
+    // reopening reads it back.
+    broken_ = Error{ErrorCode::kIoError, what};
+    return std::unexpected(*broken_);
+}
+
 Result<CommitResult> Engine::apply(const Changes& changes) {
+    return guarded([&] { return apply_unguarded(changes); });
+}
+
+Status Engine::rollback(std::optional<std::uint64_t> height) {
+    return guarded([&] { return rollback_unguarded(height); });
+}
+
+Result<PruneResult> Engine::prune(std::uint64_t first_kept) {
+    return guarded([&] { return prune_unguarded(first_kept); });
+}
+
+Result<CommitResult> Engine::apply_unguarded(const Changes& changes) {
     if (Status s = writable(); !s) return std::unexpected(s.error());
     const auto t0 = Clock::now();
     auto normal = normalize(changes);
@@ -381,7 +407,11 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
         in_flight_ = std::move(batch);
         writing_ = true;
         writer_->run([this, h] {
-            written_ = store_->write(in_flight_);
+            try {
+                written_ = store_->write(in_flight_);
+            } catch (const std::exception& e) {  // out of memory, say: a failed write like any
+                written_ = make_error(ErrorCode::kIoError, e.what());
+            }
             if (!written_) written_ = with_context(written_.error(), fmt::format("height {}", h));
         });
     } else if (Status s = store_->write(batch); !s) {
@@ -401,7 +431,7 @@ Result<CommitResult> Engine::apply(const Changes& changes) {
     return r;
 }
 
-Status Engine::rollback(std::optional<std::uint64_t> height) {
+Status Engine::rollback_unguarded(std::optional<std::uint64_t> height) {
     if (Status s = writable(); !s) return s;
     if (Status s = settle(); !s) return s;
     if (pruned_ && (!height || *height < *pruned_)) {
@@ -436,7 +466,7 @@ Status Engine::rollback(std::optional<std::uint64_t> height) {
     return load();
 }
 
-Result<PruneResult> Engine::prune(std::uint64_t first_kept) {
+Result<PruneResult> Engine::prune_unguarded(std::uint64_t first_kept) {
     if (Status s = writable(); !s) return std::unexpected(s.error());
     if (Status s = settle(); !s) return std::unexpected(s.error());
     PruneResult result;

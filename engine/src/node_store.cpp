@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cassert>
 #include <cstring>
+#include <exception>
 #include <list>
 #include <mutex>
 #include <unordered_map>
@@ -313,8 +314,12 @@ void ChunkPrefetcher::loop() {
         const std::uint64_t chunk = queue_.top();
         queue_.pop();
         lock.unlock();
-        // Only to bring the row into memory: an error is the reader's to report.
-        (void)store_.get(schema::node_chunk_key(chunk));
+        // Only to bring the row into memory: an error, even out of memory, is the
+        // reader's to report.
+        try {
+            (void)store_.get(schema::node_chunk_key(chunk));
+        } catch (const std::exception&) {
+        }
         lock.lock();
     }
 }

@@ -692,9 +692,9 @@ Status Tree::load_all(NodeReader& reader, NodeReader* helper, ChunkPrefetcher* p
     Branch& root = branch(root_->slot);
     Context second(1, helper, 0);
     Status right;
-    worker_->run([&] { right = sweep(second, root.child[1], prefetcher); });
+    ScopedTask task(*worker_, [&] { right = sweep(second, root.child[1], prefetcher); });
     Status left = sweep(main, root.child[0], prefetcher);
-    worker_->wait();
+    task.wait();
     return left ? right : left;
 }
 
@@ -1037,9 +1037,9 @@ Result<Tree::Update> Tree::apply(std::span<const TreeChange> changes, std::uint6
         Context& top = *u.parts[2];
         Branch& root = branch(root_->slot);
         Result<std::optional<Sub>> r1 = std::optional<Sub>();
-        worker_->run([&] { r1 = apply_at(second, root.child[1], 1, right); });
+        ScopedTask task(*worker_, [&] { r1 = apply_at(second, root.child[1], 1, right); });
         auto r0 = apply_at(main, root.child[0], 1, left);
-        worker_->wait();
+        task.wait();
         if (!r0) return fail(r0.error());
         if (!r1) return fail(r1.error());
         if (*r0 || *r1) {

@@ -161,7 +161,9 @@ class Engine {
     // database). If the height is already committed, returns its root without writing
     // when the changes are identical, kConflict otherwise. A gap, a height below the
     // first, or a limit exceeded is kInvalidArgument. On any error nothing is written
-    // and the engine stays at its tip.
+    // and the engine stays at its tip. apply(), rollback() and prune() do not throw:
+    // out of memory part-way is an error after which writes are refused until the
+    // database is reopened (writable()).
     Result<CommitResult> apply(const Changes& changes);
 
     // With pipelined writes: waits for the write of the last applied height, and
@@ -213,8 +215,15 @@ class Engine {
     // Reads the tip, its record and the meta rows, and resets the tree to the tip.
     Status load();
     // Whether writes may go on: not on a database open for reading, nor once load()
-    // failed after a failed write or a rollback.
+    // failed after a failed write or a rollback, nor once a write threw.
     Status writable() const;
+    // Runs apply(), rollback() or prune(): an exception becomes an error, and
+    // the engine refuses writes from then on (broken_).
+    template <typename F>
+    auto guarded(F&& f) -> decltype(f());
+    Result<CommitResult> apply_unguarded(const Changes& changes);
+    Status rollback_unguarded(std::optional<std::uint64_t> height);
+    Result<PruneResult> prune_unguarded(std::uint64_t first_kept);
     Result<CommitResult> check_committed(const Changes& changes, const Hash& digest);
     // settle(), first discarding `pending` (an update built on the height in flight) if
     // that height's write failed.
@@ -241,7 +250,8 @@ class Engine {
     std::optional<std::uint64_t> pruned_;
     std::uint64_t live_keys_ = 0;
     bool read_only_ = false;
-    std::optional<Error> broken_;  // why load() failed; writes are refused until reopened
+    // Why writes are refused until reopened: load() failed, or a write threw.
+    std::optional<Error> broken_;
     static constexpr std::size_t kTrimAfterBytes = std::size_t{4} << 20;
     std::size_t written_since_trim_ = 0;  // bytes of the heights applied since trim() gave memory back
     static constexpr std::uint64_t kLoadTreeAfter = 32;  // sweep once 1/32 of the nodes were read alone
