@@ -141,14 +141,13 @@ int cmd_verify(const Config& c, const std::string& file, const std::string& root
     return kExitOk;
 }
 
-int cmd_rollback(const Config& c, std::int64_t height) {
+int cmd_rollback(const Config& c, std::optional<std::uint64_t> height) {
     if (Status s = require_db(c); !s) return fail(s.error());
     engine::EngineOptions options = engine_options(c);
     options.must_exist = true;
     auto e = Engine::open(c.db, options);
     if (!e) return fail(e.error());
-    const auto target = height < 0 ? std::nullopt : std::optional<std::uint64_t>(height);
-    if (Status s = (*e)->rollback(target); !s) return fail(s.error());
+    if (Status s = (*e)->rollback(height); !s) return fail(s.error());
     if ((*e)->tip()) {
         fmt::print("{} {}\n", *(*e)->tip(), (*e)->root().hex());
     } else {

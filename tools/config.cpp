@@ -56,10 +56,9 @@ Status set_text(Config& c, const Option& o, const std::string& text, const std::
     if (auto p = std::get_if<std::string Config::*>(&o.field)) {
         c.**p = text;
     } else if (auto u = std::get_if<std::uint64_t Config::*>(&o.field)) {
-        std::uint64_t v = 0;
-        const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-        if (ec != std::errc() || end != text.data() + text.size() || text.empty()) return bad("a non-negative integer");
-        c.**u = v;
+        const auto v = parse_decimal(text);
+        if (!v) return bad("a non-negative integer");
+        c.**u = *v;
     } else {
         const auto b = std::get<bool Config::*>(o.field);
         if (text == "true" || text == "1") {
@@ -97,6 +96,13 @@ std::string env_name(const char* option) {
 }
 
 }  // namespace
+
+std::optional<std::uint64_t> parse_decimal(std::string_view text) {
+    std::uint64_t v = 0;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+    if (text.empty() || ec != std::errc() || end != text.data() + text.size()) return std::nullopt;
+    return v;
+}
 
 std::vector<std::string> config_option_names() {
     std::vector<std::string> names;

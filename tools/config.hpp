@@ -9,6 +9,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json_fwd.hpp>
@@ -49,6 +50,10 @@ Result<Config> load_config(const std::string& file, const ConfigFlags& flags,
 
 // Every option and its value, as configs/default.json spells them.
 nlohmann::json to_json(const Config& config);
+
+// A whole number in decimal digits only (no sign, no base prefix), as options take
+// them; nullopt if `text` is not one or exceeds 64 bits.
+std::optional<std::uint64_t> parse_decimal(std::string_view text);
 
 // The option names, in the order they are documented.
 std::vector<std::string> config_option_names();

@@ -57,6 +57,36 @@ struct ConfigArgs {
     }
 };
 
+// Whole numbers on the command line are decimal, as in the configuration. CLI11 reads
+// them with strtoull in base 0, which takes "010" for 8 and "0x10" for 16, wraps "-1"
+// and saturates past 64 bits: a rollback or prune would act on another height than the
+// one typed. The check rewrites the text without leading zeros for CLI11 to read.
+CLI::Validator decimal() {
+    return CLI::Validator(
+        [](std::string& text) -> std::string {
+            const auto v = parse_decimal(text);
+            if (!v) return fmt::format("\"{}\" is not a decimal whole number from 0 to 18446744073709551615", text);
+            text = std::to_string(*v);
+            return {};
+        },
+        "UINT");
+}
+
+// rollback --height: a height, or a negative number for "all of them".
+CLI::Validator rollback_height() {
+    return CLI::Validator(
+        [](std::string& text) -> std::string {
+            const bool all = text.starts_with('-');
+            const auto v = parse_decimal(std::string_view(text).substr(all ? 1 : 0));
+            if (!v || (all && *v == 0)) {
+                return fmt::format("\"{}\" is neither a decimal height nor -1 (all heights)", text);
+            }
+            text = all ? "-1" : std::to_string(*v);
+            return {};
+        },
+        "HEIGHT|-1");
+}
+
 std::optional<std::uint64_t> opt_height(const CLI::Option* opt, std::uint64_t value) {
     return opt->count() > 0 ? std::optional<std::uint64_t>(value) : std::nullopt;
 }
@@ -71,7 +101,7 @@ int main(int argc, char** argv) {
     ConfigArgs cfg;
     std::string file, key, root_hex, out;
     std::uint64_t height = 0;
-    std::int64_t signed_height = 0;
+    std::string rollback_to;
     const std::initializer_list<const char*> kRead = {"db", "cache_mb", "node_cache_mb", "log_level"};
 
     auto* apply = app.add_subcommand("apply", "Apply a change file (JSON lines, one height each; - for stdin)");
@@ -80,17 +110,17 @@ int main(int argc, char** argv) {
 
     auto* root = app.add_subcommand("root", "Print the state root at a height (default: the tip)");
     cfg.add(root, kRead);
-    auto* root_h = root->add_option("--height", height, "Height");
+    auto* root_h = root->add_option("--height", height, "Height")->transform(decimal());
 
     auto* get = app.add_subcommand("get", "Print the value of a key at a height (exit 1 if absent)");
     cfg.add(get, kRead);
     get->add_option("--key", key, "Key in hex")->required();
-    auto* get_h = get->add_option("--height", height, "Height (default: the tip)");
+    auto* get_h = get->add_option("--height", height, "Height (default: the tip)")->transform(decimal());
 
     auto* prove = app.add_subcommand("prove", "Print an inclusion or exclusion proof of a key (JSON)");
     cfg.add(prove, kRead);
     prove->add_option("--key", key, "Key in hex")->required();
-    auto* prove_h = prove->add_option("--height", height, "Height (default: the tip)");
+    auto* prove_h = prove->add_option("--height", height, "Height (default: the tip)")->transform(decimal());
 
     auto* verify = app.add_subcommand(
         "verify", "Verify a proof file: prints valid (exit 0) or invalid: <reason> (exit 1)");
@@ -100,18 +130,20 @@ int main(int argc, char** argv) {
 
     auto* rollback = app.add_subcommand("rollback", "Remove every height above --height (-1 or below the first: all)");
     cfg.add(rollback, {"db", "sync", "log_level"});
-    rollback->add_option("--height", signed_height, "Height to keep as the new tip")->required();
+    rollback->add_option("--height", rollback_to, "Height to keep as the new tip")
+        ->required()
+        ->transform(rollback_height());
 
     auto* info = app.add_subcommand("info", "Print format version, tip, live keys and bytes on disk (JSON)");
     cfg.add(info, kRead);
 
     auto* check = app.add_subcommand("check", "Recompute the root at a height from the stored values and compare");
     cfg.add(check, kRead);
-    auto* check_h = check->add_option("--height", height, "Height (default: the tip)");
+    auto* check_h = check->add_option("--height", height, "Height (default: the tip)")->transform(decimal());
 
     auto* blockhash = app.add_subcommand("blockhash", "Print the block hash stored for a height (display order; exit 1 if none)");
     cfg.add(blockhash, kRead);
-    auto* blockhash_h = blockhash->add_option("--height", height, "Height (default: the tip)");
+    auto* blockhash_h = blockhash->add_option("--height", height, "Height (default: the tip)")->transform(decimal());
 
     IndexOptions index_opts;
     std::uint64_t exit_at = 0, start_height = 0;
@@ -121,22 +153,24 @@ int main(int argc, char** argv) {
     index->add_option("--blocks", index_opts.block_files, "blk-framed or raw block files, in any order");
     index->add_option("--blocks-dir", index_opts.blocks_dir, "A Bitcoin Core blocks directory (blk?????.dat, xor.dat)");
     index->add_option("--indexer", index_opts.indexer, "The indexer turning blocks into changes")->capture_default_str();
-    auto* exit_at_opt = index->add_option("--exit-at", exit_at, "Stop after this height");
+    auto* exit_at_opt = index->add_option("--exit-at", exit_at, "Stop after this height")->transform(decimal());
     index->add_flag("--allow-missing-prevouts", index_opts.allow_missing_prevouts,
                     "Start mid-chain: skip spends of unknown outputs; on an empty database the first block may "
                     "have an unknown parent");
     auto* start_opt =
-        index->add_option("--start-height", start_height, "Height of that first block (default: its BIP34 height)");
+        index->add_option("--start-height", start_height, "Height of that first block (default: its BIP34 height)")
+            ->transform(decimal());
     std::uint64_t prune_keep = 0;
     auto* prune_opt = index->add_option("--prune-keep", prune_keep,
                                         "Prune as it goes, keeping values and proofs of the last N heights "
-                                        "(at least --max-reorg-depth + 1)");
+                                        "(at least --max-reorg-depth + 1)")
+                         ->transform(decimal());
 
     std::uint64_t keep = 0;
     auto* prune = app.add_subcommand(
         "prune", "Keep values and proofs of the last --keep heights only (roots of all stay); prints <first kept> <tip>");
     cfg.add(prune, {"db", "log_level"});
-    prune->add_option("--keep", keep, "Heights whose values and proofs are kept")->required();
+    prune->add_option("--keep", keep, "Heights whose values and proofs are kept")->required()->transform(decimal());
 
     auto* serve = app.add_subcommand("serve", "Serve JSON-RPC (POST /) and REST (GET) queries");
     cfg.add(serve, {"db", "rpc_addr", "rpc_token", "rpc_threads", "rpc_max_connections", "rpc_timeout_ms", "rpc_idle_ms", "secondary", "catch_up_ms", "cache_mb",
@@ -154,23 +188,29 @@ int main(int argc, char** argv) {
 
     BenchOptions bench_opts;
     auto* bench = app.add_subcommand("bench", "Measure commit throughput and latency against this machine's ceilings");
-    bench->add_option("--keys", bench_opts.keys, "Keys preloaded before measuring (N)")->capture_default_str();
-    bench->add_option("--block-keys", bench_opts.block_keys, "Changed keys per height (K)")->capture_default_str();
-    bench->add_option("--blocks", bench_opts.blocks, "Heights measured (B)")->capture_default_str();
+    bench->add_option("--keys", bench_opts.keys, "Keys preloaded before measuring (N)")->capture_default_str()
+        ->transform(decimal());
+    bench->add_option("--block-keys", bench_opts.block_keys, "Changed keys per height (K)")->capture_default_str()
+        ->transform(decimal());
+    bench->add_option("--blocks", bench_opts.blocks, "Heights measured (B)")->capture_default_str()
+        ->transform(decimal());
     bench->add_option("--db", bench_opts.db, "Database directory (default: a temporary one, removed after)");
     bench->add_flag("--json", bench_opts.json, "Print one JSON object with the results as the last line");
-    bench->add_option("--seed", bench_opts.seed, "Random seed")->capture_default_str();
+    bench->add_option("--seed", bench_opts.seed, "Random seed")->capture_default_str()->transform(decimal());
     bench->add_option("--preload-batch", bench_opts.preload_batch,
                       "Keys per height while preloading (default 100,000; under --cache-mb, at most one "
-                      "per 16 KiB of the budget)");
+                      "per 16 KiB of the budget)")
+        ->transform(decimal());
     bench->add_option("--cache-mb", bench_opts.cache_mb,
                       "Memory budget in MiB for RocksDB's caches and the tree (0: no budget)")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->transform(decimal());
     bench->add_flag("--pipelined-writes", bench_opts.pipelined_writes,
                     "Overlap each height's RocksDB write with the tree of the next");
     bench->add_option("--tree-threads", bench_opts.tree_threads,
                       "Threads updating a height's tree: 2 (the two subtrees under the root in "
                       "parallel) or 1")
+        ->transform(decimal())
         ->check(CLI::Range(1, 2))
         ->capture_default_str();
 
@@ -195,7 +235,7 @@ int main(int argc, char** argv) {
     if (get->parsed()) return cmd_get(*c, key, opt_height(get_h, height));
     if (prove->parsed()) return cmd_prove(*c, key, opt_height(prove_h, height));
     if (verify->parsed()) return cmd_verify(*c, file, root_hex);
-    if (rollback->parsed()) return cmd_rollback(*c, signed_height);
+    if (rollback->parsed()) return cmd_rollback(*c, rollback_to == "-1" ? std::nullopt : parse_decimal(rollback_to));
     if (info->parsed()) return cmd_info(*c);
     if (check->parsed()) return cmd_check(*c, opt_height(check_h, height));
     if (blockhash->parsed()) return cmd_blockhash(*c, opt_height(blockhash_h, height));

@@ -174,6 +174,34 @@ TEST_CASE("cli: rollback keeps the heights at or below the target", "[cli]") {
           "stateroot: the database is empty\n");
 }
 
+TEST_CASE("cli: whole numbers on the command line are decimal, and other text is refused",
+          "[cli]") {
+    Cli cli;
+    std::string input;
+    for (int h = 0; h < 12; ++h) input += fmt::format("{{\"height\": {}, \"puts\": [[\"{:02x}\", \"aa\"]]}}\n", h, h);
+    const auto roots = lines(cli.run(fmt::format("apply --db {} -", cli.db()), input).out);
+    REQUIRE(roots.size() == 12);
+    // A leading zero is not octal: 010 is height 10.
+    CHECK(cli.run(fmt::format("root --db {} --height 010", cli.db())).out == roots[10].substr(3) + "\n");
+    for (const char* bad : {"0x3", "-1", "18446744073709551616", "3.0", "+3", "\"\""}) {
+        INFO(bad);
+        const Run r = cli.run(fmt::format("root --db {} --height {}", cli.db(), bad));
+        CHECK(r.code == 2);
+        CHECK(r.err.find("is not a decimal whole number") != std::string::npos);
+        CHECK(r.out.empty());
+    }
+    // Neither rollback nor prune acts on another height than the one typed.
+    for (const char* bad : {"0x2", "-0", "1e3", "9223372036854775808x"}) {
+        INFO(bad);
+        CHECK(cli.run(fmt::format("rollback --db {} --height {}", cli.db(), bad)).code == 2);
+        CHECK(cli.run(fmt::format("prune --db {} --keep {}", cli.db(), bad)).code == 2);
+    }
+    CHECK(cli.run(fmt::format("rollback --db {} --height 010", cli.db())).out == roots[10] + "\n");
+    CHECK(cli.run(fmt::format("prune --db {} --keep 010", cli.db())).out == "1 10\n");
+    CHECK(cli.run(fmt::format("bench --keys 0x10 --blocks 1")).code == 2);
+    CHECK(cli.run(fmt::format("index --db {} --blocks x --exit-at -1", cli.db())).code == 2);
+}
+
 TEST_CASE("cli: prune keeps the last heights' values and every root", "[cli][prune]") {
     Cli cli;
     const auto roots = lines(cli.run(fmt::format("apply --db {} {}", cli.db(), kExample)).out);
