@@ -39,6 +39,15 @@ Result<engine::Changes> UtxoIndexer::changes(const Block& block, std::uint64_t h
     for (std::size_t t = 0; t < block.txs.size(); ++t) {
         const Transaction& tx = block.txs[t];
         const bool coinbase = t == 0;
+        // Only the first transaction may create coins from nothing, and it must: a
+        // first transaction's inputs are not spent, so an ordinary one there would
+        // leave its coins unspent.
+        if (tx.is_coinbase() != coinbase) {
+            return make_error(ErrorCode::kInvalidArgument,
+                              fmt::format("transaction {} ({}) is {}a coinbase at height {}: a block's "
+                                          "first transaction, and only it, is",
+                                          t, display_hex(tx.txid), coinbase ? "not " : "", height));
+        }
         if (!coinbase) {
             for (std::size_t i = 0; i < tx.inputs.size(); ++i) {
                 const TxIn& in = tx.inputs[i];

@@ -143,3 +143,23 @@ TEST_CASE("utxo: spending an unknown outpoint is an error unless missing prevout
         state);
     REQUIRE_FALSE(twice);
 }
+
+TEST_CASE("utxo: the first transaction, and only it, is a coinbase", "[indexer][utxo]") {
+    MapState state;
+    state.rows[UtxoIndexer::key(h(1), 0)] = UtxoIndexer::value(10, 5, false, Bytes{0x51});
+    for (const bool lenient : {false, true}) {
+        UtxoIndexer idx(lenient);
+        // An ordinary spend first: its prevout would stay unspent.
+        const auto first = idx.changes(block({tx(h(3), {{h(1), 0}}, {{7, Bytes{0x52}}})}), 9, state);
+        REQUIRE_FALSE(first);
+        CHECK(first.error().code == ErrorCode::kInvalidArgument);
+        CHECK(first.error().message == "transaction 0 (" + h(3).hex() +
+                                           ") is not a coinbase at height 9: a block's first "
+                                           "transaction, and only it, is");
+        const auto second = idx.changes(block({coinbase(h(2), 50), coinbase(h(4), 50)}), 9, state);
+        REQUIRE_FALSE(second);
+        CHECK(second.error().message == "transaction 1 (" + h(4).hex() +
+                                            ") is a coinbase at height 9: a block's first "
+                                            "transaction, and only it, is");
+    }
+}
