@@ -358,10 +358,19 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
     // Where the best chain leaves the stored one.
     std::optional<std::uint64_t> fork;
     if (engine.tip()) {
-        for (std::uint64_t h = std::min(*engine.tip(), best_height);; --h) {
+        for (std::uint64_t h = *engine.tip();; --h) {
             auto rec = view->record(h);
             if (!rec) return std::unexpected(rec.error());
-            if (rec->block_hash && reversed(*rec->block_hash) == on_path(h)->header.hash) {
+            // A height written by `stateroot apply` is no block of any branch: rolling it
+            // back as a losing one would delete what someone else wrote.
+            if (!rec->block_hash) {
+                return make_error(ErrorCode::kInvalidArgument,
+                                  fmt::format("height {} has no block hash: it was not written from "
+                                              "blocks; roll it back first to index blocks after it "
+                                              "(stateroot rollback --height {})",
+                                              h, h - 1));
+            }
+            if (h <= best_height && reversed(*rec->block_hash) == on_path(h)->header.hash) {
                 fork = h;
                 break;
             }

@@ -526,3 +526,29 @@ TEST_CASE("loop: a database written from change files is refused", "[indexer][lo
     CHECK(r.error().message ==
           "height 0 has no block hash: this database was not built from blocks");
 }
+
+TEST_CASE("loop: heights written from change files after the blocks are refused, not rolled back",
+          "[indexer][loop]") {
+    Db db;
+    REQUIRE(db.index({kBtcd}));
+    const std::uint64_t tip = *db.engine->tip();
+    const auto roots = db.roots();
+    auto c = indexer::parse_change_line(fmt::format(R"({{"height": {}, "puts": [["aa", "01"]]}})", tip + 1));
+    REQUIRE(db.engine->apply(*c));
+    // The same blocks (nothing new), and a longer branch: both would have rolled it back.
+    for (const std::vector<std::string>& files :
+         {std::vector<std::string>{kBtcd}, {kBtcd, fixture("btcd_reorg_blk_3A.dat"),
+                                             fixture("btcd_reorg_blk_4A.dat"),
+                                             fixture("btcd_reorg_blk_5A.dat")}}) {
+        auto r = db.index(files);
+        REQUIRE_FALSE(r);
+        CHECK(r.error().message ==
+              fmt::format("height {} has no block hash: it was not written from blocks; roll it "
+                          "back first to index blocks after it (stateroot rollback --height {})",
+                          tip + 1, tip));
+        CHECK(db.engine->tip() == tip + 1);
+    }
+    auto roots_after = db.roots();
+    roots_after.pop_back();
+    CHECK(roots_after == roots);
+}
