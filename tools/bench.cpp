@@ -213,6 +213,9 @@ std::uint64_t preload_batch_for(std::size_t cache_mb) {
 int run_bench(const BenchOptions& o) {
     if (o.block_keys == 0 || o.blocks == 0)
         return fail("--block-keys and --blocks must be positive");
+    if (o.block_keys < 5 && o.keys < 2) {
+        return fail("with --block-keys below 5 a height only updates preloaded keys: --keys must be at least 2");
+    }
     // Measured heights: 70 % updates, 20 % inserts, 10 % deletes (of the oldest keys).
     const std::uint64_t inserts = o.block_keys / 5;
     const bool own_dir = o.db.empty();

@@ -49,7 +49,7 @@ int cmd_serve(const Config& c);
 int cmd_snapshot(const Config& c, const std::string& out);
 int cmd_config_print(const Config& c);
 
-// Indexing (index_cmd.cpp): serves the query API meanwhile if rpc_addr was given.
+// Indexing (index_cmd.cpp): serves the query API meanwhile if rpc_addr is set.
 struct IndexOptions {
     std::vector<std::string> block_files;
     std::string blocks_dir;

@@ -58,17 +58,17 @@ Result<Reading> read_at(const Config& c, std::optional<std::uint64_t> height) {
 
 int cmd_apply(const Config& c, const std::string& file) {
     if (Status s = require_db(c); !s) return fail(s.error());
+    // The input first: a mistyped file name creates no database.
+    std::ifstream in;
+    if (file != "-") {
+        in.open(file, std::ios::binary);
+        if (!in) return fail(fmt::format("cannot open {}", file));
+    }
     auto e = Engine::open(c.db, engine_options(c));
     if (!e) return fail(e.error());
     auto print = [](const engine::CommitResult& r) { fmt::print("{} {}\n", r.height, r.root.hex()); };
-    Status s;
-    if (file == "-") {
-        s = indexer::apply_change_stream(**e, std::cin, "<stdin>", print);
-    } else {
-        std::ifstream in(file, std::ios::binary);
-        if (!in) return fail(fmt::format("cannot open {}", file));
-        s = indexer::apply_change_stream(**e, in, file, print);
-    }
+    const Status s = file == "-" ? indexer::apply_change_stream(**e, std::cin, "<stdin>", print)
+                                 : indexer::apply_change_stream(**e, in, file, print);
     std::fflush(stdout);
     return s ? kExitOk : fail(s.error());
 }
@@ -116,6 +116,8 @@ int cmd_verify(const Config& c, const std::string& file, const std::string& root
         j = nlohmann::json::parse(in);
     } catch (const nlohmann::json::exception&) {
         return fail(fmt::format("{} is not a proof: not JSON", file));
+    } catch (const std::ios_base::failure& e) {  // a directory, say
+        return fail(fmt::format("cannot read {}: {}", file, e.code().message()));
     }
     auto proof = engine::proof_from_json(j);
     if (!proof) return fail(with_context(proof.error(), file).error());
@@ -236,8 +238,8 @@ int fail(const std::string& message) {
 engine::EngineOptions engine_options(const Config& c) {
     engine::EngineOptions o;
     if (c.cache_mb > 0) set_memory_budget(o, c.cache_mb);
-    // Given on its own, the node cache's size wins over its share of the budget.
-    if (c.cache_mb == 0 || c.given.count("node_cache_mb") > 0) o.node_cache_mb = c.node_cache_mb;
+    // Set on its own, the node cache's size wins over its share of the budget.
+    if (c.node_cache_mb > 0) o.node_cache_mb = c.node_cache_mb;
     o.store.sync = c.sync;
     return o;
 }

@@ -7,8 +7,10 @@
 #include <cstdlib>
 #include <fstream>
 #include <functional>
+#include <string_view>
 #include <nlohmann/json.hpp>
 #include <variant>
+#include <vector>
 
 namespace stateroot::tools {
 
@@ -19,6 +21,7 @@ using Field = std::variant<std::string Config::*, std::uint64_t Config::*, bool 
 struct Option {
     const char* name;
     Field field;
+    std::vector<std::string_view> choices = {};  // for a string: the values it may take, if limited
 };
 
 // The one list of options: file keys, STATEROOT_<NAME> variables and --name flags.
@@ -32,12 +35,12 @@ const Option kOptions[] = {
     {"rpc_idle_ms", &Config::rpc_idle_ms},
     {"secondary", &Config::secondary},
     {"catch_up_ms", &Config::catch_up_ms},
-    {"network", &Config::network},
+    {"network", &Config::network, {"mainnet", "testnet3", "testnet4", "signet", "regtest"}},
     {"max_reorg_depth", &Config::max_reorg_depth},
     {"cache_mb", &Config::cache_mb},
     {"node_cache_mb", &Config::node_cache_mb},
     {"sync", &Config::sync},
-    {"log_level", &Config::log_level},
+    {"log_level", &Config::log_level, {"trace", "debug", "info", "warn", "error", "critical", "off"}},
 };
 
 const Option* find(const std::string& name) {
@@ -47,6 +50,17 @@ const Option* find(const std::string& name) {
     return nullptr;
 }
 
+// "one of a, b or c" for an option with choices; empty when `value` is one of them.
+std::string unchosen(const Option& o, std::string_view value) {
+    if (o.choices.empty() || std::find(o.choices.begin(), o.choices.end(), value) != o.choices.end()) return {};
+    std::string list;
+    for (std::size_t i = 0; i < o.choices.size(); ++i) {
+        list += i == 0 ? "" : i + 1 == o.choices.size() ? " or " : ", ";
+        list += o.choices[i];
+    }
+    return "one of " + list;
+}
+
 // Sets an option from text (environment variables and flags).
 Status set_text(Config& c, const Option& o, const std::string& text, const std::string& where) {
     auto bad = [&](const char* what) {
@@ -54,6 +68,7 @@ Status set_text(Config& c, const Option& o, const std::string& text, const std::
                           fmt::format("{}: option \"{}\" must be {}, got \"{}\"", where, o.name, what, text));
     };
     if (auto p = std::get_if<std::string Config::*>(&o.field)) {
+        if (const std::string choices = unchosen(o, text); !choices.empty()) return bad(choices.c_str());
         c.**p = text;
     } else if (auto u = std::get_if<std::uint64_t Config::*>(&o.field)) {
         const auto v = parse_decimal(text);
@@ -78,6 +93,11 @@ Status set_json(Config& c, const Option& o, const nlohmann::json& v, const std::
     };
     if (auto p = std::get_if<std::string Config::*>(&o.field)) {
         if (!v.is_string()) return bad("a string");
+        if (const std::string choices = unchosen(o, v.get<std::string>()); !choices.empty()) {
+            return make_error(ErrorCode::kInvalidArgument,
+                              fmt::format("{}: option \"{}\" must be {}, got \"{}\"", where, o.name, choices,
+                                          v.get<std::string>()));
+        }
         c.**p = v.get<std::string>();
     } else if (auto u = std::get_if<std::uint64_t Config::*>(&o.field)) {
         if (!v.is_number_unsigned()) return bad("a non-negative integer");
@@ -121,6 +141,9 @@ Result<Config> load_config(const std::string& file, const ConfigFlags& flags,
             j = nlohmann::json::parse(in);
         } catch (const nlohmann::json::exception& e) {
             return make_error(ErrorCode::kInvalidArgument, fmt::format("config file {}: not JSON: {}", file, e.what()));
+        } catch (const std::ios_base::failure& e) {  // a directory, say
+            return make_error(ErrorCode::kInvalidArgument,
+                              fmt::format("cannot read config file {}: {}", file, e.code().message()));
         }
         if (!j.is_object()) return make_error(ErrorCode::kInvalidArgument, fmt::format("config file {}: not a JSON object", file));
         for (const auto& [key, value] : j.items()) {
@@ -128,7 +151,6 @@ Result<Config> load_config(const std::string& file, const ConfigFlags& flags,
             const Option* o = find(key);
             if (!o) return make_error(ErrorCode::kInvalidArgument, fmt::format("config file {}: unknown option \"{}\"", file, key));
             if (Status s = set_json(c, *o, value, "config file " + file); !s) return std::unexpected(s.error());
-            c.given.insert(o->name);
         }
     }
     for (const Option& o : kOptions) {
@@ -136,7 +158,6 @@ Result<Config> load_config(const std::string& file, const ConfigFlags& flags,
         const char* value = env ? env(name.c_str()) : std::getenv(name.c_str());
         if (!value) continue;
         if (Status s = set_text(c, o, value, "environment variable " + name); !s) return std::unexpected(s.error());
-        c.given.insert(o.name);
     }
     for (const auto& [name, value] : flags) {
         const Option* o = find(name);
@@ -144,7 +165,6 @@ Result<Config> load_config(const std::string& file, const ConfigFlags& flags,
         std::string flag = "--" + name;
         std::replace(flag.begin(), flag.end(), '_', '-');
         if (Status s = set_text(c, *o, value, "flag " + flag); !s) return std::unexpected(s.error());
-        c.given.insert(o->name);
     }
     return c;
 }

@@ -7,7 +7,6 @@
 #include <functional>
 #include <map>
 #include <optional>
-#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -18,9 +17,14 @@
 
 namespace stateroot::tools {
 
+inline constexpr const char* kDefaultRpcAddr = "127.0.0.1:8080";
+
+// Every default is also what the option's zero or empty value means, so a file listing
+// the defaults (configs/default.json) changes nothing.
 struct Config {
     std::string db;                          // database directory (no default)
-    std::string rpc_addr = "127.0.0.1:8080"; // HOST:PORT of the JSON-RPC/REST server
+    std::string rpc_addr;                    // HOST:PORT of the JSON-RPC/REST server; empty: serve
+                                             // listens on kDefaultRpcAddr, index serves nothing
     std::string rpc_token;                   // bearer token; required to bind a non-loopback address
     std::uint64_t rpc_threads = 8;           // server event loops, each answering its connections
     std::uint64_t rpc_max_connections = 1024;  // open connections; beyond, the longest-waiting is closed
@@ -31,12 +35,9 @@ struct Config {
     std::string network = "mainnet";         // block network: mainnet, testnet3, testnet4, signet, regtest
     std::uint64_t max_reorg_depth = 100;     // deepest rollback a reorg may make
     std::uint64_t cache_mb = 0;              // memory budget (EngineOptions::set_memory_budget_mb); 0: none
-    std::uint64_t node_cache_mb = 64;       // tree node cache for proofs
+    std::uint64_t node_cache_mb = 0;         // tree node cache for proofs; 0: 64 MiB, or 1/16 of cache_mb
     bool sync = false;                       // fsync every commit (power-loss durability)
     std::string log_level = "info";          // trace, debug, info, warn, error
-
-    // The options a file, the environment or a flag set (the rest are defaults).
-    std::set<std::string> given;
 };
 
 // Values given on the command line, by option name, as typed.

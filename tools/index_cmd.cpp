@@ -87,12 +87,14 @@ int cmd_index(const Config& c, const IndexOptions& o) {
             "unknown network \"{}\" (mainnet, testnet3, testnet4, signet, regtest)", c.network));
     if (o.block_files.empty() == o.blocks_dir.empty())
         return fail("give either --blocks FILE... or --blocks-dir DIR");
+    if (o.prune_keep && *o.prune_keep == 0) return fail("--prune-keep must be at least 1");
     auto indexer = indexer::make_indexer(o.indexer, o.allow_missing_prevouts);
     if (!indexer) return fail(indexer.error());
-    auto engine = engine::Engine::open(c.db, engine_options(c));
-    if (!engine) return fail(engine.error());
+    // The input first: a bad path or file creates no database.
     auto input = scan_inputs(o, *network);
     if (!input) return fail(input.error());
+    auto engine = engine::Engine::open(c.db, engine_options(c));
+    if (!engine) return fail(engine.error());
 
     // The query API, while indexing, when an address was configured.
     std::atomic<std::uint64_t> at_height{0}, target{0};
@@ -103,7 +105,7 @@ int cmd_index(const Config& c, const IndexOptions& o) {
         return IndexerStatus{indexing ? "indexing" : "done", at_height.load(), target.load()};
     });
     std::unique_ptr<HttpServer> server;
-    if (c.given.count("rpc_addr") > 0) {
+    if (!c.rpc_addr.empty()) {
         server = std::make_unique<HttpServer>(rpc, server_options(c));
         auto port = server->start();
         if (!port) return fail(port.error());

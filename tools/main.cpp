@@ -38,7 +38,7 @@ struct ConfigArgs {
 
     static std::string help(std::string_view name) {
         if (name == "db") return "Database directory";
-        if (name == "rpc_addr") return "Serve JSON-RPC and REST on HOST:PORT (default 127.0.0.1:8080)";
+        if (name == "rpc_addr") return "Serve JSON-RPC and REST on HOST:PORT (serve's default 127.0.0.1:8080; index serves only when set)";
         if (name == "rpc_token") return "Bearer token clients must send (required off loopback)";
         if (name == "rpc_threads") return "Server threads, each an event loop answering its connections (default 8)";
         if (name == "rpc_max_connections") return "Open connections; beyond, the longest-waiting is closed (default 1024)";
@@ -51,7 +51,7 @@ struct ConfigArgs {
         if (name == "cache_mb")
             return "Memory budget in MiB for RocksDB's caches and the writer's tree (default 0: no budget, "
                    "the whole tree stays in memory)";
-        if (name == "node_cache_mb") return "Tree node cache for proofs in MiB (default 64)";
+        if (name == "node_cache_mb") return "Tree node cache for proofs in MiB (default 0: 64, or 1/16 of --cache-mb)";
         if (name == "log_level") return "trace, debug, info (default), warn or error";
         return "";
     }
@@ -226,9 +226,7 @@ int main(int argc, char** argv) {
     auto sink = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
     spdlog::set_default_logger(std::make_shared<spdlog::logger>("stateroot", sink));
     spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
-    const auto level = spdlog::level::from_str(c->log_level);
-    if (level == spdlog::level::off && c->log_level != "off") return fail(fmt::format("unknown log level \"{}\"", c->log_level));
-    spdlog::set_level(level);
+    spdlog::set_level(spdlog::level::from_str(c->log_level));  // one of its names (config.cpp)
 
     if (apply->parsed()) return cmd_apply(*c, file);
     if (root->parsed()) return cmd_root(*c, opt_height(root_h, height));

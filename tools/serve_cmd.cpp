@@ -16,7 +16,7 @@ namespace stateroot::tools {
 
 ServerOptions server_options(const Config& c) {
     ServerOptions o;
-    o.addr = c.rpc_addr;
+    o.addr = c.rpc_addr.empty() ? kDefaultRpcAddr : c.rpc_addr;
     o.token = c.rpc_token;
     o.threads = c.rpc_threads;
     o.max_connections = c.rpc_max_connections;
@@ -49,7 +49,7 @@ int cmd_serve(const Config& c) {
     HttpServer server(rpc, server_options(c));
     auto port = server.start();
     if (!port) return fail(port.error());
-    const std::string host = parse_addr(c.rpc_addr)->first;
+    const std::string host = parse_addr(server_options(c).addr)->first;
     fmt::print("listening {}:{}\n", host, *port);
     std::fflush(stdout);
     spdlog::info("serving {} on http://{}:{}{}", c.db, host, *port, c.secondary.empty() ? "" : " as a replica");

@@ -28,6 +28,9 @@ void install_stop_handlers() {
     struct sigaction sa;
     std::memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
+    // The first signal only asks to stop after the current height: a read it lands in
+    // goes on rather than failing with EINTR.
+    sa.sa_flags = SA_RESTART;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, nullptr);
     sigaction(SIGTERM, &sa, nullptr);

@@ -236,6 +236,12 @@ Result<std::vector<FoundBlock>> scan_blocks_dir(const std::string& dir, Network 
     if (ec)
         return make_error(ErrorCode::kIoError,
                           fmt::format("cannot list {}: {}", dir, ec.message()));
+    if (files.empty()) {
+        return make_error(ErrorCode::kInvalidArgument,
+                          fmt::format("{} holds no blk?????.dat files (is it Bitcoin Core's blocks/ "
+                                      "directory?)",
+                                      dir));
+    }
     std::sort(files.begin(), files.end());
     std::vector<FoundBlock> out;
     for (const std::string& file : files) {

@@ -2,11 +2,13 @@
 #include <fmt/format.h>
 
 #include <catch2/catch.hpp>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "cli.hpp"
+#include "files.hpp"
 #include "stateroot/engine/schema.hpp"
 
 namespace {
@@ -202,6 +204,56 @@ TEST_CASE("cli: whole numbers on the command line are decimal, and other text is
     CHECK(cli.run(fmt::format("index --db {} --blocks x --exit-at -1", cli.db())).code == 2);
 }
 
+TEST_CASE("cli: bad input to a write command creates no database", "[cli]") {
+    Cli cli;
+    const std::string blocks = cli.db() + "-blocks";  // a directory without block files
+    std::filesystem::create_directories(blocks);
+    cli.file("db-blocks/README", "not a block file");
+    const std::vector<std::pair<std::string, std::string>> cases = {
+        {fmt::format("apply --db {} {}", cli.db(), cli.db() + ".jsonl"), "cannot open"},
+        {fmt::format("index --db {} --blocks {}", cli.db(), cli.db() + ".blk"), "cannot read"},
+        {fmt::format("index --db {} --blocks-dir {}", cli.db(), blocks),
+         fmt::format("{} holds no blk?????.dat files (is it Bitcoin Core's blocks/ directory?)", blocks)},
+        {fmt::format("index --db {} --blocks {} --prune-keep 0", cli.db(), stateroot::test::block_fixture("btcd_reorg_blk_0_to_4.dat")),
+         "--prune-keep must be at least 1"},
+    };
+    for (const auto& [args, message] : cases) {
+        INFO(args);
+        const Run r = cli.run(args);
+        CHECK(r.code == 2);
+        CHECK(r.err.find(message) != std::string::npos);
+        CHECK_FALSE(std::filesystem::exists(cli.db()));
+    }
+}
+
+TEST_CASE("cli: configuration errors name the file", "[cli][config]") {
+    Cli cli;
+    const std::string dir = cli.db() + "-conf";
+    std::filesystem::create_directories(dir);
+    CHECK(cli.run(fmt::format("root --db {} --config {}", cli.db(), dir)).err ==
+          fmt::format("stateroot: cannot read config file {}: Is a directory\n", dir));
+    CHECK(cli.run(fmt::format("verify --proof {}", dir)).err ==
+          fmt::format("stateroot: cannot read {}: Is a directory\n", dir));
+    const std::string verbose = cli.file("verbose.json", R"({"log_level": "verbose"})");
+    CHECK(cli.run(fmt::format("root --db {} --config {}", cli.db(), verbose)).err ==
+          fmt::format("stateroot: config file {}: option \"log_level\" must be one of trace, debug, info, "
+                      "warn, error, critical or off, got \"verbose\"\n",
+                      verbose));
+    CHECK(cli.run(fmt::format("index --db {} --blocks x --network main", cli.db())).err ==
+          "stateroot: flag --network: option \"network\" must be one of mainnet, testnet3, testnet4, "
+          "signet or regtest, got \"main\"\n");
+}
+
+TEST_CASE("cli: the shipped default configuration changes nothing: index serves only when asked",
+          "[cli][config]") {
+    Cli cli;
+    const Run r = cli.run(fmt::format("index --db {} --config {}/configs/default.json --blocks {} --exit-at 1",
+                                      cli.db(), STATEROOT_REPO,
+                                      stateroot::test::block_fixture("btcd_reorg_blk_0_to_4.dat")));
+    CHECK(r.code == 0);
+    CHECK(r.err.find("serving on") == std::string::npos);
+}
+
 TEST_CASE("cli: prune keeps the last heights' values and every root", "[cli][prune]") {
     Cli cli;
     const auto roots = lines(cli.run(fmt::format("apply --db {} {}", cli.db(), kExample)).out);
@@ -216,6 +268,14 @@ TEST_CASE("cli: prune keeps the last heights' values and every root", "[cli][pru
     CHECK(cli.run(fmt::format("check --db {} --height 4", cli.db())).code == 0);
     CHECK(cli.run(fmt::format("rollback --db {} --height 3", cli.db())).err ==
           "stateroot: cannot roll back below height 4: older heights are pruned\n");
+}
+
+TEST_CASE("cli: a benchmark that would change no key is refused", "[cli][bench]") {
+    Cli cli;
+    const Run r = cli.run("bench --keys 1 --block-keys 4 --blocks 1");
+    CHECK(r.code == 2);
+    CHECK(r.err == "stateroot: with --block-keys below 5 a height only updates preloaded keys: --keys "
+                   "must be at least 2\n");
 }
 
 TEST_CASE("cli: a tiny benchmark runs and prints its JSON summary last", "[cli][bench]") {
