@@ -175,10 +175,14 @@ int cmd_info(const Config& c) {
     auto e = open_for_reading(c);
     if (!e) return fail(e.error());
     const Engine& eng = **e;
+    auto view = eng.view();
+    if (!view) return fail(view.error());
     const auto opt = [](std::optional<std::uint64_t> v) { return v ? nlohmann::json(*v) : nlohmann::json(nullptr); };
     nlohmann::json j{{"format_version", engine::schema::kFormatVersion},
                      {"first", opt(eng.first())},
                      {"tip", opt(eng.tip())},
+                     // Values, change lists and proofs are kept from here on (null: all).
+                     {"pruned", opt(view->pruned())},
                      {"root", eng.tip() ? nlohmann::json(eng.root().hex()) : nlohmann::json(nullptr)},
                      {"live_keys", eng.live_keys()},
                      {"bytes_on_disk", (*e)->store().disk_bytes()}};

@@ -109,6 +109,7 @@ TEST_CASE("cli: root and get and check answer per height with the documented exi
     const auto info = nlohmann::json::parse(cli.run(fmt::format("info --db {}", cli.db())).out);
     CHECK(info["tip"] == 5);
     CHECK(info["first"] == 0);
+    CHECK(info["pruned"].is_null());
     CHECK(info["live_keys"] == 3);
     CHECK(info["format_version"] == stateroot::engine::schema::kFormatVersion);
     CHECK(info["bytes_on_disk"].get<std::uint64_t>() > 0);
@@ -260,6 +261,9 @@ TEST_CASE("cli: prune keeps the last heights' values and every root", "[cli][pru
     const Run r = cli.run(fmt::format("prune --db {} --keep 2", cli.db()));
     CHECK(r.code == 0);
     CHECK(r.out == "4 5\n");
+    const auto info = nlohmann::json::parse(cli.run(fmt::format("info --db {}", cli.db())).out);
+    CHECK(info["first"] == 0);
+    CHECK(info["pruned"] == 4);
     CHECK(cli.run(fmt::format("root --db {} --height 1", cli.db())).out == roots[1].substr(2) + "\n");
     CHECK(cli.run(fmt::format("get --db {} --key 626f62 --height 5", cli.db())).out == "32\n");
     const Run gone = cli.run(fmt::format("get --db {} --key 626f62 --height 3", cli.db()));
