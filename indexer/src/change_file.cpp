@@ -2,7 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
 
 namespace stateroot::indexer {
 
@@ -25,8 +29,20 @@ Result<Bytes> hex_string(const json& j, const std::string& where) {
 
 Result<engine::Changes> parse_change_line(std::string_view line) {
     json j;
+    // A field given twice would otherwise be taken from its last copy, silently
+    // dropping the first one's puts: the callback notes the line's top-level names.
+    std::vector<std::string> names;
+    std::optional<std::string> repeated;
+    const auto note_field = [&](int depth, json::parse_event_t event, json& parsed) {
+        if (depth == 1 && event == json::parse_event_t::key && !repeated) {
+            std::string name = parsed.get<std::string>();
+            if (std::find(names.begin(), names.end(), name) != names.end()) repeated = name;
+            names.push_back(std::move(name));
+        }
+        return true;
+    };
     try {
-        j = json::parse(line);
+        j = json::parse(line, note_field);
     } catch (const json::exception& e) {
         // Not only parse_error: a number too large for a double (1e400) throws
         // out_of_range, which must be a bad line too, not an exception that aborts the
@@ -36,6 +52,7 @@ Result<engine::Changes> parse_change_line(std::string_view line) {
         return bad("bad JSON: " + what);
     }
     if (!j.is_object()) return bad("a line must be a JSON object");
+    if (repeated) return bad(fmt::format("field \"{}\" given twice", *repeated));
 
     engine::Changes c;
     for (const auto& [name, value] : j.items()) {

@@ -77,6 +77,11 @@ TEST_CASE("change file: each bad line gets its own message", "[indexer][changes]
           "\"deletes\" must be an array of keys");
     CHECK(parse_error(R"({"height": 1, "deletes": ["01", null]})") ==
           "deletes[1] must be a hex string");
+    // The last copy of a repeated field would win, dropping the first one's changes.
+    CHECK(parse_error(R"({"height": 1, "puts": [["aa", "01"]], "puts": [["bb", "02"]]})") ==
+          "field \"puts\" given twice");
+    CHECK(parse_error(R"({"height": 1, "puts": [["aa", "01"]], "height": 2})") ==
+          "field \"height\" given twice");
 }
 
 TEST_CASE(
