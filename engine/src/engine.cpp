@@ -483,11 +483,14 @@ Result<PruneResult> Engine::prune_unguarded(std::uint64_t first_kept) {
     auto done = read_meta_height(*store_, schema::kMetaPrunedDone, nullptr);
     if (!done) return std::unexpected(done.error());
 
+    // Each version is looked at once, through the change index of its height, so that a
+    // key changed in every window costs what it wrote, not all its versions per window.
+    // Below `start` a path has at most one version left: the one an earlier prune kept.
+    const std::uint64_t start = done->value_or(*first_);
     storage::IteratorOptions io;
     io.same_prefix = true;
-    auto it = store_->iterator(io);
     constexpr std::uint64_t kWindow = 64;  // heights cleaned per write
-    for (std::uint64_t h = done->value_or(*first_); h < kept;) {
+    for (std::uint64_t h = start; h < kept;) {
         const std::uint64_t end = std::min(kept, h + kWindow);
         storage::WriteBatch batch = store_->batch();
         std::map<std::uint64_t, std::vector<std::size_t>> dead;  // chunk -> record indices
@@ -501,37 +504,57 @@ Result<PruneResult> Engine::prune_unguarded(std::uint64_t first_kept) {
             batch.del(schema::stale_key(height));
             return {};
         };
-        // Each key changed in these heights keeps one version at or below `kept`: the
-        // latest, and not even that if it is a tombstone. Older ones (including one a
-        // previous prune kept) go.
-        std::vector<Hash> paths;
+        auto remove = [&](ByteView key) {
+            batch.del(Bytes(key.begin(), key.end()));
+            ++result.values_removed;
+        };
+        std::vector<std::pair<Hash, std::uint64_t>> versions;  // (path, height) changed here
         for (; h < end; ++h) {
             auto index = read_change_index(*store_, h, nullptr);
             if (!index) return std::unexpected(index.error());
-            for (const schema::ChangeEntry& e : *index) paths.push_back(sha256(e.key));
+            for (const schema::ChangeEntry& e : *index) versions.emplace_back(sha256(e.key), h);
             batch.del(schema::changes_key(h));
             if (Status s = drop_stale(h); !s) return std::unexpected(s.error());
         }
-        std::sort(paths.begin(), paths.end());
-        paths.erase(std::unique(paths.begin(), paths.end()), paths.end());
-        for (const Hash& path : paths) {
+        std::sort(versions.begin(), versions.end());
+        // Made after the previous window's write, so what that deleted below `start` is
+        // not seen, deleted and counted again.
+        auto it = store_->iterator(io);
+        for (auto group = versions.begin(); group != versions.end();) {
+            const Hash& path = group->first;
+            const auto group_end =
+                std::find_if(group, versions.end(), [&](const auto& v) { return v.first != path; });
             const Bytes seek = schema::value_key(path, kept);
-            bool latest = true;
-            for (it->seek(seek); it->valid(); it->next()) {
-                const ByteView k = it->key();
-                if (k.size() != schema::kValueKeySize ||
-                    !std::equal(seek.begin(), seek.begin() + schema::kValueSeekPrefix, k.begin())) {
-                    break;
-                }
+            auto in_path = [&](ByteView k) {
+                return k.size() == schema::kValueKeySize &&
+                       std::equal(seek.begin(), seek.begin() + schema::kValueSeekPrefix, k.begin());
+            };
+            // The key keeps one version at or below `kept`: the latest, and not even that
+            // if it is a tombstone, but for one at `kept` itself: later windows need it to
+            // see that their versions are superseded (the next prune removes it).
+            std::optional<std::uint64_t> live_latest;
+            it->seek(seek);
+            if (it->valid() && in_path(it->key())) {
                 auto row = schema::decode_value_row(it->value());
                 if (!row) return with_context(row.error(), "prune");
-                if (!latest || !*row) {
-                    batch.del(Bytes(k.begin(), k.end()));
-                    ++result.values_removed;
-                }
-                latest = false;
+                if (*row) live_latest = schema::value_key_height(it->key());
             }
             if (Status s = it->status(); !s) return std::unexpected(s.error());
+            for (; group != group_end; ++group) {
+                if (group->second == live_latest) continue;
+                // Counted only if there: a prune by an older build removed versions past its
+                // last window.
+                const Bytes key = schema::value_key(path, group->second);
+                auto row = store_->get(key);
+                if (!row) return with_context(row.error(), "prune");
+                if (*row) remove(key);
+            }
+            // What is below `start` is superseded by the versions changed here.
+            if (start > *first_) {
+                it->seek(schema::value_key(path, start - 1));
+                for (; it->valid() && in_path(it->key()); it->next()) remove(it->key());
+                if (Status s = it->status(); !s) return std::unexpected(s.error());
+            }
         }
         if (h == kept) {
             if (Status s = drop_stale(kept); !s) return std::unexpected(s.error());
