@@ -230,8 +230,10 @@ std::optional<std::uint64_t> bip34_height(const Transaction& coinbase) {
     const Bytes& s = coinbase.inputs[0].script_sig;
     if (s.empty()) return std::nullopt;
     if (s[0] >= 0x51 && s[0] <= 0x60) return s[0] - 0x50;  // OP_1..OP_16
+    // A push of a script number: at most 4 bytes (heights below 2^31), little-endian,
+    // the top bit of the last byte a sign, which a height cannot have.
     const std::size_t n = s[0];
-    if (n < 1 || n > 8 || s.size() < 1 + n) return std::nullopt;
+    if (n < 1 || n > 4 || s.size() < 1 + n || (s[n] & 0x80) != 0) return std::nullopt;
     std::uint64_t h = 0;
     for (std::size_t i = n; i >= 1; --i) h = h << 8 | s[i];
     return h;

@@ -213,10 +213,12 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
                 auto bytes = read_block(first->location);
                 if (!bytes) return std::unexpected(bytes.error());
                 auto block = parse_block(*bytes);
-                if (!block)
-                    return with_context(block.error(), fmt::format("{}: offset {}",
+                if (!block) {
+                    return with_context(block.error(), fmt::format("{}: offset {}: block {}",
                                                                    first->location.file,
-                                                                   first->location.offset));
+                                                                   first->location.offset,
+                                                                   display_hex(first->header.hash)));
+                }
                 // Coinbases carry their height from version 2 on (BIP34); before, the
                 // first push is anything (often the bits).
                 const auto h = first->header.version >= 2 ? bip34_height(block->txs[0])
@@ -229,6 +231,13 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
                             display_hex(first->header.hash)));
                 }
                 root_height = *h;
+            }
+            // Heights are 64-bit: the input's blocks must fit above the first.
+            if (root_height > std::numeric_limits<std::uint64_t>::max() - input.size()) {
+                return make_error(ErrorCode::kInvalidArgument,
+                                  fmt::format("start height {} leaves no room for the input's {} "
+                                              "blocks above it",
+                                              root_height, input.size()));
             }
         }
     }

@@ -298,12 +298,13 @@ void check_block(ByteView data, const indexer::Block& block, const RefBlock& ref
     FUZZ_CHECK(indexer::merkle_root(txids, &mutated) == block.header.merkle_root && !mutated,
                "merkle_root() of the txids is not the header's");
     // BIP34: the coinbase's scriptSig starts with a push of the height (OP_1..OP_16, or
-    // 1 to 8 little-endian bytes).
+    // a script number of 1 to 4 little-endian bytes whose last byte's top bit, the
+    // sign, is clear).
     std::optional<std::uint64_t> bip34;
     const Bytes& s = block.txs[0].inputs[0].script_sig;
     if (!s.empty() && s[0] >= 0x51 && s[0] <= 0x60) {
         bip34 = s[0] - 0x50u;
-    } else if (!s.empty() && s[0] >= 1 && s[0] <= 8 && s.size() > s[0]) {
+    } else if (!s.empty() && s[0] >= 1 && s[0] <= 4 && s.size() > s[0] && s[s[0]] < 0x80) {
         std::uint64_t h = 0;
         for (std::size_t i = s[0]; i >= 1; --i) h = h << 8 | s[i];
         bip34 = h;

@@ -93,6 +93,26 @@ TEST_CASE("blocks: every shipped block parses with its hash and a matching merkl
     CHECK(bip34_height(block->txs[0]) == 702861u);
 }
 
+TEST_CASE("blocks: a BIP34 height is a push of a non-negative script number of at most 4 bytes",
+          "[indexer][blocks]") {
+    const auto height_of = [](Bytes script) {
+        Transaction coinbase;
+        coinbase.inputs.push_back({Hash{}, 0xffffffff, std::move(script)});
+        return bip34_height(coinbase);
+    };
+    CHECK(height_of({0x53}) == 3u);                          // OP_3
+    CHECK(height_of({0x01, 0x7f}) == 127u);
+    CHECK(height_of({0x02, 0x80, 0x00}) == 128u);            // 0x80 alone would be -0
+    CHECK(height_of({0x03, 0x8d, 0xb9, 0x0a, 0xff}) == 702861u);
+    CHECK(height_of({0x04, 0xff, 0xff, 0xff, 0x7f}) == 0x7fffffffu);
+    CHECK_FALSE(height_of({0x01, 0x80}));                    // negative
+    CHECK_FALSE(height_of({0x04, 0x00, 0x00, 0x00, 0x80}));  // negative
+    CHECK_FALSE(height_of({0x05, 1, 2, 3, 4, 5}));           // past a script number
+    CHECK_FALSE(height_of({0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}));
+    CHECK_FALSE(height_of({0x03, 0x01}));                    // cut short
+    CHECK_FALSE(height_of({}));
+}
+
 TEST_CASE("blocks: a flipped byte in a transaction fails the merkle check", "[indexer][blocks]") {
     const auto found = scan("mainnet_0-589.blk");
     Bytes bytes = read_block(found[170].location).value();

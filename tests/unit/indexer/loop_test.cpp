@@ -498,6 +498,15 @@ TEST_CASE("loop: a mid-chain start is found whatever the input's order, and the 
           "block 00000000839a8e6886ab5951d76f411475428afc90947ee320161bbf18eb6048 has no BIP34 "
           "height in its coinbase: give --start-height");
 
+    // The heights of the input's blocks must fit in 64 bits.
+    o.start_height = std::numeric_limits<std::uint64_t>::max() - 2;
+    Db too_high;
+    auto wraps = too_high.index({files[0], files[1], files[2]}, o);
+    REQUIRE_FALSE(wraps);
+    CHECK(wraps.error().message ==
+          "start height 18446744073709551613 leaves no room for the input's 3 blocks above it");
+    CHECK_FALSE(too_high.engine->tip());
+
     o.start_height = 1;
     Db db;
     auto mid = db.index({files[1], files[0], files[2]}, o);
