@@ -235,12 +235,18 @@ Result<CommitResult> Engine::check_committed(const Changes& changes, const Hash&
     const bool hash_differs =
         changes.block_hash && rec->block_hash && *changes.block_hash != *rec->block_hash;
     if (rec->digest != digest || hash_differs) {
-        return make_error(
-            ErrorCode::kConflict,
-            fmt::format("height {} is already committed with different {}; to replace "
-                        "it, roll back first (stateroot rollback --height {})",
-                        changes.height, hash_differs ? "block hash" : "changes",
-                        static_cast<std::int64_t>(changes.height) - 1));
+        const std::string what = hash_differs ? "block hash" : "changes";
+        if (pruned_ && changes.height <= *pruned_) {
+            return make_error(ErrorCode::kConflict,
+                              fmt::format("height {} is already committed with different {}, and "
+                                          "cannot be replaced: heights below {} are pruned",
+                                          changes.height, what, *pruned_));
+        }
+        const std::string below = changes.height == 0 ? "-1" : std::to_string(changes.height - 1);
+        return make_error(ErrorCode::kConflict,
+                          fmt::format("height {} is already committed with different {}; to replace "
+                                      "it, roll back first (stateroot rollback --height {})",
+                                      changes.height, what, below));
     }
     CommitResult r;
     r.height = changes.height;

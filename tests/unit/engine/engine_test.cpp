@@ -113,6 +113,16 @@ TEST_CASE("engine: re-applying a committed height is a no-op and different chang
     CHECK(h.error().message ==
           "height 5 is already committed with different block hash; to replace it, roll back "
           "first (stateroot rollback --height 4)");
+
+    // Heights of 2^63 and above are heights like any (not negative numbers).
+    test::TempDir high_dir;
+    auto high = open_engine(high_dir);
+    const std::uint64_t big = std::uint64_t{1} << 63;
+    REQUIRE(high->apply(changes(big, {{"a", "1"}})));
+    REQUIRE(high->apply(changes(big + 1, {{"a", "2"}})));
+    CHECK(high->apply(changes(big + 1, {{"a", "3"}})).error().message ==
+          "height 9223372036854775809 is already committed with different changes; to replace it, "
+          "roll back first (stateroot rollback --height 9223372036854775808)");
     CHECK(e->tip() == 6u);
 }
 

@@ -113,6 +113,13 @@ TEST_CASE("prune: rollback stops at the pruned height and re-applying gives the 
     REQUIRE_FALSE(refused);
     CHECK(refused.error().message == "cannot roll back below height 50: older heights are pruned");
     CHECK_FALSE(t.pruned->rollback(std::nullopt));
+    // Nor can other changes replace a height that would need such a rollback.
+    Changes other;
+    other.height = 50;
+    other.puts.push_back({Bytes{1, 2, 3}, Bytes{4}});
+    CHECK(t.pruned->apply(other).error().message ==
+          "height 50 is already committed with different changes, and cannot be replaced: heights "
+          "below 50 are pruned");
     REQUIRE(t.pruned->rollback(55));
     REQUIRE(t.full->rollback(55));
     t.height = 56;
