@@ -39,10 +39,17 @@ class Reader {
         pos_ += static_cast<std::size_t>(bytes);
         return v;
     }
+    // Only in its shortest form, as Bitcoin Core reads it: the block's transaction count
+    // is covered by no hash, so a longer form is a copy altered on the way, to be
+    // passed over for a good one.
     std::uint64_t compact_size() {
+        const std::size_t at = pos_;
         const std::uint64_t first = le(1);
         if (first < 0xfd) return first;
-        return le(first == 0xfd ? 2 : first == 0xfe ? 4 : 8);
+        const std::uint64_t v = le(first == 0xfd ? 2 : first == 0xfe ? 4 : 8);
+        const std::uint64_t min = first == 0xfd ? 0xfd : first == 0xfe ? 0x10000 : 0x100000000;
+        if (ok() && v < min) fail_at(at, fmt::format("size {} is not in its shortest form", v));
+        return v;
     }
     // A length prefix, checked against the bytes left (each item at least `min_item`).
     std::uint64_t count(const char* what, std::size_t min_item) {
@@ -125,11 +132,17 @@ Transaction parse_tx(Reader& r) {
     }
     const std::size_t body_end = r.pos();
     if (segwit) {
+        const std::size_t witness_at = r.pos();
+        bool any = false;
         for (std::size_t i = 0; i < tx.inputs.size() && r.ok(); ++i) {
             const std::uint64_t items = r.count("witness item count", 1);
+            any |= items > 0;
             for (std::uint64_t k = 0; k < items && r.ok(); ++k)
                 r.skip(r.count("witness item length", 1));
         }
+        // BIP144 serializes without marker and flag when there is no witness; Core
+        // refuses the other form ("superfluous witness record").
+        if (r.ok() && !any) r.fail_at(witness_at, "segwit serialization with every witness empty");
     }
     const std::size_t locktime_at = r.pos();
     r.le(4);

@@ -113,6 +113,32 @@ TEST_CASE("blocks: a BIP34 height is a push of a non-negative script number of a
     CHECK_FALSE(height_of({}));
 }
 
+TEST_CASE("blocks: sizes in a longer form than needed and empty witness records are refused",
+          "[indexer][blocks]") {
+    const auto found = scan("mainnet_0-589.blk");
+    const Bytes block1 = read_block(found[1].location).value();
+    REQUIRE(parse_block(block1));
+    // The transaction count (byte 80), covered by no hash: 01 written as fd 01 00.
+    Bytes longer(block1.begin(), block1.begin() + 80);
+    longer.insert(longer.end(), {0xfd, 0x01, 0x00});
+    longer.insert(longer.end(), block1.begin() + 81, block1.end());
+    auto r = parse_block(longer);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message == "malformed block at byte 80: size 1 is not in its shortest form");
+
+    // A transaction in the segwit form (marker 00, flag 01) whose one witness is empty.
+    Bytes superfluous(block1.begin(), block1.begin() + 80);
+    superfluous.insert(superfluous.end(), {0x01, 0x01, 0, 0, 0, 0x00, 0x01, 0x01});
+    superfluous.insert(superfluous.end(), 32, 0x11);                       // prevout txid
+    superfluous.insert(superfluous.end(), {0, 0, 0, 0, 0x00, 0xff, 0xff, 0xff, 0xff});
+    superfluous.insert(superfluous.end(), {0x01, 1, 0, 0, 0, 0, 0, 0, 0, 0x00});  // one output
+    superfluous.insert(superfluous.end(), {0x00, 0, 0, 0, 0});            // witness, locktime
+    auto w = parse_block(superfluous);
+    REQUIRE_FALSE(w);
+    CHECK(w.error().message ==
+          "malformed transaction 0 at byte 139: segwit serialization with every witness empty");
+}
+
 TEST_CASE("blocks: a flipped byte in a transaction fails the merkle check", "[indexer][blocks]") {
     const auto found = scan("mainnet_0-589.blk");
     Bytes bytes = read_block(found[170].location).value();
