@@ -63,14 +63,25 @@ public:
 };
 
 Error to_error(const rocksdb::Status& s, const std::string& what) {
-    // RocksDB reports a held LOCK file as an IO error mentioning the lock.
     const std::string text = s.ToString();
-    if (s.IsIOError() && text.find("lock") != std::string::npos) {
+    if (s.IsCorruption()) return {ErrorCode::kCorruption, what + ": " + text};
+    return {ErrorCode::kIoError, what + ": " + text};
+}
+
+// An open's error: kBusy only if the writer's LOCK file is held, which RocksDB reports
+// as "While lock file: <dir>/LOCK: ..." (another process) or "lock hold by current
+// process, ...: <dir>/LOCK: ..." (this one). Not any text with "lock" in it: that is in
+// every path under a directory named "blocks".
+Error open_error(const rocksdb::Status& s, const std::string& dir) {
+    const std::string what = "cannot open " + dir;
+    const std::string text = s.ToString();
+    const bool held = text.find("While lock file: ") != std::string::npos ||
+                      text.find("lock hold by current process") != std::string::npos;
+    if (s.IsIOError() && held && text.find("/LOCK: ") != std::string::npos) {
         return {ErrorCode::kBusy,
                 what + ": the database is open in another process (" + text + ")"};
     }
-    if (s.IsCorruption()) return {ErrorCode::kCorruption, what + ": " + text};
-    return {ErrorCode::kIoError, what + ": " + text};
+    return to_error(s, what);
 }
 
 class RocksSnapshot final : public Snapshot {
@@ -373,7 +384,7 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
     std::vector<std::string> families;
     if (exists) {
         s = rocksdb::DB::ListColumnFamilies(o, dir, &families);
-        if (!s.ok()) return std::unexpected(to_error(s, "cannot open " + dir));
+        if (!s.ok()) return std::unexpected(open_error(s, dir));
     } else {
         families = {rocksdb::kDefaultColumnFamilyName};
         for (char c : options.rising_prefixes) families.push_back(rising_family(static_cast<std::uint8_t>(c)));
@@ -430,7 +441,7 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
     } else {
         s = rocksdb::DB::Open(o, dir, descriptors, &handles, &db);
     }
-    if (!s.ok()) return std::unexpected(to_error(s, "cannot open " + dir));
+    if (!s.ok()) return std::unexpected(open_error(s, dir));
     auto impl = std::make_unique<Impl>();
     impl->db.reset(db);
     impl->spaces.db = db;

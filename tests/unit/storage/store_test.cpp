@@ -1,7 +1,12 @@
 #include "stateroot/storage/store.hpp"
 
 #include <catch2/catch.hpp>
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
 
 #include "temp_dir.hpp"
 
@@ -283,4 +288,62 @@ TEST_CASE("store: rows of one leading byte may come in any order, within a batch
     auto it = store->iterator();
     for (it->seek(b("v")); it->valid(); it->next()) ++n;
     CHECK(n == 100);
+}
+
+TEST_CASE("store: a LOCK held by another process is busy", "[storage]") {
+    test::TempDir dir;
+    open_store(dir).reset();
+    // The child takes the lock RocksDB takes (fcntl, the whole file) and holds it until
+    // the parent closes the pipe.
+    int ready[2], release[2];
+    REQUIRE(pipe(ready) == 0);
+    REQUIRE(pipe(release) == 0);
+    const std::string lock = dir.sub("LOCK");
+    const pid_t child = fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        close(ready[0]);
+        close(release[1]);
+        const int fd = ::open(lock.c_str(), O_RDWR);
+        struct flock f {};
+        f.l_type = F_WRLCK;
+        f.l_whence = SEEK_SET;
+        const char ok = fd >= 0 && fcntl(fd, F_SETLK, &f) == 0 ? 1 : 0;
+        if (write(ready[1], &ok, 1) != 1) _exit(1);
+        char c;
+        while (read(release[0], &c, 1) > 0) {
+        }
+        _exit(0);
+    }
+    close(ready[1]);
+    close(release[0]);
+    char ok = 0;
+    REQUIRE(read(ready[0], &ok, 1) == 1);
+    REQUIRE(ok == 1);
+    auto s = Store::open(dir.str(), {});
+    close(release[1]);
+    close(ready[0]);
+    int status = 0;
+    waitpid(child, &status, 0);
+    REQUIRE_FALSE(s);
+    CHECK(s.error().code == ErrorCode::kBusy);
+    CHECK(s.error().message.find("the database is open in another process") != std::string::npos);
+}
+
+TEST_CASE("store: an IO error is not busy because a path says \"block\"", "[storage]") {
+    // "lock" is in "blocks", a common directory name beside a chain's block files.
+    test::TempDir dir;
+    const std::string db = dir.sub("blocks");
+    {
+        auto s = Store::open(db, {});
+        REQUIRE(s);
+    }
+    // CURRENT, which names the MANIFEST, cannot be read.
+    std::filesystem::remove(db + "/CURRENT");
+    std::filesystem::create_directory(db + "/CURRENT");
+    auto s = Store::open(db, {});
+    REQUIRE_FALSE(s);
+    INFO(s.error().message);
+    CHECK(s.error().message.find("blocks") != std::string::npos);
+    CHECK(s.error().code == ErrorCode::kIoError);
 }
