@@ -87,7 +87,9 @@ Error open_error(const rocksdb::Status& s, const std::string& dir) {
 class RocksSnapshot final : public Snapshot {
   public:
     RocksSnapshot(rocksdb::DB* db, const rocksdb::Snapshot* snap) : db_(db), snap_(snap) {}
-    ~RocksSnapshot() override { db_->ReleaseSnapshot(snap_); }
+    ~RocksSnapshot() override {
+        if (snap_) db_->ReleaseSnapshot(snap_);
+    }
     const rocksdb::Snapshot* get() const { return snap_; }
 
   private:
@@ -263,6 +265,7 @@ struct Store::Impl {
     std::unique_ptr<rocksdb::DB> db;
     KeySpaces spaces;
     rocksdb::WriteOptions write_options;
+    bool secondary = false;  // a RocksDB secondary instance (StoreOptions::secondary_dir)
 
     ~Impl() {
         for (rocksdb::ColumnFamilyHandle* family : spaces.rising) db->DestroyColumnFamilyHandle(family);
@@ -458,6 +461,7 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
         }
     }
     impl->write_options.sync = options.sync;
+    impl->secondary = secondary;
     return std::unique_ptr<Store>(new Store(dir, std::move(impl)));
 }
 
@@ -501,6 +505,12 @@ Status Store::write(const WriteBatch& batch) {
 }
 
 std::shared_ptr<const Snapshot> Store::snapshot() const {
+    // A secondary instance's snapshot would isolate nothing: its point reads ignore it,
+    // it does not hold back catch_up(), and RocksDB 7.8 refuses an iterator that has one.
+    // Reads through this one see the state of the last catch-up, which the caller keeps
+    // out while it reads (the server's replica takes a reader lock per request;
+    // docs/design.md, "Replicas").
+    if (impl_->secondary) return std::make_shared<RocksSnapshot>(impl_->db.get(), nullptr);
     return std::make_shared<RocksSnapshot>(impl_->db.get(), impl_->db->GetSnapshot());
 }
 

@@ -86,8 +86,8 @@ class WriteBatch {
     std::size_t bytes_ = 0;
 };
 
-// A consistent read-only view of the store as of the moment it was taken. Holding one
-// pins the data it sees. Thread-safe; release it by dropping the last shared_ptr, which
+// A consistent read-only view of the store as of the moment it was taken (not on a
+// secondary instance: see Store::snapshot). Holding one pins the data it sees. Thread-safe; release it by dropping the last shared_ptr, which
 // must happen before the Store is destroyed.
 class Snapshot {
   public:
@@ -143,7 +143,9 @@ class Store {
     // batch is applied. Thread-safe, but the engine keeps a single writer.
     Status write(const WriteBatch& batch);
 
-    // A snapshot of the current state. Thread-safe.
+    // A snapshot of the current state. Thread-safe. On a secondary instance it isolates
+    // nothing: reads through it see the state of the latest catch_up(), so the caller
+    // keeps catch_up() out while it reads.
     std::shared_ptr<const Snapshot> snapshot() const;
 
     // A new iterator, positioned nowhere until seek(). Thread-safe.
