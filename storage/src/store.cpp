@@ -383,7 +383,8 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
 
     rocksdb::Status s;
     // The rising prefixes' column families: created with a new database; an existing
-    // database is opened with the families it has.
+    // database is opened with the families it has (and the missing ones are seen to
+    // below).
     std::vector<std::string> families;
     if (exists) {
         s = rocksdb::DB::ListColumnFamilies(o, dir, &families);
@@ -393,15 +394,14 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
         for (char c : options.rising_prefixes) families.push_back(rising_family(static_cast<std::uint8_t>(c)));
         o.create_missing_column_families = true;
     }
-    std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
-    for (const std::string& name : families) {
+    auto family_options = [&](const std::string& name) {
         rocksdb::ColumnFamilyOptions family(o);
         // A rising family's files only ever move down a level; compressing them on the
         // way would rewrite them instead (and the tree's hashes do not compress).
         if (name != rocksdb::kDefaultColumnFamilyName) {
             family.compression_per_level.clear();
             family.compression = rocksdb::kNoCompression;
-        } else if (families.size() > 1) {
+        } else if (families.size() > 1 || !options.rising_prefixes.empty()) {
             // A batch's rows of one leading byte come in key order (a height's values
             // sorted by path): each memtable insert then starts where the last one of
             // that byte ended, instead of a search from the top of a skip list of random
@@ -423,8 +423,10 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
             family.level0_slowdown_writes_trigger = family.level0_file_num_compaction_trigger + 16;
             family.level0_stop_writes_trigger = family.level0_file_num_compaction_trigger + 32;
         }
-        descriptors.emplace_back(name, family);
-    }
+        return family;
+    };
+    std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+    for (const std::string& name : families) descriptors.emplace_back(name, family_options(name));
     std::vector<rocksdb::ColumnFamilyHandle*> handles;
 
     rocksdb::DB* db = nullptr;
@@ -448,16 +450,52 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
     auto impl = std::make_unique<Impl>();
     impl->db.reset(db);
     impl->spaces.db = db;
-    for (std::size_t i = 0; i < families.size(); ++i) {
+    auto file = [&](rocksdb::ColumnFamilyHandle* handle) {
         // The default family is reached through the database's own handle.
-        if (families[i] == rocksdb::kDefaultColumnFamilyName) {
-            db->DestroyColumnFamilyHandle(handles[i]);
-            continue;
+        if (handle->GetName() == rocksdb::kDefaultColumnFamilyName) {
+            db->DestroyColumnFamilyHandle(handle);
+            return;
         }
-        impl->spaces.rising.push_back(handles[i]);
+        impl->spaces.rising.push_back(handle);
         for (char c : options.rising_prefixes) {
             const auto prefix = static_cast<std::uint8_t>(c);
-            if (families[i] == rising_family(prefix)) impl->spaces.family_of[prefix] = handles[i];
+            if (handle->GetName() == rising_family(prefix)) impl->spaces.family_of[prefix] = handle;
+        }
+    };
+    for (rocksdb::ColumnFamilyHandle* handle : handles) file(handle);
+
+    // RocksDB writes a new database's CURRENT before it creates the families, one at a
+    // time: a kill in between leaves some missing, and their rows would go to the
+    // default family, where rollback's range deletes are refused. While the database
+    // holds no row the writer creates them. With rows it is refused: a family created
+    // now would hide the rows of its prefix already in the default family.
+    std::vector<std::string> missing;
+    for (char c : options.rising_prefixes) {
+        const auto prefix = static_cast<std::uint8_t>(c);
+        if (!impl->spaces.family_of[prefix]) missing.push_back(rising_family(prefix));
+    }
+    if (!missing.empty()) {
+        for (rocksdb::ColumnFamilyHandle* family : impl->spaces.all()) {
+            rocksdb::ReadOptions ro;
+            ro.total_order_seek = true;
+            const std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(ro, family));
+            it->SeekToFirst();
+            if (!it->status().ok()) return std::unexpected(open_error(it->status(), dir));
+            if (it->Valid()) {
+                return make_error(ErrorCode::kCorruption,
+                                  "cannot open " + dir + ": it holds rows but has no column family " +
+                                      missing.front() +
+                                      " (its creation was cut short and it was written to since, "
+                                      "or it is another program's database)");
+            }
+        }
+        if (!options.read_only && !secondary) {
+            std::vector<rocksdb::ColumnFamilyDescriptor> more;
+            for (const std::string& name : missing) more.emplace_back(name, family_options(name));
+            std::vector<rocksdb::ColumnFamilyHandle*> created;
+            s = db->CreateColumnFamilies(more, &created);
+            for (rocksdb::ColumnFamilyHandle* handle : created) file(handle);
+            if (!s.ok()) return std::unexpected(open_error(s, dir));
         }
     }
     impl->write_options.sync = options.sync;

@@ -785,6 +785,71 @@ TEST_CASE("engine: a kill at any moment of creating a database leaves a director
     }
 }
 
+TEST_CASE("engine: a kill after CURRENT, while the column families are created, leaves a database "
+          "that completes them and rolls back",
+          "[engine][identity]") {
+    // After CURRENT, RocksDB creates the rising prefixes' column families one at a time,
+    // in the order of schema::kRisingPrefixes: a kill in between leaves the first few,
+    // as a store opened with only those makes them. A family missing at the first write
+    // would send its rows to the default family, where rollback's range deletes are
+    // refused.
+    const std::string prefixes = schema::kRisingPrefixes;
+    const std::size_t made = GENERATE(range(std::size_t{0}, std::string(schema::kRisingPrefixes).size()));
+    CAPTURE(made);
+    test::TempDir dir, fresh_dir;
+    {
+        storage::StoreOptions so = Engine::store_options({});
+        so.rising_prefixes = prefixes.substr(0, made);
+        REQUIRE(storage::Store::open(dir.str(), so));
+    }
+    auto e = open_engine(dir);
+    auto fresh = open_engine(fresh_dir);
+    std::vector<Hash> roots;
+    for (std::uint64_t h = 0; h < 3; ++h) {
+        const Changes c = changes(h, {{"k" + std::to_string(h), "v"}, {"a", std::to_string(h)}});
+        auto a = e->apply(c);
+        auto f = fresh->apply(c);
+        REQUIRE(a);
+        REQUIRE(f);
+        CHECK(a->root == f->root);
+        roots.push_back(a->root);
+    }
+    auto r = e->rollback(0);
+    INFO((r ? std::string() : r.error().message));
+    REQUIRE(r);
+    CHECK(e->tip() == 0u);
+    CHECK(e->root() == roots[0]);
+    CHECK(get(*e, "a", 0) == b("0"));
+    e.reset();
+    auto again = open_engine(dir);
+    REQUIRE(again->apply(changes(1, {{"k1", "v"}, {"a", "1"}})));
+    CHECK(again->root() == roots[1]);
+}
+
+TEST_CASE("engine: a database written while a column family was missing is refused as corrupt",
+          "[engine][identity]") {
+    // What a build before the families were completed at open left: a creation cut
+    // short, then heights whose node rows went to the default family.
+    test::TempDir dir;
+    {
+        storage::StoreOptions so = Engine::store_options({});
+        so.rising_prefixes = std::string(schema::kRisingPrefixes).substr(0, 2);
+        auto s = storage::Store::open(dir.str(), so);
+        REQUIRE(s);
+        storage::WriteBatch batch = (*s)->batch();
+        batch.put(schema::meta_key(schema::kMetaFormat), schema::format_value());
+        batch.put(Bytes{static_cast<std::uint8_t>(schema::kRisingPrefixes[2]), 0}, b("row"));
+        REQUIRE((*s)->write(batch));
+    }
+    auto e = Engine::open(dir.str());
+    REQUIRE_FALSE(e);
+    CHECK(e.error().code == ErrorCode::kCorruption);
+    CHECK(e.error().message ==
+          fmt::format("cannot open {}: it holds rows but has no column family rising-{:02x} (its creation was "
+                      "cut short and it was written to since, or it is another program's database)",
+                      dir.str(), static_cast<int>(schema::kRisingPrefixes[2])));
+}
+
 TEST_CASE("engine: a replica reads values, proves present keys and scans indexer rows", "[engine][replica]") {
     // RocksDB 7.8 refuses an iterator with a snapshot on a secondary instance, and a
     // value read is a seek through the view's snapshot.
@@ -839,10 +904,10 @@ TEST_CASE("engine: directories that are not stateroot databases are refused unto
     CHECK(e.error().message == dir.str() + " is not a stateroot database (it holds other files)");
     CHECK(std::distance(std::filesystem::directory_iterator(dir.path()), {}) == 1);
 
-    // A RocksDB database of something else.
+    // A RocksDB database of something else, with the engine's key spaces.
     test::TempDir other;
     {
-        auto s = storage::Store::open(other.str(), {});
+        auto s = storage::Store::open(other.str(), Engine::store_options({}));
         REQUIRE(s);
         storage::WriteBatch batch;
         batch.put(b("foreign"), b("row"));
@@ -851,11 +916,24 @@ TEST_CASE("engine: directories that are not stateroot databases are refused unto
     auto f = Engine::open(other.str());
     REQUIRE_FALSE(f);
     CHECK(f.error().message == other.str() + " is not a stateroot database (no format row)");
+    // One without them is refused too, before anything is written to it.
+    test::TempDir plain;
+    {
+        auto s = storage::Store::open(plain.str(), {});
+        REQUIRE(s);
+        storage::WriteBatch batch;
+        batch.put(b("foreign"), b("row"));
+        REQUIRE((*s)->write(batch));
+    }
+    auto p = Engine::open(plain.str());
+    REQUIRE_FALSE(p);
+    CHECK(p.error().code == ErrorCode::kCorruption);
+    CHECK(p.error().message.starts_with("cannot open " + plain.str() + ": it holds rows but has no column family rising-"));
 
     // Another format version.
     test::TempDir future;
     {
-        auto s = storage::Store::open(future.str(), {});
+        auto s = storage::Store::open(future.str(), Engine::store_options({}));
         REQUIRE(s);
         storage::WriteBatch batch;
         Bytes v(schema::kMagic.begin(), schema::kMagic.end());

@@ -122,7 +122,9 @@ class Iterator {
 class Store {
   public:
     // Opens (or creates) the database in `dir`. Fails with kBusy if another process has
-    // it open for writing, kIoError for other storage failures.
+    // it open for writing, kCorruption if it holds rows but lacks the column family of a
+    // rising prefix (an empty one gets them at a writer's open), kIoError for other
+    // storage failures.
     static Result<std::unique_ptr<Store>> open(const std::string& dir, const StoreOptions& options);
     virtual ~Store();
 
