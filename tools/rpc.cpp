@@ -268,6 +268,16 @@ Result<StateSource::Lease> EngineSource::lease() {
     return Lease{{}, std::move(*view)};
 }
 
+WriterFirstLock::WriterFirstLock() {
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&lock_, &attr);
+    pthread_rwlockattr_destroy(&attr);
+}
+
+WriterFirstLock::~WriterFirstLock() { pthread_rwlock_destroy(&lock_); }
+
 ReplicaSource::ReplicaSource(engine::Engine& engine, std::chrono::milliseconds interval) : engine_(engine) {
     thread_ = std::thread([this, interval] {
         std::unique_lock stop_lock(stop_mu_);

@@ -5,6 +5,8 @@
 // half-applied one.
 #pragma once
 
+#include <pthread.h>
+
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -25,6 +27,25 @@
 
 namespace stateroot::tools {
 
+// A reader-writer lock that lets a waiting writer in before new readers. glibc's
+// default prefers readers: requests whose leases overlap, one always held, would keep a
+// replica's catch-up out for as long as they come.
+class WriterFirstLock {
+public:
+    WriterFirstLock();
+    ~WriterFirstLock();
+    WriterFirstLock(const WriterFirstLock&) = delete;
+    WriterFirstLock& operator=(const WriterFirstLock&) = delete;
+    void lock() { pthread_rwlock_wrlock(&lock_); }
+    void unlock() { pthread_rwlock_unlock(&lock_); }
+    // Not recursive: a thread holding a lease must not take another while a writer waits.
+    void lock_shared() { pthread_rwlock_rdlock(&lock_); }
+    void unlock_shared() { pthread_rwlock_unlock(&lock_); }
+
+private:
+    pthread_rwlock_t lock_;
+};
+
 // Where requests read from. Thread-safe.
 class StateSource {
 public:
@@ -33,7 +54,7 @@ public:
     struct Lease {
         // Declared first so it is released last: the view (its snapshot and node reader)
         // is gone before a replica's catch-up, which needs no view in use, may run.
-        std::shared_lock<std::shared_mutex> hold;
+        std::shared_lock<WriterFirstLock> hold;
         engine::View view;
     };
     virtual Result<Lease> lease() = 0;
@@ -63,7 +84,7 @@ public:
 
 private:
     engine::Engine& engine_;
-    std::shared_mutex mu_;
+    WriterFirstLock mu_;
     std::mutex stop_mu_;
     std::condition_variable stop_cv_;
     bool stopping_ = false;
