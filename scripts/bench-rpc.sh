@@ -14,9 +14,10 @@ connections="${CONNECTIONS:-8}"
 threads="${RPC_THREADS:-8}"  # the server's event loops (rpc_threads; 8 is its default)
 
 ./scripts/setup.sh
-if ! command -v wrk >/dev/null; then
+if ! command -v wrk >/dev/null || ! command -v curl >/dev/null; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq wrk >/dev/null
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq wrk curl >/dev/null
 fi
 [ -f build/CMakeCache.txt ] || cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j "$(nproc)" --target stateroot >/dev/null

@@ -6,6 +6,10 @@
 #
 #   ./scripts/run.sh [BLOCK_FILE...]      STATEROOT_DB=DIR to use another database
 set -euo pipefail
+# Paths given are relative to where the script is run from, not to the repository.
+files=()
+for f in "$@"; do files+=("$(realpath -- "$f")"); done
+db="$(realpath -m -- "${STATEROOT_DB:-$(dirname "$0")/../stateroot-data}")"
 cd "$(dirname "$0")/.."
 
 ./scripts/setup.sh
@@ -14,8 +18,7 @@ if [ ! -f build/CMakeCache.txt ]; then
 fi
 cmake --build build -j "$(nproc)" --target stateroot >/dev/null
 
-db="${STATEROOT_DB:-stateroot-data}"
-if [ $# -eq 0 ]; then
-  set -- tests/fixtures/blocks/mainnet_0-589.blk
+if [ ${#files[@]} -eq 0 ]; then
+  files=(tests/fixtures/blocks/mainnet_0-589.blk)
 fi
-build/tools/stateroot index --db "$db" --blocks "$@"
+build/tools/stateroot index --db "$db" --blocks "${files[@]}"

@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config
   librocksdb-dev libssl-dev libfmt-dev libspdlog-dev
-  catch2 nlohmann-json3-dev libcli11-dev libcpp-httplib-dev libipsec-mb-dev
+  catch2 nlohmann-json3-dev libcli11-dev libcpp-httplib-dev
   python3
   clang-19 libclang-rt-19-dev  # the fuzz targets (scripts/fuzz.sh)
 )

@@ -45,12 +45,12 @@ for stage in "${stages[@]}"; do
     tsan)
       # -O1 like asan: a third less to build than -O2, and the races are the same.
       cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g1" \
-        -DSTATEROOT_SANITIZE=thread -DSTATEROOT_WERROR=OFF
+        -DSTATEROOT_SANITIZE=thread -DSTATEROOT_WERROR=OFF -DSTATEROOT_TEST_TIMEOUT=300
       cmake --build build-tsan -j "$jobs" --target stateroot server_tests index_cli_tests
       # See tests/sanitizers/tsan.supp for why uninstrumented libraries are ignored. A test
       # that times out is run once more (docs/reliability.md: one unexplained stall).
-      TSAN_OPTIONS="halt_on_error=1 ignore_noninstrumented_modules=1 suppressions=$PWD/tests/sanitizers/tsan.supp" \
-        ctest --test-dir build-tsan --output-on-failure -j "$jobs" --timeout 300 --repeat after-timeout:2 \
+      TSAN_OPTIONS="halt_on_error=1 ignore_noninstrumented_modules=1 suppressions='$PWD/tests/sanitizers/tsan.supp'" \
+        ctest --test-dir build-tsan --output-on-failure -j "$jobs" --repeat after-timeout:2 \
         -R '^(server|http|config|index cli):'
       ;;
     crash)

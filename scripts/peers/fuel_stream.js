@@ -1,7 +1,7 @@
 // Applies a change file to @fuel-ts/merkle's SparseMerkleTree (in memory) and prints
 // "<height> <root>" per height, like `stateroot apply`, then the time it took on stderr.
 // Keys use the hashed convention (path = SHA-256 of the key), as stateroot does; an empty
-// value is a delete (the package would store H("") instead, SPEC.md section 9).
+// value is a delete (the package would store H("") instead, docs/smt-spec.md section 9).
 //
 //   node fuel_stream.js CHANGE_FILE     (run where @fuel-ts/merkle is installed)
 const fs = require("fs");

@@ -1,4 +1,4 @@
-// A naive sparse Merkle tree written straight from SPEC.md section 5, independent of the
+// A naive sparse Merkle tree written straight from docs/smt-spec.md section 5, independent of the
 // engine (its own SHA-256 calls, no incremental state): the reference the tests compare
 // the engine against.
 #pragma once
@@ -23,7 +23,7 @@ using State = std::map<Digest, Digest>;
 // T(S, 0).
 Digest root(const State& state);
 
-// What the walk of SPEC.md section 5 finds for `path`: side nodes bottom-up, and the leaf
+// What the walk of docs/smt-spec.md section 5 finds for `path`: side nodes bottom-up, and the leaf
 // it ends on (path, value hash), if any.
 struct Walk {
     std::vector<Digest> side_nodes;

@@ -18,7 +18,7 @@ inline constexpr std::size_t kMaxValueSize = 1u << 20;  // bytes (1 MiB)
 struct Changes {
     std::uint64_t height = 0;
     std::optional<Hash> block_hash;  // display byte order
-    // A put with an empty value is a delete (SPEC.md section 5).
+    // A put with an empty value is a delete (docs/smt-spec.md section 5).
     std::vector<std::pair<Bytes, Bytes>> puts;
     std::vector<Bytes> deletes;
 };

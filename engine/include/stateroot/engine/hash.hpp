@@ -1,4 +1,4 @@
-// SHA-256 and the SMT's node hashes (SPEC.md section 4).
+// SHA-256 and the SMT's node hashes (docs/smt-spec.md section 4).
 //
 // OpenSSL appears only behind this header.
 #pragma once
@@ -57,7 +57,7 @@ bool hash_lanes();
 // are the same either way).
 void use_hash_lanes(bool on);
 
-// Bit `i` of a path, 0 = most significant bit of byte 0 (SPEC.md section 1).
+// Bit `i` of a path, 0 = most significant bit of byte 0 (docs/smt-spec.md section 1).
 inline int bit(const Hash& path, int i) { return (path.bytes[i >> 3] >> (7 - (i & 7))) & 1; }
 
 // Common-prefix length of two paths in bits: 256 if equal.

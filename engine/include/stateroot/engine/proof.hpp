@@ -1,4 +1,4 @@
-// Inclusion and exclusion proofs in the non-compact format of SPEC.md section 7, their
+// Inclusion and exclusion proofs in the non-compact format of docs/smt-spec.md section 7, their
 // JSON form, and their verification (which needs nothing but the proof and a root).
 #pragma once
 
@@ -36,7 +36,7 @@ Result<Proof> proof_from_json(const nlohmann::json& json);
 // value) under `root`. kInvalid with the reason if it does not.
 Status verify(const Proof& proof, const Hash& root);
 
-// The part of a proof that comes from the tree: what the walk of SPEC.md section 5
+// The part of a proof that comes from the tree: what the walk of docs/smt-spec.md section 5
 // finds for `path` in the tree rooted at `root_id`.
 struct ProofNodes {
     std::vector<Hash> side_nodes;

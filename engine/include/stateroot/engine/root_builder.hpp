@@ -15,7 +15,7 @@ class RootBuilder {
     // Adds a leaf. Paths must be strictly ascending; returns false (ignoring the leaf)
     // otherwise.
     bool add(const Hash& path, const Hash& value_hash);
-    // The root of every leaf added (SPEC.md section 5); the builder is then empty again.
+    // The root of every leaf added (docs/smt-spec.md section 5); the builder is then empty again.
     Hash finish();
     std::uint64_t leaves() const { return leaves_; }
 

@@ -1,4 +1,4 @@
-// Tree: the writer's incremental sparse Merkle tree (SPEC.md section 5).
+// Tree: the writer's incremental sparse Merkle tree (docs/smt-spec.md section 5).
 //
 // The tree is a path-compressed binary trie: a branch sits at the depth of the bit on
 // which its subtree splits, a leaf at the shallowest depth where it is alone, and the
