@@ -165,6 +165,13 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
         }
         root = reversed(*rec->block_hash);
         root_height = *engine.first();
+        // Given again on a later run it must agree; another height would be ignored.
+        if (options.start_height && *options.start_height != root_height) {
+            return make_error(ErrorCode::kInvalidArgument,
+                              fmt::format("--start-height {} does not match the database, which starts "
+                                          "at height {}",
+                                          *options.start_height, root_height));
+        }
         if (!index.find(root)) {
             return make_error(
                 ErrorCode::kCorruption,
@@ -193,6 +200,12 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
             }
         }
         if (genesis != input.end()) {
+            if (options.start_height && *options.start_height != 0) {
+                return make_error(ErrorCode::kInvalidArgument,
+                                  fmt::format("the input holds the genesis block, height 0: "
+                                              "--start-height {} does not apply",
+                                              *options.start_height));
+            }
             root = genesis->header.hash;
         } else if (!first) {
             return LoopResult{};

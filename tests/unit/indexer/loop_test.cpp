@@ -513,6 +513,14 @@ TEST_CASE("loop: a mid-chain start is found whatever the input's order, and the 
     INFO((mid ? "" : mid.error().message));
     REQUIRE(mid);
     CHECK(mid->tip == 3u);
+    // A start height is checked, not ignored, where it does not apply.
+    o.start_height = 2;
+    CHECK(db.index({files[2]}, o).error().message ==
+          "--start-height 2 does not match the database, which starts at height 1");
+    Db from_genesis;
+    CHECK(from_genesis.index({kMainnet}, o).error().message ==
+          "the input holds the genesis block, height 0: --start-height 2 does not apply");
+    o.start_height = 1;
 
     // Given the whole chain from genesis, it goes on from its tip; genesis adds no
     // outputs, so from height 1 on its roots are those of an index started at genesis.
