@@ -7,6 +7,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
@@ -663,10 +664,17 @@ struct HttpServer::Impl::Loop {
             const int n = ::epoll_wait(epoll_fd, events, 256, 100);
             for (int i = 0; i < n; ++i) {
                 const std::uint64_t tag = events[i].data.u64;
-                if (tag == kListenTag) {
-                    if (!shared.stopping) accept_all();
-                } else {
-                    on_event(tag, events[i].events);
+                // Out of memory while serving one connection ends that connection,
+                // not the process (a request's own errors are answered in handle()).
+                try {
+                    if (tag == kListenTag) {
+                        if (!shared.stopping) accept_all();
+                    } else {
+                        on_event(tag, events[i].events);
+                    }
+                } catch (const std::exception& e) {
+                    spdlog::error("server: {}", e.what());
+                    if (tag != kListenTag) close_conn(tag);
                 }
             }
             if (!listening && !shared.stopping && Clock::now() >= listen_again && !listen()) {
@@ -746,7 +754,12 @@ Result<int> HttpServer::start() {
         s.loops.push_back(std::move(loop));
     }
     s.reserve_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-    for (auto& loop : s.loops) loop->thread = std::thread([l = loop.get()] { l->run(); });
+    for (auto& loop : s.loops) {
+        loop->thread = std::thread([l = loop.get()] {
+            pthread_setname_np(pthread_self(), "stateroot:http");
+            l->run();
+        });
+    }
     return bound_port;
 }
 

@@ -1,6 +1,8 @@
 // Out of memory part-way through a height, on the calling thread or on the tree's
 // second: the engine reports it, refuses writes until reopened, and the reopened
 // database is at its last height, from which the same changes give the same root.
+// Out of memory in the query server's loop: that connection is closed, the server
+// goes on.
 //
 // This program replaces the global operator new to fail one allocation on demand, so
 // it is a test executable of its own.
@@ -16,6 +18,10 @@
 #include <new>
 #include <string>
 
+#include <httplib.h>
+
+#include "rpc.hpp"
+#include "server.hpp"
 #include "temp_dir.hpp"
 
 using namespace stateroot;
@@ -121,4 +127,35 @@ TEST_CASE("engine: out of memory part-way through a height loses nothing", "[eng
     auto again = e->apply(third);
     REQUIRE(again);
     CHECK(again->root == *v->root(3));
+}
+
+TEST_CASE("server: out of memory in a loop closes that connection and the server goes on",
+          "[server][oom]") {
+    test::TempDir dir;
+    auto e = open_engine(dir);
+    REQUIRE(e->apply(height_of(1, 10)));
+    REQUIRE(e->settle());
+    tools::EngineSource source(*e);
+    tools::Metrics metrics;
+    tools::Rpc rpc(source, metrics);
+    tools::ServerOptions o;
+    o.addr = "127.0.0.1:0";
+    o.threads = 1;
+    tools::HttpServer server(rpc, o);
+    auto port = server.start();
+    REQUIRE(port);
+    httplib::Client client("127.0.0.1", *port);
+
+    g_fail_on = "stateroot:http";
+    const int failures = g_failures;
+    g_armed = true;
+    for (int i = 0; i < 100 && g_failures == failures; ++i) {
+        (void)client.Get("/height");  // fails or not, depending on where the allocation failed
+    }
+    g_armed = false;
+    REQUIRE(g_failures == failures + 1);
+    const auto after = client.Get("/height");
+    REQUIRE(after);
+    CHECK(after->status == 200);
+    CHECK(after->body == R"({"height":1})");
 }
