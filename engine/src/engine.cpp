@@ -115,6 +115,12 @@ Result<std::unique_ptr<Engine>> Engine::open(const std::string& dir, const Engin
     if (!format) return std::unexpected(format.error());
     if (*format) {
         if (Status s = schema::check_format(**format); !s) return with_context(s.error(), dir);
+        if (!e->store_->missing_families().empty()) {
+            return make_error(ErrorCode::kCorruption,
+                              fmt::format("cannot open {}: it holds rows but has no column family {} "
+                                          "(its creation was cut short and it was written to since)",
+                                          dir, e->store_->missing_families().front()));
+        }
     } else {
         auto it = e->store_->iterator();
         it->seek({});

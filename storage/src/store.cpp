@@ -266,6 +266,7 @@ struct Store::Impl {
     KeySpaces spaces;
     rocksdb::WriteOptions write_options;
     bool secondary = false;  // a RocksDB secondary instance (StoreOptions::secondary_dir)
+    std::vector<std::string> missing_families;  // see Store::missing_families()
 
     ~Impl() {
         for (rocksdb::ColumnFamilyHandle* family : spaces.rising) db->DestroyColumnFamilyHandle(family);
@@ -467,8 +468,9 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
     // RocksDB writes a new database's CURRENT before it creates the families, one at a
     // time: a kill in between leaves some missing, and their rows would go to the
     // default family, where rollback's range deletes are refused. While the database
-    // holds no row the writer creates them. With rows it is refused: a family created
-    // now would hide the rows of its prefix already in the default family.
+    // holds no row the writer creates them. With rows they are left missing, for the
+    // caller to refuse knowing what the database is (a family created now would hide
+    // the rows of its prefix already in the default family).
     std::vector<std::string> missing;
     for (char c : options.rising_prefixes) {
         const auto prefix = static_cast<std::uint8_t>(c);
@@ -482,14 +484,13 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
             it->SeekToFirst();
             if (!it->status().ok()) return std::unexpected(open_error(it->status(), dir));
             if (it->Valid()) {
-                return make_error(ErrorCode::kCorruption,
-                                  "cannot open " + dir + ": it holds rows but has no column family " +
-                                      missing.front() +
-                                      " (its creation was cut short and it was written to since, "
-                                      "or it is another program's database)");
+                impl->missing_families = std::move(missing);
+                break;
             }
         }
-        if (!options.read_only && !secondary) {
+        if (!impl->missing_families.empty()) {
+            // Holds rows: left as it is.
+        } else if (!options.read_only && !secondary) {
             std::vector<rocksdb::ColumnFamilyDescriptor> more;
             for (const std::string& name : missing) more.emplace_back(name, family_options(name));
             std::vector<rocksdb::ColumnFamilyHandle*> created;
@@ -502,6 +503,8 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
     impl->secondary = secondary;
     return std::unique_ptr<Store>(new Store(dir, std::move(impl)));
 }
+
+const std::vector<std::string>& Store::missing_families() const { return impl_->missing_families; }
 
 Result<std::optional<Bytes>> Store::get(ByteView key,
                                         const std::shared_ptr<const Snapshot>& snapshot) const {

@@ -846,7 +846,7 @@ TEST_CASE("engine: a database written while a column family was missing is refus
     CHECK(e.error().code == ErrorCode::kCorruption);
     CHECK(e.error().message ==
           fmt::format("cannot open {}: it holds rows but has no column family rising-{:02x} (its creation was "
-                      "cut short and it was written to since, or it is another program's database)",
+                      "cut short and it was written to since)",
                       dir.str(), static_cast<int>(schema::kRisingPrefixes[2])));
 }
 
@@ -916,7 +916,7 @@ TEST_CASE("engine: directories that are not stateroot databases are refused unto
     auto f = Engine::open(other.str());
     REQUIRE_FALSE(f);
     CHECK(f.error().message == other.str() + " is not a stateroot database (no format row)");
-    // One without them is refused too, before anything is written to it.
+    // One without them is refused the same way, and gets none of them.
     test::TempDir plain;
     {
         auto s = storage::Store::open(plain.str(), {});
@@ -927,8 +927,26 @@ TEST_CASE("engine: directories that are not stateroot databases are refused unto
     }
     auto p = Engine::open(plain.str());
     REQUIRE_FALSE(p);
-    CHECK(p.error().code == ErrorCode::kCorruption);
-    CHECK(p.error().message.starts_with("cannot open " + plain.str() + ": it holds rows but has no column family rising-"));
+    CHECK(p.error().message == plain.str() + " is not a stateroot database (no format row)");
+    CHECK(storage::Store::open(plain.str(), Engine::store_options({})).value()->missing_families().size() ==
+          std::string(schema::kRisingPrefixes).size());
+
+    // An older format, which kept every row in one key space.
+    test::TempDir older;
+    {
+        auto s = storage::Store::open(older.str(), {});
+        REQUIRE(s);
+        storage::WriteBatch batch;
+        Bytes v(schema::kMagic.begin(), schema::kMagic.end());
+        put_be32(v, 2);
+        batch.put(schema::meta_key(schema::kMetaFormat), v);
+        REQUIRE((*s)->write(batch));
+    }
+    auto o = Engine::open(older.str());
+    REQUIRE_FALSE(o);
+    CHECK(o.error().message ==
+          fmt::format("{}: database format version 2 is not supported (this build reads version {})",
+                      older.str(), schema::kFormatVersion));
 
     // Another format version.
     test::TempDir future;

@@ -172,6 +172,13 @@ class Store {
 
     const std::string& dir() const { return dir_; }
 
+    // The column families of rising prefixes (StoreOptions::rising_prefixes) that a
+    // database holding rows lacks: its creation was cut short after RocksDB's CURRENT
+    // and it was written to since, or it was made with other options. Their keys go to
+    // the default key space, where range deletes are refused. (An empty database gets
+    // them at a writer's open.)
+    const std::vector<std::string>& missing_families() const;
+
     // Tests only: called before every write with the batch and the number of write()
     // calls before this one; an error it returns is returned by write() and nothing is
     // written.
