@@ -157,7 +157,9 @@ void EngineOptions::set_memory_budget_mb(std::size_t mb) {
 
 Engine::~Engine() = default;
 
-Status Engine::settle() { return settle(nullptr); }
+Status Engine::settle() {
+    return guarded([&] { return settle(nullptr); });
+}
 
 Status Engine::settle(Tree::Update* pending) {
     if (!writing_) return {};
@@ -229,6 +231,10 @@ Status Engine::load() {
 
 Status Engine::writable() const {
     if (read_only_) return read_only_error();
+    return intact();
+}
+
+Status Engine::intact() const {
     if (broken_) {
         return make_error(broken_->code, fmt::format("{}; reopen the database to go on", broken_->message));
     }
@@ -333,7 +339,7 @@ Result<CommitResult> Engine::apply_unguarded(const Changes& changes) {
     if (!normal) return std::unexpected(normal.error());
     const std::uint64_t h = changes.height;
     if (tip_ && h <= *tip_) {
-        if (Status s = settle(); !s) return std::unexpected(s.error());
+        if (Status s = settle(nullptr); !s) return std::unexpected(s.error());
         if (h < *first_) {
             return make_error(
                 ErrorCode::kInvalidArgument,
@@ -418,12 +424,10 @@ Result<CommitResult> Engine::apply_unguarded(const Changes& changes) {
     if (writer_ && normal->size() >= pipeline_min_changes_) {
         in_flight_ = std::move(batch);
         writing_ = true;
+        // What the write throws (out of memory), settle() rethrows: RocksDB may be left
+        // part-way through it, so it is not a failed write to go on from (guarded()).
         writer_->run([this, h] {
-            try {
-                written_ = store_->write(in_flight_);
-            } catch (const std::exception& e) {  // out of memory, say: a failed write like any
-                written_ = make_error(ErrorCode::kIoError, e.what());
-            }
+            written_ = store_->write(in_flight_);
             if (!written_) written_ = with_context(written_.error(), fmt::format("height {}", h));
         });
     } else if (Status s = store_->write(batch); !s) {
@@ -445,7 +449,7 @@ Result<CommitResult> Engine::apply_unguarded(const Changes& changes) {
 
 Status Engine::rollback_unguarded(std::optional<std::uint64_t> height) {
     if (Status s = writable(); !s) return s;
-    if (Status s = settle(); !s) return s;
+    if (Status s = settle(nullptr); !s) return s;
     if (pruned_ && (!height || *height < *pruned_)) {
         return make_error(ErrorCode::kInvalidArgument,
                           fmt::format("cannot roll back below height {}: older heights are pruned", *pruned_));
@@ -480,7 +484,7 @@ Status Engine::rollback_unguarded(std::optional<std::uint64_t> height) {
 
 Result<PruneResult> Engine::prune_unguarded(std::uint64_t first_kept) {
     if (Status s = writable(); !s) return std::unexpected(s.error());
-    if (Status s = settle(); !s) return std::unexpected(s.error());
+    if (Status s = settle(nullptr); !s) return std::unexpected(s.error());
     PruneResult result;
     if (!tip_) return result;
     const std::uint64_t kept = std::max(std::min(first_kept, *tip_), pruned_.value_or(*first_));
@@ -592,19 +596,24 @@ Status Engine::catch_up() {
 }
 
 Status Engine::checkpoint(const std::string& dir) {
-    if (Status s = settle(); !s) return s;
-    return store_->checkpoint(dir);
+    if (Status s = intact(); !s) return s;
+    return guarded([&]() -> Status {
+        if (Status s = settle(nullptr); !s) return s;
+        return store_->checkpoint(dir);
+    });
 }
 
 Status Engine::put_aux(const std::vector<std::pair<Bytes, std::optional<Bytes>>>& rows) {
-    if (read_only_) return read_only_error();
-    if (Status s = settle(); !s) return s;
-    storage::WriteBatch batch = store_->batch();
-    for (const auto& [key, value] : rows) {
-        value ? batch.put(schema::aux_key(key), *value) : batch.del(schema::aux_key(key));
-    }
-    if (Status s = store_->write(batch); !s) return with_context(s.error(), "indexer rows");
-    return {};
+    if (Status s = writable(); !s) return s;
+    return guarded([&]() -> Status {
+        if (Status s = settle(nullptr); !s) return s;
+        storage::WriteBatch batch = store_->batch();
+        for (const auto& [key, value] : rows) {
+            value ? batch.put(schema::aux_key(key), *value) : batch.del(schema::aux_key(key));
+        }
+        if (Status s = store_->write(batch); !s) return with_context(s.error(), "indexer rows");
+        return {};
+    });
 }
 
 Result<View> Engine::view() const {

@@ -129,6 +129,40 @@ TEST_CASE("engine: out of memory part-way through a height loses nothing", "[eng
     CHECK(again->root == *v->root(3));
 }
 
+TEST_CASE("engine: out of memory in a pipelined write refuses writes until reopened", "[engine][oom]") {
+    const int keys = 2 * static_cast<int>(Tree::kParallelMin);
+    test::TempDir dir;
+    auto e = open_engine(dir);
+    REQUIRE(e->apply(height_of(1, keys)));
+    REQUIRE(e->settle());
+    const Changes second = height_of(2, keys);
+    g_fail_on = "stateroot:write";
+    const int failures = g_failures;
+    g_armed = true;
+    REQUIRE(e->apply(second));  // its write goes on in the background
+    auto settled = e->settle();
+    g_armed = false;
+    REQUIRE(g_failures == failures + 1);
+    REQUIRE_FALSE(settled);
+    CHECK(settled.error().message == "out of memory");
+    CHECK(e->apply(height_of(3, keys)).error().message == "out of memory; reopen the database to go on");
+    CHECK(e->put_aux({{Bytes{1}, Bytes{2}}}).error().message == "out of memory; reopen the database to go on");
+    CHECK_FALSE(e->checkpoint(dir.sub("copy")));
+
+    e.reset();
+    e = open_engine(dir);
+    REQUIRE(e->tip());
+    CHECK(*e->tip() >= 1u);  // the write failed before or after RocksDB took it
+    if (*e->tip() == 1u) REQUIRE(e->apply(second));
+    REQUIRE(e->settle());
+    auto v = e->view();
+    REQUIRE(v);
+    auto recomputed = v->recompute_root(2);
+    INFO("tip " << *e->tip() << (recomputed ? "" : ": " + recomputed.error().message));
+    REQUIRE(recomputed);
+    CHECK(*recomputed == v->root(2).value());
+}
+
 TEST_CASE("server: out of memory in a loop closes that connection and the server goes on",
           "[server][oom]") {
     test::TempDir dir;

@@ -161,9 +161,10 @@ class Engine {
     // database). If the height is already committed, returns its root without writing
     // when the changes are identical, kConflict otherwise. A gap, a height below the
     // first, or a limit exceeded is kInvalidArgument. On any error nothing is written
-    // and the engine stays at its tip. apply(), rollback() and prune() do not throw:
-    // out of memory part-way is an error after which writes are refused until the
-    // database is reopened (writable()).
+    // and the engine stays at its tip. apply(), rollback(), prune(), settle(),
+    // put_aux() and checkpoint() do not throw: out of memory part-way (in a pipelined
+    // write too) is an error after which they are refused until the database is
+    // reopened.
     Result<CommitResult> apply(const Changes& changes);
 
     // With pipelined writes: waits for the write of the last applied height, and
@@ -217,7 +218,9 @@ class Engine {
     // Whether writes may go on: not on a database open for reading, nor once load()
     // failed after a failed write or a rollback, nor once a write threw.
     Status writable() const;
-    // Runs apply(), rollback() or prune(): an exception becomes an error, and
+    // Whether the engine may still write or copy: not once load() failed or a call threw.
+    Status intact() const;
+    // Runs a call that writes or waits for a write: an exception becomes an error, and
     // the engine refuses writes from then on (broken_).
     template <typename F>
     auto guarded(F&& f) -> decltype(f());
