@@ -19,8 +19,10 @@ namespace stateroot::tools {
 
 inline constexpr const char* kDefaultRpcAddr = "127.0.0.1:8080";
 
-// Every default is also what the option's zero or empty value means, so a file listing
-// the defaults (configs/default.json) changes nothing.
+// What a command does depends on the options' values only, not on whether they were
+// set, so a file listing the defaults (configs/default.json) changes nothing. Where a
+// default depends on the command or on another option, it is written as an empty or
+// zero value (rpc_addr, node_cache_mb).
 struct Config {
     std::string db;                          // database directory (no default)
     std::string rpc_addr;                    // HOST:PORT of the JSON-RPC/REST server; empty: serve

@@ -52,7 +52,7 @@ struct ConfigArgs {
             return "Memory budget in MiB for RocksDB's caches and the writer's tree (default 0: no budget, "
                    "the whole tree stays in memory)";
         if (name == "node_cache_mb") return "Tree node cache for proofs in MiB (default 0: 64, or 1/16 of --cache-mb)";
-        if (name == "log_level") return "trace, debug, info (default), warn or error";
+        if (name == "log_level") return "trace, debug, info (default), warn, error, critical or off";
         return "";
     }
 };

@@ -281,15 +281,24 @@ Result<NodeRecord> NodeReader::decode(NodeId id) {
 }
 
 ChunkPrefetcher::ChunkPrefetcher(const storage::Store& store, std::size_t threads) : store_(store) {
-    for (std::size_t i = 0; i < threads; ++i) {
-        threads_.emplace_back([this] {
-            pthread_setname_np(pthread_self(), "stateroot:read");
-            loop();
-        });
+    try {
+        for (std::size_t i = 0; i < threads; ++i) {
+            threads_.emplace_back([this] {
+                pthread_setname_np(pthread_self(), "stateroot:read");
+                loop();
+            });
+        }
+    } catch (...) {
+        // A thread that cannot be created: the ones started are stopped, as the
+        // destructor would (which does not run), and the caller gets the exception.
+        stop();
+        throw;
     }
 }
 
-ChunkPrefetcher::~ChunkPrefetcher() {
+ChunkPrefetcher::~ChunkPrefetcher() { stop(); }
+
+void ChunkPrefetcher::stop() {
     {
         std::lock_guard lock(mu_);
         stop_ = true;

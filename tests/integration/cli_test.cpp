@@ -202,7 +202,10 @@ TEST_CASE("cli: whole numbers on the command line are decimal, and other text is
     CHECK(cli.run(fmt::format("rollback --db {} --height 010", cli.db())).out == roots[10] + "\n");
     CHECK(cli.run(fmt::format("prune --db {} --keep 010", cli.db())).out == "1 10\n");
     CHECK(cli.run(fmt::format("bench --keys 0x10 --blocks 1")).code == 2);
-    CHECK(cli.run(fmt::format("index --db {} --blocks x --exit-at -1", cli.db())).code == 2);
+    const Run exit_at = cli.run(fmt::format("index --db {} --blocks {} --exit-at -1", cli.db(),
+                                            stateroot::test::block_fixture("btcd_reorg_blk_0_to_4.dat")));
+    CHECK(exit_at.code == 2);
+    CHECK(exit_at.err.find("--exit-at: \"-1\" is not a decimal whole number") != std::string::npos);
 }
 
 TEST_CASE("cli: bad input to a write command creates no database", "[cli]") {

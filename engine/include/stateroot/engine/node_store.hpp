@@ -154,6 +154,8 @@ class ChunkPrefetcher {
 
   private:
     void loop();
+    // Stops and joins the threads started.
+    void stop();
     const storage::Store& store_;
     std::mutex mu_;
     std::condition_variable cv_;
