@@ -10,7 +10,8 @@
 #include <string_view>
 #include <nlohmann/json.hpp>
 #include <variant>
-#include <vector>
+
+#include "stateroot/indexer/block_source.hpp"
 
 namespace stateroot::tools {
 
@@ -21,8 +22,22 @@ using Field = std::variant<std::string Config::*, std::uint64_t Config::*, bool 
 struct Option {
     const char* name;
     Field field;
-    std::vector<std::string_view> choices = {};  // for a string: the values it may take, if limited
+    // For a string whose values are limited: what it must be if `value` is not one of
+    // them, else empty.
+    std::string (*unaccepted)(std::string_view value) = nullptr;
 };
+
+std::string unaccepted_network(std::string_view value) {
+    if (indexer::parse_network(value)) return {};
+    return "one of mainnet, testnet3, testnet4, signet or regtest";
+}
+
+std::string unaccepted_log_level(std::string_view value) {
+    for (std::string_view level : {"trace", "debug", "info", "warn", "error", "critical", "off"}) {
+        if (value == level) return {};
+    }
+    return "one of trace, debug, info, warn, error, critical or off";
+}
 
 // The one list of options: file keys, STATEROOT_<NAME> variables and --name flags.
 const Option kOptions[] = {
@@ -35,12 +50,12 @@ const Option kOptions[] = {
     {"rpc_idle_ms", &Config::rpc_idle_ms},
     {"secondary", &Config::secondary},
     {"catch_up_ms", &Config::catch_up_ms},
-    {"network", &Config::network, {"mainnet", "testnet3", "testnet4", "signet", "regtest"}},
+    {"network", &Config::network, unaccepted_network},
     {"max_reorg_depth", &Config::max_reorg_depth},
     {"cache_mb", &Config::cache_mb},
     {"node_cache_mb", &Config::node_cache_mb},
     {"sync", &Config::sync},
-    {"log_level", &Config::log_level, {"trace", "debug", "info", "warn", "error", "critical", "off"}},
+    {"log_level", &Config::log_level, unaccepted_log_level},
 };
 
 const Option* find(const std::string& name) {
@@ -50,25 +65,17 @@ const Option* find(const std::string& name) {
     return nullptr;
 }
 
-// "one of a, b or c" for an option with choices; empty when `value` is one of them.
-std::string unchosen(const Option& o, std::string_view value) {
-    if (o.choices.empty() || std::find(o.choices.begin(), o.choices.end(), value) != o.choices.end()) return {};
-    std::string list;
-    for (std::size_t i = 0; i < o.choices.size(); ++i) {
-        list += i == 0 ? "" : i + 1 == o.choices.size() ? " or " : ", ";
-        list += o.choices[i];
-    }
-    return "one of " + list;
-}
+// What a string option must be, if `value` is not accepted; empty if it is.
+std::string unaccepted(const Option& o, std::string_view value) { return o.unaccepted ? o.unaccepted(value) : ""; }
 
 // Sets an option from text (environment variables and flags).
 Status set_text(Config& c, const Option& o, const std::string& text, const std::string& where) {
-    auto bad = [&](const char* what) {
+    auto bad = [&](std::string_view what) {
         return make_error(ErrorCode::kInvalidArgument,
                           fmt::format("{}: option \"{}\" must be {}, got \"{}\"", where, o.name, what, text));
     };
     if (auto p = std::get_if<std::string Config::*>(&o.field)) {
-        if (const std::string choices = unchosen(o, text); !choices.empty()) return bad(choices.c_str());
+        if (const std::string what = unaccepted(o, text); !what.empty()) return bad(what);
         c.**p = text;
     } else if (auto u = std::get_if<std::uint64_t Config::*>(&o.field)) {
         const auto v = parse_decimal(text);
@@ -88,15 +95,13 @@ Status set_text(Config& c, const Option& o, const std::string& text, const std::
 }
 
 Status set_json(Config& c, const Option& o, const nlohmann::json& v, const std::string& where) {
-    auto bad = [&](const char* what) {
+    auto bad = [&](std::string_view what) {
         return make_error(ErrorCode::kInvalidArgument, fmt::format("{}: option \"{}\" must be {}", where, o.name, what));
     };
     if (auto p = std::get_if<std::string Config::*>(&o.field)) {
         if (!v.is_string()) return bad("a string");
-        if (const std::string choices = unchosen(o, v.get<std::string>()); !choices.empty()) {
-            return make_error(ErrorCode::kInvalidArgument,
-                              fmt::format("{}: option \"{}\" must be {}, got \"{}\"", where, o.name, choices,
-                                          v.get<std::string>()));
+        if (const std::string what = unaccepted(o, v.get<std::string>()); !what.empty()) {
+            return bad(fmt::format("{}, got \"{}\"", what, v.get<std::string>()));
         }
         c.**p = v.get<std::string>();
     } else if (auto u = std::get_if<std::uint64_t Config::*>(&o.field)) {

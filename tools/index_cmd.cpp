@@ -81,10 +81,8 @@ int cmd_index(const Config& c, const IndexOptions& o) {
     // Before anything else, so that a signal at any moment takes the clean path.
     install_stop_handlers();
     if (Status s = require_db(c); !s) return fail(s.error());
-    const auto network = indexer::parse_network(c.network);
-    if (!network)
-        return fail(fmt::format(
-            "unknown network \"{}\" (mainnet, testnet3, testnet4, signet, regtest)", c.network));
+    const auto network = indexer::parse_network(c.network);  // checked when read (config.cpp)
+    if (!network) return fail(fmt::format("unknown network \"{}\"", c.network));
     if (o.block_files.empty() == o.blocks_dir.empty())
         return fail("give either --blocks FILE... or --blocks-dir DIR");
     if (o.prune_keep && *o.prune_keep == 0) return fail("--prune-keep must be at least 1");

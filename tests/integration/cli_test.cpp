@@ -243,9 +243,12 @@ TEST_CASE("cli: configuration errors name the file", "[cli][config]") {
           fmt::format("stateroot: config file {}: option \"log_level\" must be one of trace, debug, info, "
                       "warn, error, critical or off, got \"verbose\"\n",
                       verbose));
-    CHECK(cli.run(fmt::format("index --db {} --blocks x --network main", cli.db())).err ==
+    CHECK(cli.run(fmt::format("index --db {} --blocks x --network mainz", cli.db())).err ==
           "stateroot: flag --network: option \"network\" must be one of mainnet, testnet3, testnet4, "
-          "signet or regtest, got \"main\"\n");
+          "signet or regtest, got \"mainz\"\n");
+    // The indexer's other names for networks are taken.
+    CHECK(cli.run(fmt::format("index --db {} --blocks x --network main", cli.db())).err ==
+          "stateroot: cannot read x\n");
 }
 
 TEST_CASE("cli: the shipped default configuration changes nothing: index serves only when asked",
