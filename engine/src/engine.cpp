@@ -541,16 +541,12 @@ Result<PruneResult> Engine::prune_unguarded(std::uint64_t first_kept) {
             const auto group_end =
                 std::find_if(group, versions.end(), [&](const auto& v) { return v.first != path; });
             const Bytes seek = schema::value_key(path, kept);
-            auto in_path = [&](ByteView k) {
-                return k.size() == schema::kValueKeySize &&
-                       std::equal(seek.begin(), seek.begin() + schema::kValueSeekPrefix, k.begin());
-            };
             // The key keeps one version at or below `kept`: the latest, and not even that
             // if it is a tombstone, but for one at `kept` itself: later windows need it to
             // see that their versions are superseded (the next prune removes it).
             std::optional<std::uint64_t> live_latest;
             it->seek(seek);
-            if (it->valid() && in_path(it->key())) {
+            if (it->valid() && schema::same_path(it->key(), seek)) {
                 auto row = schema::decode_value_row(it->value());
                 if (!row) return with_context(row.error(), "prune");
                 if (*row) live_latest = schema::value_key_height(it->key());
@@ -568,7 +564,7 @@ Result<PruneResult> Engine::prune_unguarded(std::uint64_t first_kept) {
             // What is below `start` is superseded by the versions changed here.
             if (start > *first_) {
                 it->seek(schema::value_key(path, start - 1));
-                for (; it->valid() && in_path(it->key()); it->next()) remove(it->key());
+                for (; it->valid() && schema::same_path(it->key(), seek); it->next()) remove(it->key());
                 if (Status s = it->status(); !s) return std::unexpected(s.error());
             }
         }
@@ -677,11 +673,7 @@ Result<std::optional<Bytes>> View::get(ByteView key, std::uint64_t height) const
         if (Status s = it->status(); !s) return std::unexpected(s.error());
         return std::optional<Bytes>();
     }
-    const ByteView k = it->key();
-    if (k.size() != schema::kValueKeySize ||
-        !std::equal(seek.begin(), seek.begin() + schema::kValueSeekPrefix, k.begin())) {
-        return std::optional<Bytes>();
-    }
+    if (!schema::same_path(it->key(), seek)) return std::optional<Bytes>();
     auto row = schema::decode_value_row(it->value());
     if (!row) return with_context(row.error(), fmt::format("key {}", key_for_message(key)));
     if (!*row) return std::optional<Bytes>();

@@ -63,6 +63,10 @@ Bytes value_key(const Hash& path, std::uint64_t height) {
 
 std::uint64_t value_key_height(ByteView key) { return ~get_be64(key.data() + 33); }
 
+bool same_path(ByteView key, ByteView of) {
+    return key.size() == kValueKeySize && std::equal(of.begin(), of.begin() + kValueSeekPrefix, key.begin());
+}
+
 Bytes format_value() {
     Bytes v(kMagic.begin(), kMagic.end());
     put_be32(v, kFormatVersion);

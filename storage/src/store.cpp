@@ -476,28 +476,25 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
         const auto prefix = static_cast<std::uint8_t>(c);
         if (!impl->spaces.family_of[prefix]) missing.push_back(rising_family(prefix));
     }
-    if (!missing.empty()) {
-        for (rocksdb::ColumnFamilyHandle* family : impl->spaces.all()) {
-            rocksdb::ReadOptions ro;
-            ro.total_order_seek = true;
-            const std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(ro, family));
-            it->SeekToFirst();
-            if (!it->status().ok()) return std::unexpected(open_error(it->status(), dir));
-            if (it->Valid()) {
-                impl->missing_families = std::move(missing);
-                break;
-            }
-        }
-        if (!impl->missing_families.empty()) {
-            // Holds rows: left as it is.
-        } else if (!options.read_only && !secondary) {
-            std::vector<rocksdb::ColumnFamilyDescriptor> more;
-            for (const std::string& name : missing) more.emplace_back(name, family_options(name));
-            std::vector<rocksdb::ColumnFamilyHandle*> created;
-            s = db->CreateColumnFamilies(more, &created);
-            for (rocksdb::ColumnFamilyHandle* handle : created) file(handle);
-            if (!s.ok()) return std::unexpected(open_error(s, dir));
-        }
+    bool holds_rows = false;
+    for (rocksdb::ColumnFamilyHandle* family : impl->spaces.all()) {
+        if (missing.empty() || holds_rows) break;
+        rocksdb::ReadOptions ro;
+        ro.total_order_seek = true;
+        const std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(ro, family));
+        it->SeekToFirst();
+        if (!it->status().ok()) return std::unexpected(open_error(it->status(), dir));
+        holds_rows = it->Valid();
+    }
+    if (holds_rows) {
+        impl->missing_families = std::move(missing);
+    } else if (!missing.empty() && !options.read_only && !secondary) {
+        std::vector<rocksdb::ColumnFamilyDescriptor> more;
+        for (const std::string& name : missing) more.emplace_back(name, family_options(name));
+        std::vector<rocksdb::ColumnFamilyHandle*> created;
+        s = db->CreateColumnFamilies(more, &created);
+        for (rocksdb::ColumnFamilyHandle* handle : created) file(handle);
+        if (!s.ok()) return std::unexpected(open_error(s, dir));
     }
     impl->write_options.sync = options.sync;
     impl->secondary = secondary;

@@ -70,6 +70,9 @@ inline constexpr std::size_t kValueKeySize = 1 + 32 + 8;
 inline constexpr std::size_t kValueSeekPrefix = 1 + 32;
 // The height of a value key (which must be kValueKeySize bytes with prefix kValue).
 std::uint64_t value_key_height(ByteView key);
+// Whether `key` is a value key of the same path as the value key `of`: what a seek in
+// the value rows must check before taking the row it lands on.
+bool same_path(ByteView key, ByteView of);
 
 Bytes format_value();
 // Checks the `m` "format" row: kCorruption naming what it found if it is not ours.
