@@ -17,7 +17,11 @@ using stateroot::test::Cli;
 using stateroot::test::lines;
 using stateroot::test::Run;
 
-const std::string kExample = std::string(STATEROOT_REPO) + "/configs/examples/changes.jsonl";
+// Shell text for the CLI's arguments, like every path from the checkout below.
+const std::string kExample =
+    stateroot::test::shell_quoted(std::string(STATEROOT_REPO) + "/configs/examples/changes.jsonl");
+const std::string kBtcdBlocks =
+    stateroot::test::shell_quoted(stateroot::test::block_fixture("btcd_reorg_blk_0_to_4.dat"));
 
 }  // namespace
 
@@ -203,7 +207,7 @@ TEST_CASE("cli: whole numbers on the command line are decimal, and other text is
     CHECK(cli.run(fmt::format("prune --db {} --keep 010", cli.db())).out == "1 10\n");
     CHECK(cli.run(fmt::format("bench --keys 0x10 --blocks 1")).code == 2);
     const Run exit_at = cli.run(fmt::format("index --db {} --blocks {} --exit-at -1", cli.db(),
-                                            stateroot::test::block_fixture("btcd_reorg_blk_0_to_4.dat")));
+                                            kBtcdBlocks));
     CHECK(exit_at.code == 2);
     CHECK(exit_at.err.find("--exit-at: \"-1\" is not a decimal whole number") != std::string::npos);
 }
@@ -218,7 +222,7 @@ TEST_CASE("cli: bad input to a write command creates no database", "[cli]") {
         {fmt::format("index --db {} --blocks {}", cli.db(), cli.db() + ".blk"), "cannot read"},
         {fmt::format("index --db {} --blocks-dir {}", cli.db(), blocks),
          fmt::format("{} holds no blk?????.dat files (is it Bitcoin Core's blocks/ directory?)", blocks)},
-        {fmt::format("index --db {} --blocks {} --prune-keep 0", cli.db(), stateroot::test::block_fixture("btcd_reorg_blk_0_to_4.dat")),
+        {fmt::format("index --db {} --blocks {} --prune-keep 0", cli.db(), kBtcdBlocks),
          "--prune-keep must be at least 1"},
     };
     for (const auto& [args, message] : cases) {
@@ -254,9 +258,9 @@ TEST_CASE("cli: configuration errors name the file", "[cli][config]") {
 TEST_CASE("cli: the shipped default configuration changes nothing: index serves only when asked",
           "[cli][config]") {
     Cli cli;
-    const Run r = cli.run(fmt::format("index --db {} --config {}/configs/default.json --blocks {} --exit-at 1",
-                                      cli.db(), STATEROOT_REPO,
-                                      stateroot::test::block_fixture("btcd_reorg_blk_0_to_4.dat")));
+    const Run r = cli.run(fmt::format("index --db {} --config {} --blocks {} --exit-at 1", cli.db(),
+                                      stateroot::test::shell_quoted(std::string(STATEROOT_REPO) + "/configs/default.json"),
+                                      kBtcdBlocks));
     CHECK(r.code == 0);
     CHECK(r.err.find("serving on") == std::string::npos);
 }

@@ -89,7 +89,8 @@ std::pair<int, std::string> get(const Served& s, const std::string& path) {
 std::string run_cli(const std::string& args) {
     test::TempDir d;
     const std::string out = d.sub("out");
-    const int rc = std::system(fmt::format("{} {} > {} 2>/dev/null", STATEROOT_BIN, args, out).c_str());
+    const int rc = std::system(fmt::format("{} {} > {} 2>/dev/null", test::shell_quoted(STATEROOT_BIN), args,
+                                           test::shell_quoted(out)).c_str());
     (void)rc;
     std::ifstream in(out);
     std::stringstream ss;
@@ -585,7 +586,7 @@ TEST_CASE("config: the shipped default file holds every option with its default"
         CHECK(file.contains(name));
         CHECK(file.contains("// " + name));
     }
-    const std::string printed = run_cli(fmt::format("config --print --config {} --rpc-addr 127.0.0.1:9", path));
+    const std::string printed = run_cli(fmt::format("config --print --config {} --rpc-addr 127.0.0.1:9", test::shell_quoted(path)));
     json want = expected;
     want["rpc_addr"] = "127.0.0.1:9";
     CHECK(json::parse(printed) == want);

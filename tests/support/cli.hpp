@@ -23,11 +23,13 @@ struct Run {
 
 class Cli {
 public:
-    // Runs `stateroot <args>` with `input` on stdin.
+    // Runs `stateroot <args>` with `input` on stdin; `args` is shell text, so a path from
+    // the checkout in it goes through shell_quoted.
     Run run(const std::string& args, const std::string& input = "") {
         const std::string in = dir_.sub("stdin"), out = dir_.sub("stdout"), err = dir_.sub("stderr");
         std::ofstream(in) << input;
-        const std::string cmd = fmt::format("{} {} <{} >{} 2>{}", STATEROOT_BIN, args, in, out, err);
+        const std::string cmd = fmt::format("{} {} <{} >{} 2>{}", shell_quoted(STATEROOT_BIN), args,
+                                            shell_quoted(in), shell_quoted(out), shell_quoted(err));
         const int status = std::system(cmd.c_str());
         return {WEXITSTATUS(status), slurp(out), slurp(err)};
     }

@@ -27,6 +27,13 @@ inline void write_file(const std::string& path, ByteView b) {
         .write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
 }
 
+// `s` as one word for /bin/sh, whatever it holds: the checkout's path may have spaces.
+inline std::string shell_quoted(const std::string& s) {
+    std::string q = "'";
+    for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return q + "'";
+}
+
 // A file of the shipped real blocks.
 inline std::string block_fixture(const std::string& name) {
     return std::string(STATEROOT_FIXTURES) + "/blocks/" + name;
