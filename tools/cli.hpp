@@ -35,7 +35,7 @@ int cmd_apply(const Config& c, const std::string& file);
 int cmd_root(const Config& c, std::optional<std::uint64_t> height);
 int cmd_get(const Config& c, const std::string& key_hex, std::optional<std::uint64_t> height);
 int cmd_prove(const Config& c, const std::string& key_hex, std::optional<std::uint64_t> height);
-int cmd_verify(const Config& c, const std::string& file, const std::string& root_hex);
+int cmd_verify(const Config& c, const std::string& file, const std::optional<std::string>& root_hex);
 int cmd_rollback(const Config& c, std::optional<std::uint64_t> height);
 int cmd_info(const Config& c);
 int cmd_check(const Config& c, std::optional<std::uint64_t> height);

@@ -25,6 +25,10 @@ struct Option {
     // For a string whose values are limited: what it must be if `value` is not one of
     // them, else empty.
     std::string (*unaccepted)(std::string_view value) = nullptr;
+    // A directory: set empty by a flag or variable, it is a caller's variable that was
+    // never set (`--db "$DIR"`), which must not quietly mean "none". The shipped file's
+    // "" is the documented default, none.
+    bool directory = false;
 };
 
 std::string unaccepted_network(std::string_view value) {
@@ -41,14 +45,14 @@ std::string unaccepted_log_level(std::string_view value) {
 
 // The one list of options: file keys, STATEROOT_<NAME> variables and --name flags.
 const Option kOptions[] = {
-    {"db", &Config::db},
+    {"db", &Config::db, nullptr, true},
     {"rpc_addr", &Config::rpc_addr},
     {"rpc_token", &Config::rpc_token},
     {"rpc_threads", &Config::rpc_threads},
     {"rpc_max_connections", &Config::rpc_max_connections},
     {"rpc_timeout_ms", &Config::rpc_timeout_ms},
     {"rpc_idle_ms", &Config::rpc_idle_ms},
-    {"secondary", &Config::secondary},
+    {"secondary", &Config::secondary, nullptr, true},
     {"catch_up_ms", &Config::catch_up_ms},
     {"network", &Config::network, unaccepted_network},
     {"max_reorg_depth", &Config::max_reorg_depth},
@@ -76,6 +80,7 @@ Status set_text(Config& c, const Option& o, const std::string& text, const std::
     };
     if (auto p = std::get_if<std::string Config::*>(&o.field)) {
         if (const std::string what = unaccepted(o, text); !what.empty()) return bad(what);
+        if (o.directory && text.empty()) return bad("a directory");
         c.**p = text;
     } else if (auto u = std::get_if<std::uint64_t Config::*>(&o.field)) {
         const auto v = parse_decimal(text);

@@ -126,7 +126,7 @@ int main(int argc, char** argv) {
         "verify", "Verify a proof file: prints valid (exit 0) or invalid: <reason> (exit 1)");
     cfg.add(verify, kRead);
     verify->add_option("--proof", file, "Proof file (JSON, as printed by prove; - for stdin)")->required();
-    verify->add_option("--root", root_hex, "Trusted root (default: --db's root at the proof's height, else the proof's own)");
+    auto* verify_root = verify->add_option("--root", root_hex, "Trusted root (default: --db's root at the proof's height, else the proof's own)");
 
     auto* rollback = app.add_subcommand("rollback", "Remove every height above --height (-1 or below the first: all)");
     cfg.add(rollback, {"db", "sync", "log_level"});
@@ -232,7 +232,9 @@ int main(int argc, char** argv) {
     if (root->parsed()) return cmd_root(*c, opt_height(root_h, height));
     if (get->parsed()) return cmd_get(*c, key, opt_height(get_h, height));
     if (prove->parsed()) return cmd_prove(*c, key, opt_height(prove_h, height));
-    if (verify->parsed()) return cmd_verify(*c, file, root_hex);
+    if (verify->parsed()) {
+        return cmd_verify(*c, file, verify_root->count() > 0 ? std::optional(root_hex) : std::nullopt);
+    }
     if (rollback->parsed()) return cmd_rollback(*c, rollback_to == "-1" ? std::nullopt : parse_decimal(rollback_to));
     if (info->parsed()) return cmd_info(*c);
     if (check->parsed()) return cmd_check(*c, opt_height(check_h, height));

@@ -5,6 +5,9 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "stateroot/engine/changes.hpp"
+#include "stateroot/engine/json.hpp"
+
 namespace stateroot::engine {
 
 using nlohmann::json;
@@ -24,6 +27,9 @@ json to_json(const Proof& p) {
 }
 
 namespace {
+
+// A path has 256 bits, so a walk passes at most 256 branches.
+constexpr std::size_t kMaxDepth = 256;
 
 std::unexpected<Error> not_a_proof(const std::string& why) {
     return make_error(ErrorCode::kInvalidArgument, "not a proof: " + why);
@@ -61,9 +67,22 @@ std::unexpected<Error> invalid(const std::string& why) {
 
 Result<Proof> proof_from_json(const json& j) {
     if (!j.is_object()) return not_a_proof("expected a JSON object");
+    // A field this format does not have is refused, not passed over: a file that says
+    // more than it proves would be read as claiming it.
+    static constexpr std::string_view kFields[] = {"height", "root", "key", "path", "value",
+                                                   "side_nodes", "non_membership_leaf", "sibling_data"};
+    for (const auto& [name, value] : j.items()) {
+        if (std::find(std::begin(kFields), std::end(kFields), name) == std::end(kFields)) {
+            return not_a_proof(fmt::format("unknown field \"{}\"", name));
+        }
+    }
     Proof p;
-    if (!j.contains("height") || !j["height"].is_number_integer() ||
-        j["height"].get<std::int64_t>() < 0) {
+    // Read unsigned, like every height: heights of 2^63 and above are committed too.
+    // (Parsed text holds a non-negative integer as unsigned; JSON built in code may not.)
+    const auto height_ok = [](const json& h) {
+        return h.is_number_unsigned() || (h.is_number_integer() && h.get<std::int64_t>() >= 0);
+    };
+    if (!j.contains("height") || !height_ok(j["height"])) {
         return not_a_proof("\"height\" must be a non-negative integer");
     }
     p.height = j["height"].get<std::uint64_t>();
@@ -73,6 +92,8 @@ Result<Proof> proof_from_json(const json& j) {
     auto key = hex_field(j, "key");
     if (!key) return std::unexpected(key.error());
     p.key = std::move(*key);
+    // A key the engine refuses can have no proof from it.
+    if (Status s = check_key_size(p.key); !s) return not_a_proof(s.error().message);
     auto path = hash_field(j, "path");
     if (!path) return std::unexpected(path.error());
     p.path = *path;
@@ -81,6 +102,9 @@ Result<Proof> proof_from_json(const json& j) {
     p.value = std::move(*value);
     if (!j.contains("side_nodes") || !j["side_nodes"].is_array()) {
         return not_a_proof("\"side_nodes\" must be an array of hex strings");
+    }
+    if (j["side_nodes"].size() > kMaxDepth) {
+        return not_a_proof(fmt::format("{} side nodes, more than {}", j["side_nodes"].size(), kMaxDepth));
     }
     for (const json& s : j["side_nodes"]) {
         if (!s.is_string()) return not_a_proof("\"side_nodes\" must be an array of hex strings");
@@ -97,9 +121,15 @@ Result<Proof> proof_from_json(const json& j) {
     return p;
 }
 
+Result<Proof> parse_proof(std::string_view text) {
+    auto j = parse_json(text);
+    if (!j) return not_a_proof(j.error().message);
+    return proof_from_json(*j);
+}
+
 Status verify(const Proof& p, const Hash& root) {
     const std::size_t depth = p.side_nodes.size();
-    if (depth > 256) return invalid(fmt::format("{} side nodes, more than 256", depth));
+    if (depth > kMaxDepth) return invalid(fmt::format("{} side nodes, more than {}", depth, kMaxDepth));
     if (sha256(p.key) != p.path) return invalid("path is not the SHA-256 of key");
     if (p.value && p.value->empty()) return invalid("value is empty (an empty value means absent)");
     if (p.value && p.non_membership_leaf) {

@@ -3,10 +3,10 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <nlohmann/json.hpp>
-#include <optional>
 #include <string>
 #include <vector>
+
+#include "stateroot/engine/json.hpp"
 
 namespace stateroot::indexer {
 
@@ -28,31 +28,10 @@ Result<Bytes> hex_string(const json& j, const std::string& where) {
 }  // namespace
 
 Result<engine::Changes> parse_change_line(std::string_view line) {
-    json j;
-    // A field given twice would otherwise be taken from its last copy, silently
-    // dropping the first one's puts: the callback notes the line's top-level names.
-    std::vector<std::string> names;
-    std::optional<std::string> repeated;
-    const auto note_field = [&](int depth, json::parse_event_t event, json& parsed) {
-        if (depth == 1 && event == json::parse_event_t::key && !repeated) {
-            std::string name = parsed.get<std::string>();
-            if (std::find(names.begin(), names.end(), name) != names.end()) repeated = name;
-            names.push_back(std::move(name));
-        }
-        return true;
-    };
-    try {
-        j = json::parse(line, note_field);
-    } catch (const json::exception& e) {
-        // Not only parse_error: a number too large for a double (1e400) throws
-        // out_of_range, which must be a bad line too, not an exception that aborts the
-        // process. Drop nlohmann's "[json.exception.parse_error.101] " tag.
-        std::string what = e.what();
-        if (const auto pos = what.find("] "); pos != std::string::npos) what = what.substr(pos + 2);
-        return bad("bad JSON: " + what);
-    }
+    auto parsed = engine::parse_json(line);
+    if (!parsed) return std::unexpected(parsed.error());
+    const json& j = *parsed;
     if (!j.is_object()) return bad("a line must be a JSON object");
-    if (repeated) return bad(fmt::format("field \"{}\" given twice", *repeated));
 
     engine::Changes c;
     for (const auto& [name, value] : j.items()) {

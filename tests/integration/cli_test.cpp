@@ -9,7 +9,10 @@
 
 #include "cli.hpp"
 #include "files.hpp"
+#include "stateroot/engine/proof.hpp"
 #include "stateroot/engine/schema.hpp"
+
+using namespace stateroot;
 
 namespace {
 
@@ -158,11 +161,45 @@ TEST_CASE("cli: proofs verify and tampered ones are invalid", "[cli][proof]") {
     const std::string junk = cli.file("junk.json", "{\"hello\": 1}");
     const Run not_proof = cli.run(fmt::format("verify --proof {}", junk));
     CHECK(not_proof.code == 2);
-    CHECK(not_proof.err ==
-          fmt::format("stateroot: {}: not a proof: \"height\" must be a non-negative integer\n",
-                      junk));
+    CHECK(not_proof.err == fmt::format("stateroot: {}: not a proof: unknown field \"hello\"\n", junk));
     const std::string text = cli.file("text.json", "not json");
-    CHECK(cli.run(fmt::format("verify --proof {}", text)).code == 2);
+    const Run not_json = cli.run(fmt::format("verify --proof {}", text));
+    CHECK(not_json.code == 2);
+    CHECK(not_json.err.starts_with(fmt::format("stateroot: {}: not a proof: bad JSON: ", text)));
+}
+
+TEST_CASE("cli: verify trusts only a root it is given, and reads a proof one way", "[cli][proof]") {
+    Cli cli;
+    REQUIRE(cli.run(fmt::format("apply --db {} {}", cli.db(), kExample)).code == 0);
+    const std::string root = cli.run(fmt::format("root --db {} --height 3", cli.db())).out.substr(0, 64);
+    // A forgery that agrees with itself: key 01 is "deadbeef" in a tree of that leaf alone.
+    engine::Proof forged;
+    forged.height = 3;
+    forged.key = {0x01};
+    forged.path = engine::sha256(forged.key);
+    forged.value = Bytes{0xde, 0xad, 0xbe, 0xef};
+    forged.root = engine::leaf_hash(forged.path, engine::sha256(*forged.value));
+    const std::string path = cli.file("forged.json", engine::to_json(forged).dump());
+    CHECK(cli.run(fmt::format("verify --proof {} --root {}", path, root)).code == 1);
+    CHECK(cli.run(fmt::format("verify --proof {} --db {}", path, cli.db())).code == 1);
+    // An empty --root or --db is a variable never set, not "no root": an error.
+    const Run empty_root = cli.run(fmt::format("verify --proof {} --root ''", path));
+    CHECK(empty_root.code == 2);
+    CHECK(empty_root.err == "stateroot: --root must be 32 bytes\n");
+    const Run empty_db = cli.run(fmt::format("verify --proof {} --db ''", path));
+    CHECK(empty_db.code == 2);
+    CHECK(empty_db.err == "stateroot: flag --db: option \"db\" must be a directory, got \"\"\n");
+    // With neither, it is valid against its own root, and says that is all it checked.
+    const Run own = cli.run(fmt::format("verify --proof {}", path));
+    CHECK(own.code == 0);
+    CHECK(own.out == "valid\n");
+    CHECK(own.err.find("checked against the proof's own root only") != std::string::npos);
+
+    // A field given twice or unknown is refused: a file must not show one claim and prove another.
+    const Run twice = cli.run(fmt::format("verify --proof {}", cli.file("twice.json", R"({"value": null, )" +
+                                                                         engine::to_json(forged).dump().substr(1))));
+    CHECK(twice.code == 2);
+    CHECK(twice.err.ends_with("not a proof: field \"value\" given twice\n"));
 }
 
 TEST_CASE("cli: rollback keeps the heights at or below the target", "[cli]") {

@@ -569,6 +569,13 @@ TEST_CASE("config: bad files, variables and flags name the option", "[config]") 
     auto env = [](const char* name) -> const char* { return std::string(name) == "STATEROOT_SYNC" ? "maybe" : nullptr; };
     CHECK(load_config("", {}, env).error().message ==
           "environment variable STATEROOT_SYNC: option \"sync\" must be true or false, got \"maybe\"");
+    // An empty directory from a variable or flag is one never set, not "none"; the file's
+    // "" is the documented default.
+    auto empty_db = [](const char* name) -> const char* { return std::string(name) == "STATEROOT_DB" ? "" : nullptr; };
+    CHECK(load_config("", {}, empty_db).error().message ==
+          "environment variable STATEROOT_DB: option \"db\" must be a directory, got \"\"");
+    CHECK(load_config("", {{"secondary", ""}}, no_env).error().message ==
+          "flag --secondary: option \"secondary\" must be a directory, got \"\"");
     CHECK(load_config("", {{"catch_up_ms", "-5"}}, no_env).error().message ==
           "flag --catch-up-ms: option \"catch_up_ms\" must be a non-negative integer, got \"-5\"");
 }

@@ -223,4 +223,35 @@ TEST_CASE("proofs: JSON that is not a proof is rejected naming the field", "[eng
           "not a proof: \"height\" must be a non-negative integer");
     j["height"] = 3;
     CHECK(proof_from_json(j));
+
+    // What the engine refuses, or the format does not have, is not a proof either.
+    j["key"] = "";
+    CHECK(proof_from_json(j).error().message == "not a proof: empty key");
+    j["key"] = std::string(2 * (kMaxKeySize + 1), 'a');
+    CHECK(proof_from_json(j).error().message.starts_with("not a proof: key aaaa"));
+    j["key"] = "01";
+    j["side_nodes"] = json::array();
+    for (int i = 0; i < 257; ++i) j["side_nodes"].push_back(std::string(64, 'c'));
+    CHECK(proof_from_json(j).error().message == "not a proof: 257 side nodes, more than 256");
+    j["side_nodes"] = json::array();
+    j["extra"] = 1;
+    CHECK(proof_from_json(j).error().message == "not a proof: unknown field \"extra\"");
+    j.erase("extra");
+    const std::string text = j.dump();
+    CHECK(parse_proof(text));
+    CHECK(parse_proof(R"({"value": "aa", )" + text.substr(1)).error().message ==
+          "not a proof: field \"value\" given twice");
+    CHECK(parse_proof("{").error().message.starts_with("not a proof: bad JSON: "));
+}
+
+TEST_CASE("proofs: heights of 2^63 and above survive the JSON form", "[engine][proof]") {
+    for (const std::uint64_t height : {std::uint64_t{1} << 63, ~std::uint64_t{0} - 1}) {
+        Proof p;
+        p.height = height;
+        p.key = {0x01};
+        p.path = sha256(p.key);
+        auto back = parse_proof(to_json(p).dump());
+        REQUIRE(back);
+        CHECK(back->height == height);
+    }
 }

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <nlohmann/json_fwd.hpp>
 #include <optional>
+#include <string_view>
 #include <vector>
 
 #include "stateroot/engine/hash.hpp"
@@ -28,9 +29,12 @@ struct Proof {
 // {"height", "root", "key", "path", "value", "side_nodes", "non_membership_leaf",
 //  "sibling_data"}: hex lowercase without 0x, absent fields as null.
 nlohmann::json to_json(const Proof& proof);
-// Parses the JSON form (hex in either case, optional 0x). kInvalidArgument, naming the
-// field, if it is not a proof.
+// Parses the JSON form (hex in either case, optional 0x). kInvalidArgument ("not a proof:
+// ..."), naming the field, if it is not a proof: a field missing, of the wrong form or
+// unknown, a key the engine would refuse, more than 256 side nodes.
 Result<Proof> proof_from_json(const nlohmann::json& json);
+// The same from JSON text, which also must name no field twice.
+Result<Proof> parse_proof(std::string_view text);
 
 // Checks that `proof` shows its key present with its value (or absent, if it has no
 // value) under `root`. kInvalid with the reason if it does not.

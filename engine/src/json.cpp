@@ -1,0 +1,38 @@
+#include "stateroot/engine/json.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace stateroot::engine {
+
+Result<nlohmann::json> parse_json(std::string_view text) {
+    using nlohmann::json;
+    std::vector<std::string> names;
+    std::optional<std::string> repeated;
+    const auto note_field = [&](int depth, json::parse_event_t event, json& parsed) {
+        if (depth == 1 && event == json::parse_event_t::key && !repeated) {
+            std::string name = parsed.get<std::string>();
+            if (std::find(names.begin(), names.end(), name) != names.end()) repeated = name;
+            names.push_back(std::move(name));
+        }
+        return true;
+    };
+    json j;
+    try {
+        j = json::parse(text, note_field);
+    } catch (const json::exception& e) {
+        // Not only parse_error: a number too large for a double (1e400) throws
+        // out_of_range. Drop nlohmann's "[json.exception.parse_error.101] " tag.
+        std::string what = e.what();
+        if (const auto pos = what.find("] "); pos != std::string::npos) what = what.substr(pos + 2);
+        return make_error(ErrorCode::kInvalidArgument, "bad JSON: " + what);
+    }
+    if (repeated) return make_error(ErrorCode::kInvalidArgument, fmt::format("field \"{}\" given twice", *repeated));
+    return j;
+}
+
+}  // namespace stateroot::engine
