@@ -267,6 +267,8 @@ struct Store::Impl {
     rocksdb::WriteOptions write_options;
     bool secondary = false;  // a RocksDB secondary instance (StoreOptions::secondary_dir)
     std::vector<std::string> missing_families;  // see Store::missing_families()
+    StoreOptions options;  // as opened: a secondary is opened again with them (catch_up)
+    std::uint64_t newest_file = 0;  // a secondary's newest table file as of its catch-up
 
     ~Impl() {
         for (rocksdb::ColumnFamilyHandle* family : spaces.rising) db->DestroyColumnFamilyHandle(family);
@@ -279,6 +281,27 @@ std::string rising_family(std::uint8_t prefix) {
     char name[16];
     std::snprintf(name, sizeof name, "rising-%02x", prefix);
     return name;
+}
+
+// The number of the newest table file in `db` (file numbers only grow).
+std::uint64_t newest_table_file(rocksdb::DB& db) {
+    std::vector<rocksdb::LiveFileMetaData> files;
+    db.GetLiveFilesMetaData(&files);
+    std::uint64_t newest = 0;
+    for (const rocksdb::LiveFileMetaData& f : files) newest = std::max(newest, f.file_number);
+    return newest;
+}
+
+// The rows in `db`'s memtables, in every key space.
+std::uint64_t memtable_rows(rocksdb::DB* db, const KeySpaces& spaces) {
+    std::uint64_t rows = 0;
+    for (rocksdb::ColumnFamilyHandle* family : spaces.all()) {
+        for (const char* property : {"rocksdb.num-entries-active-mem-table", "rocksdb.num-entries-imm-mem-tables"}) {
+            std::uint64_t n = 0;
+            if (db->GetIntProperty(family, property, &n)) rows += n;
+        }
+    }
+    return rows;
 }
 
 // A batch not made by the store that writes it (all in the default column family, or
@@ -498,6 +521,8 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
     }
     impl->write_options.sync = options.sync;
     impl->secondary = secondary;
+    impl->options = options;
+    if (secondary) impl->newest_file = newest_table_file(*db);
     return std::unique_ptr<Store>(new Store(dir, std::move(impl)));
 }
 
@@ -582,8 +607,23 @@ Status Store::compact() {
 }
 
 Status Store::catch_up() {
+    const bool held_rows = memtable_rows(impl_->db.get(), impl_->spaces) > 0;
     const rocksdb::Status s = impl_->db->TryCatchUpWithPrimary();
     if (!s.ok()) return std::unexpected(to_error(s, "catch up with the primary"));
+    // RocksDB 7.8's secondary keeps in its memtable the rows it replayed from a log the
+    // primary has since flushed, and they hide the newer rows the flush wrote to a
+    // table file (facebook/rocksdb#15051): after a rollback and a flush, a replica went
+    // on reading the rolled-back tip. A flush writes a table file newer than any the
+    // secondary knew (a compaction that merges it away writes a newer one still). With
+    // rows in the memtable, before or after, the secondary is opened again: it then
+    // replays only the logs the primary still has, on top of the table files.
+    const std::uint64_t newest = newest_table_file(*impl_->db);
+    const bool flushed = newest > impl_->newest_file;
+    impl_->newest_file = newest;
+    if (!flushed || (!held_rows && memtable_rows(impl_->db.get(), impl_->spaces) == 0)) return {};
+    auto fresh = Store::open(dir_, impl_->options);
+    if (!fresh) return with_context(fresh.error(), "open the secondary again");
+    std::swap(impl_, (*fresh)->impl_);
     return {};
 }
 

@@ -895,6 +895,44 @@ TEST_CASE("engine: a replica reads values, proves present keys and scans indexer
     check("g", 3, b("4"));
 }
 
+TEST_CASE("engine: a replica follows a rollback the primary flushed before it looked", "[engine][replica]") {
+    // The rolled-back rows the replica had replayed from the primary's log must not
+    // outlive the flush that wrote the rollback (Store::catch_up).
+    test::TempDir dir;
+    auto primary = Engine::open(dir.sub("db"));
+    REQUIRE(primary);
+    REQUIRE((*primary)->apply(changes(0, {{"a", "1"}})));
+    REQUIRE((*primary)->apply(changes(1, {{"a", "2"}, {"b", "3"}})));
+    EngineOptions eo;
+    eo.secondary_dir = dir.sub("scratch");
+    auto replica = Engine::open(dir.sub("db"), eo);
+    REQUIRE(replica);
+    REQUIRE((*primary)->apply(changes(2, {{"a", "4"}}, {"b"})));
+    REQUIRE((*replica)->catch_up());
+    CHECK((*replica)->tip() == 2u);
+
+    REQUIRE((*primary)->rollback(0));
+    REQUIRE((*primary)->store().compact());  // as `stateroot prune` does
+    for (int round = 0; round < 2; ++round) {
+        REQUIRE((*replica)->catch_up());
+        CHECK((*replica)->tip() == 0u);
+        auto v = (*replica)->view();
+        REQUIRE(v);
+        CHECK(v->tip() == 0u);
+        CHECK(v->get(b("a"), 0).value() == b("1"));
+        CHECK_FALSE(v->root(2));
+    }
+    REQUIRE((*primary)->apply(changes(1, {{"c", "5"}})));
+    REQUIRE((*primary)->store().flush());
+    REQUIRE((*replica)->catch_up());
+    auto v = (*replica)->view();
+    REQUIRE(v);
+    CHECK(v->tip() == 1u);
+    CHECK(v->get(b("b"), 1).value() == std::nullopt);
+    CHECK(v->get(b("c"), 1).value() == b("5"));
+    CHECK(v->root(1).value() == (*primary)->root());
+}
+
 TEST_CASE("engine: directories that are not stateroot databases are refused untouched",
           "[engine][identity]") {
     test::TempDir dir;
