@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <string_view>
 #include <nlohmann/json.hpp>
 #include <variant>
@@ -29,7 +30,12 @@ struct Option {
     // never set (`--db "$DIR"`), which must not quietly mean "none". The shipped file's
     // "" is the documented default, none.
     bool directory = false;
+    // For a whole number: the largest taken. Durations stop at a day, where a larger
+    // one would overflow the clock's nanoseconds and time out at once instead.
+    std::uint64_t max = std::numeric_limits<std::uint64_t>::max();
 };
+
+constexpr std::uint64_t kDayMs = 24 * 60 * 60 * 1000;
 
 std::string unaccepted_network(std::string_view value) {
     if (indexer::parse_network(value)) return {};
@@ -50,10 +56,10 @@ const Option kOptions[] = {
     {"rpc_token", &Config::rpc_token},
     {"rpc_threads", &Config::rpc_threads},
     {"rpc_max_connections", &Config::rpc_max_connections},
-    {"rpc_timeout_ms", &Config::rpc_timeout_ms},
-    {"rpc_idle_ms", &Config::rpc_idle_ms},
+    {"rpc_timeout_ms", &Config::rpc_timeout_ms, nullptr, false, kDayMs},
+    {"rpc_idle_ms", &Config::rpc_idle_ms, nullptr, false, kDayMs},
     {"secondary", &Config::secondary, nullptr, true},
-    {"catch_up_ms", &Config::catch_up_ms},
+    {"catch_up_ms", &Config::catch_up_ms, nullptr, false, kDayMs},
     {"network", &Config::network, unaccepted_network},
     {"max_reorg_depth", &Config::max_reorg_depth},
     {"cache_mb", &Config::cache_mb},
@@ -85,6 +91,7 @@ Status set_text(Config& c, const Option& o, const std::string& text, const std::
     } else if (auto u = std::get_if<std::uint64_t Config::*>(&o.field)) {
         const auto v = parse_decimal(text);
         if (!v) return bad("a non-negative integer");
+        if (*v > o.max) return bad(fmt::format("at most {}", o.max));
         c.**u = *v;
     } else {
         const auto b = std::get<bool Config::*>(o.field);
@@ -111,6 +118,7 @@ Status set_json(Config& c, const Option& o, const nlohmann::json& v, const std::
         c.**p = v.get<std::string>();
     } else if (auto u = std::get_if<std::uint64_t Config::*>(&o.field)) {
         if (!v.is_number_unsigned()) return bad("a non-negative integer");
+        if (v.get<std::uint64_t>() > o.max) return bad(fmt::format("at most {}, got {}", o.max, v.get<std::uint64_t>()));
         c.**u = v.get<std::uint64_t>();
     } else {
         if (!v.is_boolean()) return bad("true or false");

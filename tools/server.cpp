@@ -69,13 +69,15 @@ const char* reason(int status) {
     }
 }
 
-std::string render(const HttpAnswer& a, bool keep_alive) {
+// The answer's bytes; for a HEAD request (`with_body` false), the same head alone.
+std::string render(const HttpAnswer& a, bool keep_alive, bool with_body = true) {
     std::string out = fmt::format("HTTP/1.1 {} {}\r\nConnection: {}\r\n", a.status, reason(a.status),
                                   keep_alive ? "keep-alive" : "close");
-    if (a.status == 405) out += "Allow: GET, POST\r\n";
+    if (a.status == 405) out += "Allow: GET, HEAD, POST\r\n";
+    if (a.status == 401) out += "WWW-Authenticate: Bearer\r\n";
     if (a.status == 204) return out + "\r\n";
-    return out + fmt::format("Content-Type: {}\r\nContent-Length: {}\r\n\r\n", a.content_type, a.body.size()) +
-           a.body;
+    out += fmt::format("Content-Type: {}\r\nContent-Length: {}\r\n\r\n", a.content_type, a.body.size());
+    return with_body ? out + a.body : out;
 }
 
 HttpAnswer error_answer(int status, std::string_view message) {
@@ -160,7 +162,8 @@ int parse_head(std::string_view text, std::size_t max_body, Head& head) {
     if (sp1 == std::string_view::npos || sp2 == sp1) return 400;
     const std::string_view version = line.substr(sp2 + 1);
     if (version != "HTTP/1.1" && version != "HTTP/1.0") return version.starts_with("HTTP/") ? 505 : 400;
-    head.request.keep_alive = version == "HTTP/1.1";
+    const bool http11 = version == "HTTP/1.1";
+    head.request.keep_alive = http11;
     head.request.method = std::string(line.substr(0, sp1));
     const std::string_view target = line.substr(sp1 + 1, sp2 - sp1 - 1);
     if (target.empty() || target.front() != '/') return 400;
@@ -205,12 +208,19 @@ int parse_head(std::string_view text, std::size_t max_body, Head& head) {
         } else if (iequals(name, "Transfer-Encoding")) {
             return 411;  // bodies are small: a length is required, chunked encoding is not read
         } else if (iequals(name, "Connection")) {
-            if (iequals(value, "close")) head.request.keep_alive = false;
-            if (iequals(value, "keep-alive")) head.request.keep_alive = true;
+            // A list of options (RFC 9110 7.6.1): "close, TE" closes too.
+            for (std::string_view rest = value; !rest.empty();) {
+                const auto comma = rest.find(',');
+                const std::string_view option = trim(rest.substr(0, comma));
+                if (iequals(option, "close")) head.request.keep_alive = false;
+                if (iequals(option, "keep-alive")) head.request.keep_alive = true;
+                rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+            }
         } else if (iequals(name, "Authorization")) {
             head.request.authorization = std::string(value);
         } else if (iequals(name, "Expect")) {
-            head.expect_continue = iequals(value, "100-continue");
+            // An HTTP/1.0 client does not know 100 Continue (RFC 9110 10.1.1).
+            head.expect_continue = http11 && iequals(value, "100-continue");
         }
     }
     if (head.content_length > max_body) return 413;
@@ -281,7 +291,7 @@ struct HttpServer::Impl {
             if (req.path != "/") return error_answer(404, "not found");
             return rpc.post(req.body, options.max_answer);
         }
-        if (req.method == "GET") return rpc.get(req.path, req.query);
+        if (req.method == "GET" || req.method == "HEAD") return rpc.get(req.path, req.query);
         return error_answer(405, "method not allowed");
     }
 };
@@ -575,7 +585,7 @@ struct HttpServer::Impl::Loop {
         shared.buffered -= c.reserved;
         c.reserved = 0;
         c.keep_alive = req.keep_alive && !shared.stopping;
-        c.out = render(answer, c.keep_alive);
+        c.out = render(answer, c.keep_alive, req.method != "HEAD");
         c.sent = 0;
         c.progress_mark = 0;
         c.state = State::kWriting;

@@ -297,6 +297,51 @@ TEST_CASE("http: malformed and oversize requests get their status and a closed c
     CHECK(status_of(raw.read_answer()) == 200);
 }
 
+TEST_CASE("http: HEAD, Connection lists, HTTP/1.0 expectations and 401 challenges as RFC 9110 has them",
+          "[server]") {
+    Served s;
+    {
+        // HEAD is GET without the body: the same status and Content-Length.
+        Raw raw(s.port);
+        REQUIRE(raw.send("GET /height HTTP/1.1\r\n\r\n"));
+        const std::string got = raw.read_answer();
+        REQUIRE(raw.send("HEAD /height HTTP/1.1\r\n\r\nGET /height HTTP/1.1\r\nConnection: close\r\n\r\n"));
+        const Raw::Read both = raw.read_until_close(std::chrono::milliseconds(3000));
+        const std::string head = got.substr(0, got.find("\r\n\r\n") + 4);
+        CHECK(status_of(got) == 200);
+        CHECK(both.bytes.starts_with(head));
+        CHECK(both.bytes.substr(head.size()).starts_with("HTTP/1.1 200 OK\r\nConnection: close\r\n"));
+        CHECK(both.closed);
+    }
+    {
+        // Connection holds a list: "close" among other options closes.
+        Raw raw(s.port);
+        REQUIRE(raw.send("GET /height HTTP/1.1\r\nConnection: TE, close\r\n\r\n"));
+        const Raw::Read r = raw.read_until_close(std::chrono::milliseconds(3000));
+        CHECK(status_of(r.bytes) == 200);
+        CHECK(r.bytes.find("Connection: close\r\n") != std::string::npos);
+        CHECK(r.closed);
+    }
+    {
+        // No 100 Continue for an HTTP/1.0 client, which would take it for the answer.
+        Raw raw(s.port);
+        REQUIRE(raw.send(fmt::format("POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+                                     kHeight.size())));
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        REQUIRE(raw.send(kHeight));
+        const Raw::Read r = raw.read_until_close(std::chrono::milliseconds(3000));
+        CHECK(r.bytes.starts_with("HTTP/1.1 200 OK\r\n"));
+    }
+    ServerOptions guarded;
+    guarded.token = "s3cret";
+    Served t(guarded);
+    Raw raw(t.port);
+    REQUIRE(raw.send("GET /height HTTP/1.1\r\n\r\n"));
+    const std::string denied = raw.read_answer();
+    CHECK(status_of(denied) == 401);
+    CHECK(denied.find("\r\nWWW-Authenticate: Bearer\r\n") != std::string::npos);
+}
+
 TEST_CASE("http: pipelined requests are answered in order on one connection", "[server]") {
     Served s;
     Raw raw(s.port);

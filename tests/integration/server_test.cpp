@@ -576,6 +576,10 @@ TEST_CASE("config: bad files, variables and flags name the option", "[config]") 
           "environment variable STATEROOT_DB: option \"db\" must be a directory, got \"\"");
     CHECK(load_config("", {{"secondary", ""}}, no_env).error().message ==
           "flag --secondary: option \"secondary\" must be a directory, got \"\"");
+    // A duration past a day would overflow the clock and time out at once.
+    CHECK(load_config("", {{"rpc_idle_ms", "86400001"}}, no_env).error().message ==
+          "flag --rpc-idle-ms: option \"rpc_idle_ms\" must be at most 86400000, got \"86400001\"");
+    CHECK(load_config("", {{"rpc_timeout_ms", "86400000"}}, no_env)->rpc_timeout_ms == 86400000u);
     CHECK(load_config("", {{"catch_up_ms", "-5"}}, no_env).error().message ==
           "flag --catch-up-ms: option \"catch_up_ms\" must be a non-negative integer, got \"-5\"");
 }
