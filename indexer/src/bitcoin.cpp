@@ -133,23 +133,24 @@ Transaction parse_tx(Reader& r) {
     const std::size_t body_end = r.pos();
     if (segwit) {
         const std::size_t witness_at = r.pos();
-        bool any = false;
-        for (std::size_t i = 0; i < tx.inputs.size() && r.ok(); ++i) {
-            const std::uint64_t items = r.count("witness item count", 1);
-            any |= items > 0;
-            for (std::uint64_t k = 0; k < items && r.ok(); ++k)
-                r.skip(r.count("witness item length", 1));
+        for (TxIn& in : tx.inputs) {
+            in.witness.resize(r.count("witness item count", 1));
+            for (Bytes& item : in.witness) item = r.bytes(r.count("witness item length", 1));
+            tx.has_witness |= !in.witness.empty();
+            if (!r.ok()) break;
         }
         // BIP144 serializes without marker and flag when there is no witness; Core
         // refuses the other form ("superfluous witness record").
-        if (r.ok() && !any) r.fail_at(witness_at, "segwit serialization with every witness empty");
+        if (r.ok() && !tx.has_witness) r.fail_at(witness_at, "segwit serialization with every witness empty");
     }
     const std::size_t locktime_at = r.pos();
     r.le(4);
     if (!r.ok()) return tx;
     if (!segwit) {
         tx.txid = double_sha256(r.span(start, r.pos()));
+        tx.wtxid = tx.txid;
     } else {
+        tx.wtxid = double_sha256(r.span(start, r.pos()));
         Bytes stripped;
         stripped.reserve(4 + (body_end - body_start) + 4);
         const ByteView version = r.span(start, after_version);
@@ -201,6 +202,46 @@ Hash merkle_root(std::vector<Hash> level, bool* mutated) {
     return level[0];
 }
 
+namespace {
+
+// BIP141's commitment output: OP_RETURN, a 36-byte push, a 4-byte tag, 32 bytes.
+constexpr std::uint8_t kCommitmentHeader[] = {0x6a, 0x24, 0xaa, 0x21, 0xa9, 0xed};
+
+// The BIP141 witness commitment check of a block that carries witness data, as Bitcoin
+// Core makes it: the coinbase's last output that starts with the commitment header
+// holds SHA256d(merkle root of the wtxids, the coinbase's wtxid counted as zero ‖ the
+// coinbase's one 32-byte witness item). Empty if it holds; else what is wrong.
+std::string witness_commitment_problem(const Block& block) {
+    const Transaction& coinbase = block.txs[0];
+    const Bytes* commitment = nullptr;
+    for (const TxOut& out : coinbase.outputs) {
+        const Bytes& s = out.script_pubkey;
+        if (s.size() >= 38 && std::equal(std::begin(kCommitmentHeader), std::end(kCommitmentHeader), s.begin())) {
+            commitment = &s;
+        }
+    }
+    if (commitment == nullptr) return "transactions carry witness data but the coinbase commits to none";
+    const std::vector<Bytes>& reserved = coinbase.inputs[0].witness;
+    if (reserved.size() != 1 || reserved[0].size() != 32) {
+        return "the coinbase's witness is not one 32-byte item (the witness reserved value)";
+    }
+    std::vector<Hash> wtxids;
+    wtxids.reserve(block.txs.size());
+    wtxids.push_back(Hash{});
+    for (std::size_t i = 1; i < block.txs.size(); ++i) wtxids.push_back(block.txs[i].wtxid);
+    const Hash root = merkle_root(std::move(wtxids));
+    std::uint8_t buf[64];
+    std::memcpy(buf, root.data(), 32);
+    std::memcpy(buf + 32, reserved[0].data(), 32);
+    const Hash want = double_sha256({buf, 64});
+    const Hash committed = Hash::from({commitment->data() + sizeof kCommitmentHeader, 32});
+    if (committed == want) return {};
+    return fmt::format("witness commitment mismatch: the coinbase commits to {}, the witnesses give {}",
+                       committed.hex(), want.hex());
+}
+
+}  // namespace
+
 Result<Block> parse_block(ByteView data) {
     auto header = parse_header(data);
     if (!header) return std::unexpected(header.error());
@@ -234,6 +275,16 @@ Result<Block> parse_block(ByteView data) {
                           fmt::format("merkle root mismatch: header has {}, transactions give {}{}",
                                       display_hex(block.header.merkle_root), display_hex(root),
                                       mutated ? " (mutated)" : ""));
+    }
+    // Without witness data there is nothing the merkle root leaves uncovered. (Core also
+    // refuses a block past segwit's activation whose coinbase commits with no witness of
+    // its own; that needs the height, and such a block's data is all covered anyway.)
+    const bool witness = std::any_of(block.txs.begin(), block.txs.end(),
+                                     [](const Transaction& tx) { return tx.has_witness; });
+    if (witness && block.txs[0].is_coinbase()) {
+        if (std::string problem = witness_commitment_problem(block); !problem.empty()) {
+            return make_error(ErrorCode::kInvalidArgument, std::move(problem));
+        }
     }
     return block;
 }

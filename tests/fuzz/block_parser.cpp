@@ -2,10 +2,12 @@
 //
 // The input is checked against a second, independent parser written here from the wire
 // format (BIP144 for segwit), which also keeps what parse_block drops (versions,
-// sequences, witnesses, lock times):
+// sequences, lock times):
 // - parse_block accepts exactly the inputs the reference parses whose transactions hash
-//   to the header's merkle root without the CVE-2012-2459 duplication;
-// - on success, the header, every txid, input and output equal the reference's, and a
+//   to the header's merkle root without the CVE-2012-2459 duplication, and whose
+//   witnesses, if any, hash to the coinbase's commitment (BIP141);
+// - on success, the header, every txid, wtxid, input (witness included) and output
+//   equal the reference's, and a
 //   transaction re-serialized from its fields (without witnesses) hashes to its txid;
 // - when the structure parses but the merkle root does not match, the input is parsed
 //   again with the reference's root written into the header, so that the success path is
@@ -30,6 +32,7 @@ struct RefIn {
     std::uint32_t prev_vout = 0;
     Bytes script_sig;
     std::uint32_t sequence = 0;
+    std::vector<Bytes> witness;
 };
 
 struct RefOut {
@@ -44,12 +47,14 @@ struct RefTx {
     std::uint32_t locktime = 0;
     bool segwit = false;
     Bytes stripped;         // the bytes the txid covers, cut from the input
+    Bytes whole;            // the bytes the wtxid covers
 };
 
 struct RefBlock {
     std::vector<RefTx> txs;
     Hash merkle_root;  // of the txids
     bool mutated = false;
+    bool witness_committed = true;  // BIP141: no witness data, or the coinbase commits to it
 };
 
 // Reads the wire format; any shortfall makes the whole parse fail.
@@ -151,11 +156,13 @@ std::optional<RefTx> ref_tx(Cursor& c) {
     const std::size_t body_end = c.pos();
     if (tx.segwit) {
         bool any = false;  // the segwit form with no witness at all is refused (BIP144)
-        for (std::size_t i = 0; i < tx.inputs.size(); ++i) {
+        for (RefIn& in : tx.inputs) {
             const std::uint64_t items = c.count(1);
             any |= items > 0;
             for (std::uint64_t k = 0; k < items; ++k) {
-                if (!c.take(c.count(1))) return std::nullopt;
+                auto item = c.take(c.count(1));
+                if (!item) return std::nullopt;
+                in.witness.emplace_back(item->begin(), item->end());
             }
         }
         if (c.ok() && !any) return std::nullopt;
@@ -166,6 +173,7 @@ std::optional<RefTx> ref_tx(Cursor& c) {
     append(tx.stripped, c.span(start, after_version));
     append(tx.stripped, c.span(body_start, body_end));
     append(tx.stripped, c.span(locktime_at, c.pos()));
+    append(tx.whole, c.span(start, c.pos()));
     return tx;
 }
 
@@ -204,6 +212,39 @@ std::optional<RefBlock> ref_block(ByteView data) {
     std::vector<Hash> txids;
     for (const RefTx& tx : b.txs) txids.push_back(sha256d(tx.stripped));
     b.merkle_root = ref_merkle(std::move(txids), b.mutated);
+
+    // BIP141, checked when a transaction has witness data and the first is a coinbase
+    // (a block without one is the indexer's to refuse): the coinbase's last output
+    // starting 6a 24 aa 21 a9 ed holds SHA256d(root of the wtxids with the coinbase's
+    // as zero ‖ the coinbase's only witness item, of 32 bytes).
+    bool witness = false;
+    for (const RefTx& tx : b.txs) {
+        for (const RefIn& in : tx.inputs) witness |= !in.witness.empty();
+    }
+    const RefTx& first = b.txs[0];
+    const bool coinbase = first.inputs.size() == 1 && first.inputs[0].prev_txid == Hash{} &&
+                          first.inputs[0].prev_vout == 0xffffffff;
+    if (witness && coinbase) {
+        const Bytes* commitment = nullptr;
+        for (const RefOut& out : first.outputs) {
+            const Bytes& sp = out.script_pubkey;
+            if (sp.size() >= 38 && sp[0] == 0x6a && sp[1] == 0x24 && sp[2] == 0xaa && sp[3] == 0x21 &&
+                sp[4] == 0xa9 && sp[5] == 0xed) {
+                commitment = &sp;
+            }
+        }
+        const std::vector<Bytes>& item = first.inputs[0].witness;
+        b.witness_committed = false;
+        if (commitment && item.size() == 1 && item[0].size() == 32) {
+            std::vector<Hash> wtxids{Hash{}};
+            for (std::size_t i = 1; i < b.txs.size(); ++i) wtxids.push_back(sha256d(b.txs[i].whole));
+            bool ignored = false;
+            Bytes preimage;
+            append(preimage, ref_merkle(std::move(wtxids), ignored).view());
+            append(preimage, item[0]);
+            b.witness_committed = sha256d(preimage) == Hash::from(ByteView(*commitment).subspan(6, 32));
+        }
+    }
     return b;
 }
 
@@ -277,7 +318,8 @@ void check_block(ByteView data, const indexer::Block& block, const RefBlock& ref
         for (std::size_t k = 0; k < tx.inputs.size(); ++k) {
             FUZZ_CHECK(tx.inputs[k].prev_txid == r.inputs[k].prev_txid &&
                            tx.inputs[k].prev_vout == r.inputs[k].prev_vout &&
-                           tx.inputs[k].script_sig == r.inputs[k].script_sig,
+                           tx.inputs[k].script_sig == r.inputs[k].script_sig &&
+                           tx.inputs[k].witness == r.inputs[k].witness,
                        "tx {} input {} differs", i, k);
         }
         for (std::size_t k = 0; k < tx.outputs.size(); ++k) {
@@ -288,6 +330,10 @@ void check_block(ByteView data, const indexer::Block& block, const RefBlock& ref
         const bool coinbase = r.inputs.size() == 1 && r.inputs[0].prev_txid == Hash{} &&
                               r.inputs[0].prev_vout == 0xffffffff;
         FUZZ_CHECK(tx.is_coinbase() == coinbase, "tx {}: is_coinbase() is {}", i, tx.is_coinbase());
+        bool has_witness = false;
+        for (const RefIn& in : r.inputs) has_witness |= !in.witness.empty();
+        FUZZ_CHECK(tx.has_witness == has_witness && tx.wtxid == sha256d(r.whole),
+                   "tx {}: has_witness {} or wtxid {} is not the reference's", i, tx.has_witness, tx.wtxid.hex());
     }
     bool mutated = true;
     FUZZ_CHECK(indexer::merkle_root(txids, &mutated) == block.header.merkle_root && !mutated,
@@ -318,10 +364,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const ByteView in(data, size);
     const auto block = indexer::parse_block(in);
     const auto ref = ref_block(in);
-    const bool ref_accepts = ref && ref->merkle_root == Hash::from(in.subspan(36, 32)) && !ref->mutated;
+    const bool ref_accepts =
+        ref && ref->merkle_root == Hash::from(in.subspan(36, 32)) && !ref->mutated && ref->witness_committed;
     FUZZ_CHECK(block.has_value() == ref_accepts, "parse_block {} ({}), the reference {}",
                block ? "accepts" : "refuses", block ? "" : block.error().message,
-               ref_accepts ? "accepts" : ref ? "finds another merkle root" : "refuses");
+               ref_accepts ? "accepts" : ref ? "finds another merkle root or no witness commitment" : "refuses");
     if (block) {
         check_block(in, *block, *ref);
         return 0;
@@ -333,8 +380,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     Bytes patched(in.begin(), in.end());
     std::memcpy(patched.data() + 36, ref->merkle_root.data(), 32);
     const auto again = indexer::parse_block(patched);
-    FUZZ_CHECK(again.has_value() == !ref->mutated, "with the merkle root fixed parse_block {} ({})",
-               again ? "accepts a mutated block" : "refuses", again ? "" : again.error().message);
+    FUZZ_CHECK(again.has_value() == (!ref->mutated && ref->witness_committed),
+               "with the merkle root fixed parse_block {} ({})", again ? "accepts" : "refuses",
+               again ? "" : again.error().message);
     if (again) {
         check_block(patched, *again, *ref);
     } else {

@@ -104,9 +104,23 @@ def merkle(hashes):
     return hashes[0]
 
 
+COMMITMENT = bytes.fromhex("6a24aa21a9ed")
+
+
 def small_block(block, picks):
-    """A block of some of `block`'s transactions, its header's merkle root made to match."""
+    """A block of some of `block`'s transactions (the coinbase first), its coinbase's
+    witness commitment (BIP141) and its header's merkle root made to match."""
     txs = [t for i, t in enumerate(split_txs(block)) if i in picks]
+    coinbase, _ = txs[0]
+    at = coinbase.rfind(COMMITMENT)
+    if at >= 0:
+        # The coinbase's one witness item, the reserved value, ends 4 bytes from its end.
+        assert coinbase[-38:-36] == b"\x01\x20"
+        reserved = coinbase[-36:-4]
+        wtxids = [bytes(32)] + [sha256d(raw) if raw[4] == 0 else txid for raw, txid in txs[1:]]
+        start = at + len(COMMITMENT)
+        coinbase = coinbase[:start] + sha256d(merkle(wtxids) + reserved) + coinbase[start + 32:]
+        txs[0] = split_txs(bytes(80) + b"\x01" + coinbase)[0]
     root = merkle([txid for _, txid in txs])
     return block[:36] + root + block[68:80] + put_compact(len(txs)) + b"".join(raw for raw, _ in txs)
 

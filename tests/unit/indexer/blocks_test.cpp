@@ -97,7 +97,7 @@ TEST_CASE("blocks: a BIP34 height is a push of a non-negative script number of a
           "[indexer][blocks]") {
     const auto height_of = [](Bytes script) {
         Transaction coinbase;
-        coinbase.inputs.push_back({Hash{}, 0xffffffff, std::move(script)});
+        coinbase.inputs.push_back({Hash{}, 0xffffffff, std::move(script), {}});
         return bip34_height(coinbase);
     };
     CHECK(height_of({0x53}) == 3u);                          // OP_3
@@ -137,6 +137,112 @@ TEST_CASE("blocks: sizes in a longer form than needed and empty witness records 
     REQUIRE_FALSE(w);
     CHECK(w.error().message ==
           "malformed transaction 0 at byte 139: segwit serialization with every witness empty");
+}
+
+// A two-transaction block: a coinbase, with `commitment` as its second output if given
+// and, if `reserved`, in the segwit form with that one witness item; and a spend whose
+// witness is one byte, `witness_byte`. Its header commits to the txids.
+struct WitnessBlock {
+    Bytes bytes;
+    Hash spend_wtxid;  // of the spend's whole serialization
+};
+WitnessBlock witness_block(std::optional<Hash> commitment, std::optional<Hash> reserved, std::uint8_t witness_byte) {
+    const auto le32 = [](Bytes& b, std::uint32_t v) {
+        for (int i = 0; i < 4; ++i) b.push_back(static_cast<std::uint8_t>(v >> (8 * i)));
+    };
+    Bytes cb_body;  // inputs and outputs
+    cb_body.push_back(0x01);
+    cb_body.insert(cb_body.end(), 32, 0x00);
+    le32(cb_body, 0xffffffff);
+    cb_body.insert(cb_body.end(), {0x02, 0x51, 0x51, 0xff, 0xff, 0xff, 0xff});
+    cb_body.push_back(commitment ? 0x02 : 0x01);
+    cb_body.insert(cb_body.end(), {0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0x51});
+    if (commitment) {
+        cb_body.insert(cb_body.end(), 8, 0x00);
+        cb_body.insert(cb_body.end(), {0x26, 0x6a, 0x24, 0xaa, 0x21, 0xa9, 0xed});
+        cb_body.insert(cb_body.end(), commitment->bytes.begin(), commitment->bytes.end());
+    }
+    Bytes sp_body;
+    sp_body.push_back(0x01);
+    sp_body.insert(sp_body.end(), 32, 0x11);
+    le32(sp_body, 0);
+    sp_body.insert(sp_body.end(), {0x00, 0xff, 0xff, 0xff, 0xff, 0x01, 1, 0, 0, 0, 0, 0, 0, 0, 0x01, 0x51});
+    const auto tx = [&](const Bytes& body, const std::optional<Bytes>& witness) {
+        Bytes t;
+        le32(t, 2);
+        if (witness) t.insert(t.end(), {0x00, 0x01});
+        t.insert(t.end(), body.begin(), body.end());
+        if (witness) t.insert(t.end(), witness->begin(), witness->end());
+        le32(t, 0);
+        return t;
+    };
+    std::optional<Bytes> cb_witness;
+    if (reserved) {
+        cb_witness = Bytes{0x01, 0x20};
+        cb_witness->insert(cb_witness->end(), reserved->bytes.begin(), reserved->bytes.end());
+    }
+    const Bytes coinbase = tx(cb_body, cb_witness), spend = tx(sp_body, Bytes{0x01, 0x01, witness_byte});
+    const Hash root = merkle_root({double_sha256(tx(cb_body, std::nullopt)), double_sha256(tx(sp_body, std::nullopt))});
+    Bytes block;
+    le32(block, 0x20000000);
+    block.insert(block.end(), 32, 0x00);
+    block.insert(block.end(), root.bytes.begin(), root.bytes.end());
+    block.insert(block.end(), 12, 0x00);
+    block.push_back(0x02);
+    block.insert(block.end(), coinbase.begin(), coinbase.end());
+    block.insert(block.end(), spend.begin(), spend.end());
+    return {block, double_sha256(spend)};
+}
+
+// What a coinbase with that witness item commits to, for a block whose other
+// transaction has that wtxid.
+Hash commitment_of(const Hash& spend_wtxid, const Hash& reserved) {
+    const Hash root = merkle_root({Hash{}, spend_wtxid});  // the coinbase counts as zero
+    Bytes preimage(root.bytes.begin(), root.bytes.end());
+    preimage.insert(preimage.end(), reserved.bytes.begin(), reserved.bytes.end());
+    return double_sha256(preimage);
+}
+
+TEST_CASE("blocks: witnesses are checked against the coinbase's commitment (BIP141)", "[indexer][blocks]") {
+    // A real segwit block: its witnesses hash to what its coinbase commits to.
+    auto raw = scan_raw_file(fixture("mainnet_702861.raw"));
+    REQUIRE(raw);
+    Bytes bytes = read_block(raw->location).value();
+    auto block = parse_block(bytes);
+    REQUIRE(block);
+    std::size_t with_witness = 0;
+    for (const Transaction& tx : block->txs) with_witness += tx.has_witness;
+    CHECK(with_witness > 1000);
+    CHECK(block->txs[0].inputs[0].witness.size() == 1);
+    // A byte of the last witness (the last transaction's bytes end with it and the lock
+    // time) is covered by no txid, only by the commitment.
+    const Transaction& last = block->txs.back();
+    REQUIRE((last.has_witness && !last.inputs.back().witness.back().empty()));
+    CHECK(last.txid != last.wtxid);
+    bytes[bytes.size() - 5] ^= 1;
+    auto flipped = parse_block(bytes);
+    REQUIRE_FALSE(flipped);
+    CHECK(flipped.error().message.starts_with("witness commitment mismatch: the coinbase commits to "));
+
+    // Built ones: a commitment right, wrong, missing, or without the coinbase's item.
+    Hash reserved;
+    reserved.bytes.fill(0x42);
+    const Hash wtxid = witness_block(std::nullopt, reserved, 0x07).spend_wtxid;
+    const Hash commitment = commitment_of(wtxid, reserved);
+    CHECK(parse_block(witness_block(commitment, reserved, 0x07).bytes));
+    const WitnessBlock altered = witness_block(commitment, reserved, 0x08);
+    auto other = parse_block(altered.bytes);
+    REQUIRE_FALSE(other);
+    CHECK(other.error().message ==
+          fmt::format("witness commitment mismatch: the coinbase commits to {}, the witnesses give {}",
+                      commitment.hex(), commitment_of(altered.spend_wtxid, reserved).hex()));
+    auto none = parse_block(witness_block(std::nullopt, reserved, 0x07).bytes);
+    REQUIRE_FALSE(none);
+    CHECK(none.error().message == "transactions carry witness data but the coinbase commits to none");
+    auto no_reserved = parse_block(witness_block(commitment, std::nullopt, 0x07).bytes);
+    REQUIRE_FALSE(no_reserved);
+    CHECK(no_reserved.error().message ==
+          "the coinbase's witness is not one 32-byte item (the witness reserved value)");
 }
 
 TEST_CASE("blocks: a flipped byte in a transaction fails the merkle check", "[indexer][blocks]") {

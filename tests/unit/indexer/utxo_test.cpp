@@ -29,7 +29,7 @@ Transaction tx(Hash txid, std::vector<std::pair<Hash, std::uint32_t>> spends,
                std::vector<TxOut> outs) {
     Transaction t;
     t.txid = txid;
-    for (auto& [prev, vout] : spends) t.inputs.push_back({prev, vout, {}});
+    for (auto& [prev, vout] : spends) t.inputs.push_back({prev, vout, {}, {}});
     t.outputs = std::move(outs);
     return t;
 }

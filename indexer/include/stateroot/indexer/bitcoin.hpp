@@ -41,6 +41,7 @@ struct TxIn {
     Hash prev_txid;  // internal order
     std::uint32_t prev_vout = 0;
     Bytes script_sig;
+    std::vector<Bytes> witness;  // the input's witness stack (BIP141); empty if none
 };
 
 struct TxOut {
@@ -49,7 +50,9 @@ struct TxOut {
 };
 
 struct Transaction {
-    Hash txid;  // of the serialization without witness data, internal order
+    Hash txid;   // of the serialization without witness data, internal order
+    Hash wtxid;  // of the whole serialization (BIP141); the txid when it has no witness
+    bool has_witness = false;
     std::vector<TxIn> inputs;
     std::vector<TxOut> outputs;
     bool is_coinbase() const;
@@ -61,8 +64,10 @@ struct Block {
 };
 
 // Parses a serialized block and checks that its transactions hash to the header's
-// merkle root (rejecting the duplicated-subtree mutation of CVE-2012-2459). Errors are
-// kInvalidArgument naming the byte offset within the block and what was wrong.
+// merkle root (rejecting the duplicated-subtree mutation of CVE-2012-2459), and, when
+// any transaction carries witness data, that the coinbase commits to their wtxids
+// (BIP141), as the merkle root does not cover witnesses. Errors are kInvalidArgument
+// naming the byte offset within the block and what was wrong.
 Result<Block> parse_block(ByteView data);
 
 // The merkle root of `txids`; `mutated` is set if two identical hashes were paired.
