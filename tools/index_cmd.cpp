@@ -107,7 +107,7 @@ int cmd_index(const Config& c, const IndexOptions& o) {
         server = std::make_unique<HttpServer>(rpc, server_options(c));
         auto port = server->start();
         if (!port) return fail(port.error());
-        spdlog::info("serving on http://{}:{}", parse_addr(c.rpc_addr)->first, *port);
+        spdlog::info("serving on http://{}", format_addr(parse_addr(c.rpc_addr)->first, *port));
     }
     std::uint64_t keys_before = 0;
     double commit_before = 0;

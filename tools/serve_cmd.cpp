@@ -49,10 +49,10 @@ int cmd_serve(const Config& c) {
     HttpServer server(rpc, server_options(c));
     auto port = server.start();
     if (!port) return fail(port.error());
-    const std::string host = parse_addr(server_options(c).addr)->first;
-    fmt::print("listening {}:{}\n", host, *port);
+    const std::string addr = format_addr(parse_addr(server_options(c).addr)->first, *port);
+    fmt::print("listening {}\n", addr);
     std::fflush(stdout);
-    spdlog::info("serving {} on http://{}:{}{}", c.db, host, *port, c.secondary.empty() ? "" : " as a replica");
+    spdlog::info("serving {} on http://{}{}", c.db, addr, c.secondary.empty() ? "" : " as a replica");
     while (!stop_requested()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
     server.stop();
     spdlog::info("stopped");

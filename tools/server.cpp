@@ -43,6 +43,10 @@ Result<std::pair<std::string, int>> parse_addr(const std::string& addr) {
     return std::pair{host, port};
 }
 
+std::string format_addr(const std::string& host, int port) {
+    return host.find(':') == std::string::npos ? fmt::format("{}:{}", host, port) : fmt::format("[{}]:{}", host, port);
+}
+
 namespace {
 
 using Clock = std::chrono::steady_clock;

@@ -78,5 +78,7 @@ private:
 
 // Splits "HOST:PORT" ("[::1]:PORT" for IPv6).
 Result<std::pair<std::string, int>> parse_addr(const std::string& addr);
+// The reverse: "HOST:PORT", with an IPv6 host in brackets, as parse_addr and URLs take it.
+std::string format_addr(const std::string& host, int port);
 
 }  // namespace stateroot::tools

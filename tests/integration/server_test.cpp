@@ -336,6 +336,15 @@ TEST_CASE("server: bodies over 1 MiB get HTTP 413", "[server]") {
     CHECK(ok->status == 200);
 }
 
+TEST_CASE("server: addresses are split and written back, an IPv6 host in brackets", "[server]") {
+    for (const std::string addr : {"127.0.0.1:8080", "[::1]:0", "localhost:65535"}) {
+        auto parsed = parse_addr(addr);
+        REQUIRE(parsed);
+        CHECK(format_addr(parsed->first, parsed->second) == addr);
+    }
+    CHECK(parse_addr("[::1]:9")->first == "::1");
+}
+
 TEST_CASE("server: a token is required off loopback and checked when set", "[server]") {
     test::TempDir dir;
     auto e = indexed_db(dir.str());
