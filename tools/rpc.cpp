@@ -72,9 +72,16 @@ std::size_t nesting(std::string_view text, std::size_t limit) {
     return deepest;
 }
 
+// How an error names params[i]: "params[1] (height)", or for a REST route what the
+// route took it from (`name`).
+std::string param_name(std::size_t i, const char* what, std::string_view name) {
+    return name.empty() ? fmt::format("params[{}] ({})", i, what) : std::string(name);
+}
+
 // A height parameter: a non-negative integer, a decimal string, "latest", or absent
 // (latest). nullopt means latest.
-std::expected<std::optional<std::uint64_t>, RpcError> height_param(const json& params, std::size_t i) {
+std::expected<std::optional<std::uint64_t>, RpcError> height_param(const json& params, std::size_t i,
+                                                                   std::string_view name = {}) {
     if (params.size() <= i || params[i].is_null()) return std::optional<std::uint64_t>();
     const json& v = params[i];
     if (v.is_number_unsigned()) return std::optional<std::uint64_t>(v.get<std::uint64_t>());
@@ -86,9 +93,8 @@ std::expected<std::optional<std::uint64_t>, RpcError> height_param(const json& p
         if (ec == std::errc() && end == s.data() + s.size() && !s.empty()) return std::optional<std::uint64_t>(h);
     }
     return rpc_error(kInvalidParams,
-                     fmt::format("invalid params: params[{}] (height) must be a non-negative integer, a decimal string "
-                                 "or \"latest\"",
-                                 i));
+                     fmt::format("invalid params: {} must be a non-negative integer, a decimal string or \"latest\"",
+                                 param_name(i, "height", name)));
 }
 
 std::expected<std::uint64_t, RpcError> resolve(const engine::View& view, std::optional<std::uint64_t> h) {
@@ -106,8 +112,9 @@ std::expected<std::uint64_t, RpcError> resolve(const engine::View& view, std::op
     return *h;
 }
 
-std::expected<std::uint64_t, RpcError> height_at(const engine::View& view, const json& params, std::size_t i) {
-    auto h = height_param(params, i);
+std::expected<std::uint64_t, RpcError> height_at(const engine::View& view, const json& params, std::size_t i,
+                                                 std::string_view name = {}) {
+    auto h = height_param(params, i, name);
     if (!h) return std::unexpected(h.error());
     return resolve(view, *h);
 }
@@ -125,14 +132,15 @@ std::expected<std::uint64_t, RpcError> state_height_at(const engine::View& view,
     return height;
 }
 
-std::expected<Bytes, RpcError> key_param(const json& params, std::size_t i) {
-    if (params.size() <= i) return rpc_error(kInvalidParams, fmt::format("invalid params: params[{}] (key) is required", i));
+std::expected<Bytes, RpcError> key_param(const json& params, std::size_t i, std::string_view name = {}) {
+    const std::string what = param_name(i, "key", name);
+    if (params.size() <= i) return rpc_error(kInvalidParams, fmt::format("invalid params: {} is required", what));
     const json& v = params[i];
     std::optional<Bytes> key;
     if (v.is_string()) key = from_hex(v.get_ref<const std::string&>());
-    if (!key) return rpc_error(kInvalidParams, fmt::format("invalid params: params[{}] (key) must be a hex string", i));
+    if (!key) return rpc_error(kInvalidParams, fmt::format("invalid params: {} must be a hex string", what));
     if (Status s = engine::check_key_size(*key); !s) {
-        return rpc_error(kInvalidParams, fmt::format("invalid params: params[{}] (key): {}", i, s.error().message));
+        return rpc_error(kInvalidParams, fmt::format("invalid params: {}: {}", what, s.error().message));
     }
     return std::move(*key);
 }
@@ -473,22 +481,27 @@ HttpAnswer Rpc::get(const std::string& path, const std::map<std::string, std::st
         }
         return finish("rest_status", status);
     }
+    // A REST route's errors name where it took the parameter from, checked here before
+    // the method reads it again.
+    constexpr std::string_view kPathHeight = "the height in the path", kQueryHeight = "query parameter height",
+                               kPathKey = "the key in the path";
     if (auto h = segments("/root/")) {
-        auto height_value = height_at(v, json::array({*h}), 0);
+        auto height_value = height_at(v, json::array({*h}), 0, kPathHeight);
         if (!height_value) return finish("rest_root", std::unexpected(height_value.error()));
         auto root = m_getroot(v, json::array({*height_value}), kMaxAnswer);
         if (!root) return finish("rest_root", root);
         return finish("rest_root", json{{"height", *height_value}, {"root", *root}});
     }
     if (auto h = segments("/blockhash/")) {
-        auto height_value = height_at(v, json::array({*h}), 0);
+        auto height_value = height_at(v, json::array({*h}), 0, kPathHeight);
         if (!height_value) return finish("rest_blockhash", std::unexpected(height_value.error()));
         auto hash = m_getblockhash(v, json::array({*height_value}), kMaxAnswer);
         if (!hash) return finish("rest_blockhash", hash);
         return finish("rest_blockhash", json{{"height", *height_value}, {"block_hash", *hash}});
     }
     if (auto key = segments("/value/")) {
-        auto height_value = height_at(v, json::array({height_query()}), 0);
+        if (auto k = key_param(json::array({*key}), 0, kPathKey); !k) return finish("rest_value", std::unexpected(k.error()));
+        auto height_value = height_at(v, json::array({height_query()}), 0, kQueryHeight);
         if (!height_value) return finish("rest_value", std::unexpected(height_value.error()));
         auto value = m_get(v, json::array({*key, *height_value}), kMaxAnswer);
         if (!value) return finish("rest_value", value);
@@ -496,6 +509,10 @@ HttpAnswer Rpc::get(const std::string& path, const std::map<std::string, std::st
         return finish("rest_value", json{{"height", *height_value}, {"key", to_hex(*normal)}, {"value", *value}});
     }
     if (auto key = segments("/proof/")) {
+        if (auto k = key_param(json::array({*key}), 0, kPathKey); !k) return finish("rest_proof", std::unexpected(k.error()));
+        if (auto h = height_param(json::array({height_query()}), 0, kQueryHeight); !h) {
+            return finish("rest_proof", std::unexpected(h.error()));
+        }
         return finish("rest_proof", m_prove(v, json::array({*key, height_query()}), kMaxAnswer));
     }
     a.status = 404;

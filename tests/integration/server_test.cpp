@@ -309,12 +309,25 @@ TEST_CASE("server: the REST routes mirror the methods", "[server]") {
 
     CHECK(get(s, "/root/600") == std::pair{404, std::string(R"x({"error":{"code":-32001,"message":"height 600 not found (tip is 589)"}})x")});
     CHECK(get(s, "/value/zz").first == 400);
+    // A REST error names where the route took the parameter from, not a method's params.
+    const auto message = [&](const std::string& path) {
+        return json::parse(get(s, path).second)["error"]["message"].get<std::string>();
+    };
+    CHECK(message("/value/zz") == "invalid params: the key in the path must be a hex string");
+    CHECK(message("/proof/zz?height=1") == "invalid params: the key in the path must be a hex string");
+    for (const char* path : {"/value/00?height=abc", "/proof/00?height="}) {
+        INFO(path);
+        CHECK(message(path) ==
+              "invalid params: query parameter height must be a non-negative integer, a decimal string or \"latest\"");
+    }
+    CHECK(message("/root/x1") ==
+          "invalid params: the height in the path must be a non-negative integer, a decimal string or \"latest\"");
     CHECK(get(s, "/nothing/here") == std::pair{404, std::string(R"({"error":{"code":404,"message":"no such route: /nothing/here"}})")});
 
     const std::string metrics = get(s, "/metrics").second;
     for (const char* line : {"stateroot_tip_height 589", "stateroot_heights_committed_total 0",
                              "stateroot_rpc_requests_total{method=\"stateroot_getroot\",outcome=\"ok\"}",
-                             "stateroot_rpc_requests_total{method=\"rest_root\",outcome=\"error\"} 1",
+                             "stateroot_rpc_requests_total{method=\"rest_root\",outcome=\"error\"} 2",
                              "stateroot_rpc_seconds_bucket{le=\"+Inf\"}", "stateroot_commit_seconds_count 0",
                              "stateroot_disk_bytes "}) {
         INFO(line);
