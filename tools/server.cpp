@@ -169,7 +169,16 @@ int parse_head(std::string_view text, std::size_t max_body, Head& head) {
     const bool http11 = version == "HTTP/1.1";
     head.request.keep_alive = http11;
     head.request.method = std::string(line.substr(0, sp1));
-    const std::string_view target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+    std::string_view target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+    // The absolute form a client sends through a proxy (RFC 9112 3.2.2): its path.
+    for (std::string_view scheme : {"http://", "https://"}) {
+        if (target.size() >= scheme.size() && iequals(target.substr(0, scheme.size()), scheme)) {
+            const auto slash = target.find_first_of("/?", scheme.size());
+            target = slash == std::string_view::npos ? std::string_view("/") : target.substr(slash);
+            if (target.front() == '?') return 400;  // a query with no path: not a form we serve
+            break;
+        }
+    }
     if (target.empty() || target.front() != '/') return 400;
     const auto q = target.find('?');
     head.request.path = url_decode(target.substr(0, q), false);
@@ -541,6 +550,12 @@ struct HttpServer::Impl::Loop {
         if (!c.head_done) {
             const std::size_t from = c.scanned >= 3 ? c.scanned - 3 : 0;
             const auto end = c.in.find("\r\n\r\n", from);
+            // A line ended by LF alone (`printf 'GET / HTTP/1.0\n\n'`) would never end the
+            // head: refused at once (RFC 9112 2.2 allows either), not after the timeout.
+            const std::size_t head_end = end == std::string::npos ? c.in.size() : end + 4;
+            for (auto lf = c.in.find('\n', c.scanned); lf < head_end; lf = c.in.find('\n', lf + 1)) {
+                if (lf == 0 || c.in[lf - 1] != '\r') return refuse(serial, c, 400, "malformed request: a line ends in LF without CR");
+            }
             if (end == std::string::npos) {
                 c.scanned = c.in.size();
                 if (c.in.size() > options.max_head) return refuse(serial, c, 431, "request head too large");

@@ -274,6 +274,8 @@ TEST_CASE("http: malformed and oversize requests get their status and a closed c
         {"whitespace before a header's colon", "POST / HTTP/1.1\r\nContent-Length : 2\r\n\r\n{}", 400},
         {"a folded header line", "GET / HTTP/1.1\r\nX-A: 1\r\n X-B: 2\r\n\r\n", 400},
         {"binary noise", std::string("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 15), 400},
+        {"lines ended by LF alone, at once rather than after the timeout", "GET /height HTTP/1.0\n\n", 400},
+        {"a header line ended by LF alone", "GET /height HTTP/1.1\r\nHost: x\n\r\n", 400},
     };
     for (const auto& c : cases) {
         INFO(c.what);
@@ -297,7 +299,7 @@ TEST_CASE("http: malformed and oversize requests get their status and a closed c
     CHECK(status_of(raw.read_answer()) == 200);
 }
 
-TEST_CASE("http: HEAD, Connection lists, HTTP/1.0 expectations and 401 challenges as RFC 9110 has them",
+TEST_CASE("http: HEAD, absolute targets, Connection lists, HTTP/1.0 expectations and 401 challenges as RFC 9110 has them",
           "[server]") {
     Served s;
     {
@@ -312,6 +314,14 @@ TEST_CASE("http: HEAD, Connection lists, HTTP/1.0 expectations and 401 challenge
         CHECK(both.bytes.starts_with(head));
         CHECK(both.bytes.substr(head.size()).starts_with("HTTP/1.1 200 OK\r\nConnection: close\r\n"));
         CHECK(both.closed);
+    }
+    {
+        // The absolute form, as through a proxy, names the same route.
+        Raw raw(s.port);
+        REQUIRE(raw.send(fmt::format("GET http://127.0.0.1:{}/height HTTP/1.1\r\n\r\n", s.port)));
+        const std::string answer = raw.read_answer();
+        CHECK(status_of(answer) == 200);
+        CHECK(json::parse(body_of(answer)).contains("height"));
     }
     {
         // Connection holds a list: "close" among other options closes.
