@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 
 #include "cli.hpp"
@@ -60,10 +61,23 @@ Result<std::vector<indexer::FoundBlock>> scan_inputs(const IndexOptions& o,
                                 indexer::network_name(network), indexer::network_name(other)));
             }
         }
-        const bool framed =
-            in.gcount() == 4 && (head == magic || head == std::array<std::uint8_t, 4>{});
+        bool framed = in.gcount() == 4 && (head == magic || head == std::array<std::uint8_t, 4>{});
+        // A file of Bitcoin Core's blocks/ given by itself: obfuscated by the xor.dat
+        // beside it (Core 28 on).
+        std::optional<indexer::XorKey> key;
+        if (!framed && in.gcount() == 4) {
+            const std::string dir = std::filesystem::path(file).parent_path().string();
+            auto found_key = indexer::read_xor_key(dir.empty() ? "." : dir);
+            if (!found_key) return std::unexpected(found_key.error());
+            if (*found_key) {
+                std::array<std::uint8_t, 4> plain{};
+                for (std::size_t i = 0; i < 4; ++i) plain[i] = head[i] ^ (**found_key)[i];
+                framed = plain == magic || plain == std::array<std::uint8_t, 4>{};
+                if (framed) key = *found_key;
+            }
+        }
         if (framed) {
-            auto found = indexer::scan_blk_file(file, network);
+            auto found = indexer::scan_blk_file(file, network, key);
             if (!found) return std::unexpected(found.error());
             all.insert(all.end(), found->begin(), found->end());
         } else {
@@ -93,6 +107,12 @@ int cmd_index(const Config& c, const IndexOptions& o) {
     if (!input) return fail(input.error());
     auto engine = engine::Engine::open(c.db, engine_options(c));
     if (!engine) return fail(engine.error());
+    // A database started mid-chain lacks every output made below its first height: a
+    // spend of one is no sign of a bad block, on every run, flag given or not.
+    if (!o.allow_missing_prevouts && (*engine)->first().value_or(0) > 0) {
+        indexer = indexer::make_indexer(o.indexer, true);
+        if (!indexer) return fail(indexer.error());
+    }
 
     // The query API, while indexing, when an address was configured.
     std::atomic<std::uint64_t> at_height{0}, target{0};
@@ -121,6 +141,7 @@ int cmd_index(const Config& c, const IndexOptions& o) {
     lo.max_reorg_depth = c.max_reorg_depth;
     lo.allow_missing_prevouts = o.allow_missing_prevouts;
     lo.start_height = o.start_height;
+    lo.network = *network;
     lo.stop_requested = stop_requested;
     lo.prune_keep = o.prune_keep;
     lo.on_progress = [&](const indexer::LoopProgress& p) {

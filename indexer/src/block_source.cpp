@@ -36,6 +36,20 @@ std::string_view network_name(Network n) {
     return "?";
 }
 
+std::uint64_t bip34_activation(Network n) {
+    switch (n) {
+        case Network::kMainnet:
+            return 227931;
+        case Network::kTestnet3:
+            return 21111;
+        case Network::kTestnet4:
+        case Network::kSignet:
+        case Network::kRegtest:
+            return 1;
+    }
+    return 0;
+}
+
 std::array<std::uint8_t, 4> network_magic(Network n) {
     switch (n) {
         case Network::kMainnet:
@@ -209,23 +223,27 @@ Result<FoundBlock> scan_raw_file(const std::string& path) {
     return FoundBlock{*header, {path, 0, static_cast<std::uint32_t>(f.size()), std::nullopt}};
 }
 
+Result<std::optional<XorKey>> read_xor_key(const std::string& dir) {
+    std::error_code ec;
+    const fs::path xor_path = fs::path(dir) / "xor.dat";
+    if (!fs::exists(xor_path, ec)) return std::optional<XorKey>();
+    File f(xor_path.string(), std::nullopt);
+    auto bytes = f.read(0, 8);
+    if (!bytes) return std::unexpected(bytes.error());
+    if (bytes->size() != 8)
+        return bad(xor_path.string(), 0, fmt::format("xor.dat holds {} bytes, not 8", bytes->size()));
+    XorKey k;
+    std::copy(bytes->begin(), bytes->end(), k.begin());
+    if (std::all_of(k.begin(), k.end(), [](std::uint8_t b) { return b == 0; })) return std::optional<XorKey>();
+    return std::optional<XorKey>(k);
+}
+
 Result<std::vector<FoundBlock>> scan_blocks_dir(const std::string& dir, Network network) {
     std::error_code ec;
     if (!fs::is_directory(dir, ec))
         return make_error(ErrorCode::kInvalidArgument, fmt::format("{} is not a directory", dir));
-    std::optional<XorKey> key;
-    const fs::path xor_path = fs::path(dir) / "xor.dat";
-    if (fs::exists(xor_path, ec)) {
-        File f(xor_path.string(), std::nullopt);
-        auto bytes = f.read(0, 8);
-        if (!bytes) return std::unexpected(bytes.error());
-        if (bytes->size() != 8)
-            return bad(xor_path.string(), 0,
-                       fmt::format("xor.dat holds {} bytes, not 8", bytes->size()));
-        XorKey k;
-        std::copy(bytes->begin(), bytes->end(), k.begin());
-        if (std::any_of(k.begin(), k.end(), [](std::uint8_t b) { return b != 0; })) key = k;
-    }
+    auto key = read_xor_key(dir);
+    if (!key) return std::unexpected(key.error());
     static const std::regex kBlk("blk[0-9]{5}\\.dat");
     std::vector<std::string> files;
     for (const auto& entry : fs::directory_iterator(dir, ec)) {
@@ -245,7 +263,7 @@ Result<std::vector<FoundBlock>> scan_blocks_dir(const std::string& dir, Network 
     std::sort(files.begin(), files.end());
     std::vector<FoundBlock> out;
     for (const std::string& file : files) {
-        auto found = scan_blk_file(file, network, key);
+        auto found = scan_blk_file(file, network, *key);
         if (!found) return std::unexpected(found.error());
         out.insert(out.end(), found->begin(), found->end());
     }

@@ -220,9 +220,10 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
                         display_hex(first->header.hash), display_hex(first->header.prev)));
             }
             root = first->header.hash;
-            if (options.start_height) {
-                root_height = *options.start_height;
-            } else {
+            // Coinbases carry their height from version 2 on (BIP34); before, the first
+            // push is anything (often the bits).
+            std::optional<std::uint64_t> bip34;
+            if (first->header.version >= 2) {
                 auto bytes = read_block(first->location);
                 if (!bytes) return std::unexpected(bytes.error());
                 auto block = parse_block(*bytes);
@@ -232,18 +233,27 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
                                                                    first->location.offset,
                                                                    display_hex(first->header.hash)));
                 }
-                // Coinbases carry their height from version 2 on (BIP34); before, the
-                // first push is anything (often the bits).
-                const auto h = first->header.version >= 2 ? bip34_height(block->txs[0])
-                                                          : std::nullopt;
-                if (!h) {
+                bip34 = bip34_height(block->txs[0]);
+            }
+            if (options.start_height) {
+                // Where BIP34 is in force the coinbase's height is the block's: another
+                // would store every height, and the UTXO values' heights, shifted.
+                if (bip34 && *bip34 != *options.start_height &&
+                    *options.start_height >= bip34_activation(options.network)) {
                     return make_error(
                         ErrorCode::kInvalidArgument,
-                        fmt::format(
-                            "block {} has no BIP34 height in its coinbase: give --start-height",
-                            display_hex(first->header.hash)));
+                        fmt::format("--start-height {} contradicts block {}, whose coinbase gives "
+                                    "height {} (BIP34)",
+                                    *options.start_height, display_hex(first->header.hash), *bip34));
                 }
-                root_height = *h;
+                root_height = *options.start_height;
+            } else if (bip34) {
+                root_height = *bip34;
+            } else {
+                return make_error(
+                    ErrorCode::kInvalidArgument,
+                    fmt::format("block {} has no BIP34 height in its coinbase: give --start-height",
+                                display_hex(first->header.hash)));
             }
             // Heights are 64-bit: the input's blocks must fit above the first.
             if (root_height > std::numeric_limits<std::uint64_t>::max() - input.size()) {
@@ -292,15 +302,14 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
     result.target = options.exit_at ? std::min(best_height, *options.exit_at) : best_height;
 
     // Keep the bodies a reorg could need: blocks of this input within max_reorg_depth of
-    // the best tip. Side branches are written now; blocks of the best chain as they are
-    // applied.
+    // the best tip, of every branch, before any height changes. A reorg refused or killed
+    // part way then needs no file of this run again.
     auto near_tip = [&](std::uint64_t h) {
         return h >= best_height || best_height - h <= options.max_reorg_depth;
     };
     for (const FoundBlock& fb : input) {
         const ChainEntry* e = index.find(fb.header.hash);
         if (!e->height || !near_tip(*e->height) || e->body_stored) continue;
-        if (*e->height <= best_height && on_path(*e->height) == e) continue;
         auto bytes = read_block(fb.location);
         if (!bytes) return std::unexpected(bytes.error());
         if (Status s = engine.put_aux({{row_key(kBodyPrefix, fb.header.hash), std::move(*bytes)}});
@@ -354,10 +363,6 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
     progress.target = result.target;
     auto commit = [&](const ChainEntry& e, std::uint64_t h, Prepared& p) -> Status {
         const auto t0 = Clock::now();
-        if (e.location && near_tip(h) && !e.body_stored) {
-            if (Status s = engine.put_aux({{row_key(kBodyPrefix, e.header.hash), p.bytes}}); !s)
-                return s;
-        }
         auto committed = engine.apply(p.changes);
         if (!committed)
             return with_context(committed.error(), fmt::format("{} (height {})", where(e), h));
@@ -377,9 +382,16 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
         return {};
     };
 
+    // A block the indexer refuses is marked, so that the next run's fork choice passes
+    // it by instead of failing on it again.
+    auto mark_bad = [&](const ChainEntry& e, const std::string& why) -> Status {
+        return engine.put_aux({{row_key(kBadPrefix, e.header.hash), Bytes(why.begin(), why.end())}});
+    };
+
     // Where the best chain leaves the stored one.
     std::optional<std::uint64_t> fork;
     if (engine.tip()) {
+        const ChainEntry* stored_tip = nullptr;
         for (std::uint64_t h = *engine.tip();; --h) {
             auto rec = view->record(h);
             if (!rec) return std::unexpected(rec.error());
@@ -392,6 +404,7 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
                                               "(stateroot rollback --height {})",
                                               h, h - 1));
             }
+            if (h == *engine.tip()) stored_tip = index.find(reversed(*rec->block_hash));
             if (h <= best_height && reversed(*rec->block_hash) == on_path(h)->header.hash) {
                 fork = h;
                 break;
@@ -413,13 +426,34 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
                         display_hex(best->header.hash), best_height, *fork + 1, depth,
                         options.max_reorg_depth));
             }
+            // The first height where the best chain wins over the stored one by the fork
+            // choice's order (more work, or as much and seen first). A reorg that ends
+            // below it would leave a chain that loses to the one the database had.
+            const auto wins = [&](const ChainEntry& e) {
+                if (!stored_tip || !stored_tip->height) return true;
+                const auto order = e.chain_work <=> stored_tip->chain_work;
+                return order > 0 || (order == 0 && e.seq < stored_tip->seq);
+            };
+            std::uint64_t overtake = *fork + 1;
+            while (overtake < best_height && !wins(*on_path(overtake))) ++overtake;
+            if (overtake > result.target) {
+                return make_error(
+                    ErrorCode::kInvalidArgument,
+                    fmt::format("the best chain ({} at height {}) leaves the stored chain at height "
+                                "{} and wins over it from height {}, above --exit-at {}: a reorg "
+                                "ending there would leave a losing chain; nothing was changed",
+                                display_hex(best->header.hash), best_height, *fork + 1, overtake,
+                                result.target));
+            }
             // Before rolling anything back, the blocks that take the place of the heights
-            // undone are read and indexed against the state at the fork, so that a bad or
-            // missing block leaves the stored chain as it was. A bad one is marked, so
-            // that the next run's fork choice passes it by.
+            // undone, and those up to where the new chain wins, are read and indexed
+            // against the state at the fork, so that a bad or missing block leaves the
+            // stored chain as it was. A bad one is marked, so that the next run's fork
+            // choice passes it by.
+            const std::uint64_t staged_to = std::max(overtake, std::min(result.target, *engine.tip()));
             std::vector<Prepared> staged;
             StagedState state(*view, *fork);
-            for (std::uint64_t h = *fork + 1; h <= std::min(result.target, *engine.tip()); ++h) {
+            for (std::uint64_t h = *fork + 1; h <= staged_to; ++h) {
                 bool bad = false;
                 auto p = prepare(*on_path(h), h, *view, state, &bad);
                 if (p) {
@@ -433,11 +467,7 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
                 if (!p) {
                     const std::string& why = p.error().message;
                     if (bad) {
-                        if (Status s = engine.put_aux({{row_key(kBadPrefix, on_path(h)->header.hash),
-                                                        Bytes(why.begin(), why.end())}});
-                            !s) {
-                            return std::unexpected(s.error());
-                        }
+                        if (Status s = mark_bad(*on_path(h), why); !s) return std::unexpected(s.error());
                     }
                     return make_error(
                         p.error().code,
@@ -468,7 +498,11 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
         StagedState state(*fresh, fresh->tip());
         bool bad = false;
         auto p = prepare(*on_path(h), h, *fresh, state, &bad);
-        if (!p) return std::unexpected(p.error());
+        if (!p) {
+            if (!bad) return std::unexpected(p.error());
+            if (Status s = mark_bad(*on_path(h), p.error().message); !s) return std::unexpected(s.error());
+            return make_error(p.error().code, p.error().message + "; the block is marked invalid");
+        }
         if (Status s = commit(*on_path(h), h, *p); !s) return std::unexpected(s.error());
     }
 

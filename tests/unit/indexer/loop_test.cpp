@@ -351,6 +351,91 @@ TEST_CASE("loop: a reorg to a block the indexer refuses changes nothing, and the
     CHECK(db.roots() == before);
 }
 
+TEST_CASE("loop: a reorg is checked up to where the new chain wins, so a refused block above the "
+          "old tip changes nothing",
+          "[indexer][loop][reorg]") {
+    // 3A and 4A only tie with 3 and 4 (seen later, they lose the tie); 5A wins. A
+    // refused 5A must not leave the database on 3A-4A.
+    Db db;
+    REQUIRE(db.index({kBtcd}));
+    const auto before = db.roots();
+    const Hash h5A = scan_files({k5A})[0].header.hash;
+    Refusing refuse_5A(h5A);
+    auto r = db.index({k3A, k4A, k5A}, refuse_5A);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message.find("(height 5): refused by the test; the reorg to ") != std::string::npos);
+    CHECK(r.error().message.ends_with(" was not made and the block is marked invalid"));
+    CHECK(db.roots() == before);
+    db.reopen();
+    auto again = db.index({kBtcd, k3A, k4A, k5A});
+    REQUIRE(again);
+    CHECK(again->rolled_back == 0);
+    CHECK(db.roots() == before);
+}
+
+TEST_CASE("loop: --exit-at below where a reorg's chain wins changes nothing", "[indexer][loop][reorg]") {
+    Db expected;
+    REQUIRE(expected.index({kBtcd, k3A, k4A, k5A}));
+    for (const std::uint64_t exit_at : {1, 3, 4}) {
+        CAPTURE(exit_at);
+        Db db;
+        REQUIRE(db.index({kBtcd}));
+        const auto before = db.roots();
+        LoopOptions o;
+        o.exit_at = exit_at;
+        auto r = db.index({k3A, k4A, k5A}, o);
+        REQUIRE_FALSE(r);
+        CHECK(r.error().message ==
+              fmt::format("the best chain (00000000195f85184e77c18914bd0febd11278d950f5e4731a38f71ed79f044e "
+                          "at height 5) leaves the stored chain at height 3 and wins over it from height 5, "
+                          "above --exit-at {}: a reorg ending there would leave a losing chain; nothing was "
+                          "changed",
+                          exit_at));
+        CHECK(db.roots() == before);
+        o.exit_at = 5;
+        REQUIRE(db.index({k3A, k4A, k5A}, o));
+        CHECK(db.roots() == expected.roots());
+    }
+}
+
+TEST_CASE("loop: the winning chain's bodies are kept before a reorg, for a run without its files",
+          "[indexer][loop][reorg]") {
+    // A reorg not made this run (here --exit-at stops it; a kill or a refusal would do
+    // the same) is made by a later one from the bodies kept, without the files.
+    Db db;
+    REQUIRE(db.index({kBtcd}));
+    LoopOptions stop;
+    stop.exit_at = 4;
+    REQUIRE_FALSE(db.index({k3A, k4A, k5A}, stop));
+    db.reopen();
+    auto r = db.index({kBtcd});  // 3A, 4A and 5A are not in this input
+    INFO((r ? "" : r.error().message));
+    REQUIRE(r);
+    CHECK(r->rolled_back == 2);
+    Db expected;
+    REQUIRE(expected.index({kBtcd, k3A, k4A, k5A}));
+    CHECK(db.roots() == expected.roots());
+}
+
+TEST_CASE("loop: a block refused at the tip is marked, and the next run passes it by",
+          "[indexer][loop]") {
+    const Hash h4 = scan_files({kBtcd})[4].header.hash;
+    Refusing refuse_4(h4);
+    Db db;
+    auto r = db.index({kBtcd}, refuse_4);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message.ends_with("(height 4): refused by the test; the block is marked invalid"));
+    CHECK(db.engine->tip() == 3u);
+    db.reopen();
+    auto again = db.index({kBtcd}, refuse_4);
+    REQUIRE(again);
+    CHECK(again->tip == 3u);
+    // A branch that does not pass through it wins as usual.
+    auto branch = db.index({k3A, k4A, k5A});
+    REQUIRE(branch);
+    CHECK(branch->tip == 5u);
+}
+
 TEST_CASE("loop: an unlimited reorg depth keeps the bodies a reorg needs", "[indexer][loop][reorg]") {
     Db db;
     LoopOptions o;
@@ -473,10 +558,22 @@ TEST_CASE("loop: a modern block starts a mid-chain index only when allowed", "[i
     CHECK(lenient.engine->live_keys() == ok->totals.changed_keys);
 
     Db given;
-    o.start_height = 5;
+    o.start_height = 5;  // below BIP34's activation, the coinbase's first push proves nothing
     auto at5 = given.index({raw}, o);
     REQUIRE(at5);
     CHECK(at5->tip == 5u);
+
+    // Above it, a start height the coinbase contradicts would shift every height.
+    Db shifted;
+    o.start_height = 702000;
+    auto wrong = shifted.index({raw}, o);
+    REQUIRE_FALSE(wrong);
+    CHECK(wrong.error().message ==
+          "--start-height 702000 contradicts block 000000000000000000000c835b2adcaedc20fdf6ee440009c249452c726dafae, "
+          "whose coinbase gives height 702861 (BIP34)");
+    CHECK_FALSE(shifted.engine->tip());
+    o.start_height = 702861;
+    REQUIRE(shifted.index({raw}, o));
 }
 
 TEST_CASE("loop: a mid-chain start is found whatever the input's order, and the blocks below it "

@@ -25,6 +25,8 @@ enum class Network { kMainnet, kTestnet3, kTestnet4, kSignet, kRegtest };
 std::optional<Network> parse_network(std::string_view name);
 std::string_view network_name(Network n);
 std::array<std::uint8_t, 4> network_magic(Network n);
+// The first height from which every block's coinbase starts with its height (BIP34).
+std::uint64_t bip34_activation(Network n);
 
 using XorKey = std::array<std::uint8_t, 8>;
 
@@ -53,6 +55,10 @@ Result<FoundBlock> scan_raw_file(const std::string& path);
 // Every blk?????.dat of a Bitcoin Core blocks directory, in file number order, with
 // xor.dat applied when present and non-zero.
 Result<std::vector<FoundBlock>> scan_blocks_dir(const std::string& dir, Network network);
+
+// The key of a Bitcoin Core blocks directory's xor.dat; nullopt if it has none, or an
+// all-zero one (not obfuscated).
+Result<std::optional<XorKey>> read_xor_key(const std::string& dir);
 
 // The bytes of one block.
 Result<Bytes> read_block(const BlockLocation& location);

@@ -40,8 +40,10 @@ struct LoopOptions {
     // On an empty database, the first block may have an unknown parent (default false).
     bool allow_missing_prevouts = false;
     // Height of that first block (default: the height in its coinbase, BIP34, for a
-    // block of version 2 or more).
+    // block of version 2 or more; where BIP34 is in force, one given must agree).
     std::optional<std::uint64_t> start_height;
+    // The chain the blocks are of: where BIP34 is in force.
+    Network network = Network::kMainnet;
     // Keep values and proofs of the last N heights only (at least max_reorg_depth + 1),
     // pruning every 64 heights and at the end of the run (default: keep everything).
     std::optional<std::uint64_t> prune_keep;
