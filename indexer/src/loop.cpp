@@ -75,6 +75,19 @@ Result<Bytes> block_bytes(const ChainEntry& e, const engine::View& view) {
                                   display_hex(e.header.hash), *e.height));
 }
 
+// The first of the input's copies of a block that parses; nullopt if none does.
+Result<std::optional<Bytes>> read_good_copy(const ChainEntry& e) {
+    std::vector<BlockLocation> copies;
+    if (e.location) copies.push_back(*e.location);
+    copies.insert(copies.end(), e.other_copies.begin(), e.other_copies.end());
+    for (const BlockLocation& at : copies) {
+        auto bytes = read_block(at);
+        if (!bytes) return std::unexpected(bytes.error());
+        if (parse_block(*bytes)) return std::optional<Bytes>(std::move(*bytes));
+    }
+    return std::optional<Bytes>();
+}
+
 // Loads the stored block index, then adds this run's input.
 Result<ChainIndex> build_index(const engine::View& view, const std::vector<FoundBlock>& input,
                                std::vector<const FoundBlock*>& new_blocks) {
@@ -307,13 +320,16 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
     auto near_tip = [&](std::uint64_t h) {
         return h >= best_height || best_height - h <= options.max_reorg_depth;
     };
+    // Only a copy that parses is kept: a corrupt one kept would stand in for the
+    // good copy a later run may not have.
     for (const FoundBlock& fb : input) {
-        const ChainEntry* e = index.find(fb.header.hash);
+        ChainEntry* e = index.find(fb.header.hash);
         if (!e->height || !near_tip(*e->height) || e->body_stored) continue;
-        auto bytes = read_block(fb.location);
+        e->body_stored = true;  // this copy or another of this input, or none that parses
+        auto bytes = read_good_copy(*e);
         if (!bytes) return std::unexpected(bytes.error());
-        if (Status s = engine.put_aux({{row_key(kBodyPrefix, fb.header.hash), std::move(*bytes)}});
-            !s) {
+        if (!*bytes) continue;
+        if (Status s = engine.put_aux({{row_key(kBodyPrefix, fb.header.hash), std::move(**bytes)}}); !s) {
             return std::unexpected(s.error());
         }
     }
@@ -323,7 +339,6 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
     // or not: its body is missing, cannot be read, or does not match its header (a
     // corrupt copy, which another copy of the block may mend).
     struct Prepared {
-        Bytes bytes;
         std::size_t txs = 0;
         engine::Changes changes;
         double parse_seconds = 0, index_seconds = 0;
@@ -335,16 +350,12 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
         Prepared p;
         auto bytes = block_bytes(e, at);
         if (!bytes) return std::unexpected(bytes.error());
-        p.bytes = std::move(*bytes);
-        auto block = parse_block(p.bytes);
+        auto block = parse_block(*bytes);
         // A corrupt copy (a record torn by a crash) may have a good one elsewhere.
         for (std::size_t i = 0; !block && i < e.other_copies.size(); ++i) {
             auto again = read_block(e.other_copies[i]);
             if (!again) continue;
-            if (auto parsed = parse_block(*again)) {
-                p.bytes = std::move(*again);
-                block = std::move(parsed);
-            }
+            if (auto parsed = parse_block(*again)) block = std::move(parsed);
         }
         if (!block) return with_context(block.error(), fmt::format("{} (height {})", where(e), h));
         const auto t1 = Clock::now();

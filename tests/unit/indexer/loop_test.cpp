@@ -415,6 +415,19 @@ TEST_CASE("loop: the winning chain's bodies are kept before a reorg, for a run w
     Db expected;
     REQUIRE(expected.index({kBtcd, k3A, k4A, k5A}));
     CHECK(db.roots() == expected.roots());
+
+    // Of two copies the one kept is one that parses, whichever comes first.
+    test::TempDir tmp;
+    const std::string bad3A = tmp.sub("3A.blk");
+    write_corrupt(k3A, bad3A);
+    Db copies;
+    REQUIRE(copies.index({kBtcd}));
+    REQUIRE_FALSE(copies.index({bad3A, k3A, k4A, k5A}, stop));
+    copies.reopen();
+    auto made = copies.index({kBtcd});
+    INFO((made ? "" : made.error().message));
+    REQUIRE(made);
+    CHECK(copies.roots() == expected.roots());
 }
 
 TEST_CASE("loop: a block refused at the tip is marked, and the next run passes it by",
