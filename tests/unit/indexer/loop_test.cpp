@@ -422,7 +422,7 @@ TEST_CASE("loop: the winning chain's bodies are kept before a reorg, for a run w
     write_corrupt(k3A, bad3A);
     Db copies;
     REQUIRE(copies.index({kBtcd}));
-    REQUIRE_FALSE(copies.index({bad3A, k3A, k4A, k5A}, stop));
+    REQUIRE_FALSE(copies.index({k3A, bad3A, k4A, k5A}, stop));
     copies.reopen();
     auto made = copies.index({kBtcd});
     INFO((made ? "" : made.error().message));
