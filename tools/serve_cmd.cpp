@@ -64,10 +64,21 @@ int cmd_snapshot(const Config& c, const std::string& out) {
     if (out.empty()) return fail("--out is required");
     if (std::filesystem::exists(out)) return fail(fmt::format("{} already exists", out));
     engine::EngineOptions eo = engine_options(c);
-    eo.read_only = true;  // works beside a running writer
+    // As the writer: RocksDB's checkpoint is consistent only in the process that owns
+    // the files. From a read-only open beside a writer in another process, the writer
+    // flushed and deleted logs the copy needed: copies lacked whole heights.
+    eo.must_exist = true;
     auto e = engine::Engine::open(c.db, eo);
+    if (!e && e.error().code == ErrorCode::kBusy) {
+        return fail(fmt::format("{}: a consistent snapshot needs the writer stopped (SIGINT stops "
+                                "`stateroot index` after its height; the snapshot takes seconds)",
+                                e.error().message));
+    }
     if (!e) return fail(e.error());
     if (Status s = (*e)->checkpoint(out); !s) return fail(s.error());
+    e->reset();
+    eo.must_exist = false;
+    eo.read_only = true;
     auto copy = engine::Engine::open(out, eo);
     if (!copy) return fail(with_context(copy.error(), "the snapshot does not open").error());
     if ((*copy)->tip()) {

@@ -58,6 +58,27 @@ public:
         if (level < GetInfoLogLevel() || level == rocksdb::InfoLogLevel::HEADER_LEVEL) return;
         char line[2048];
         std::vsnprintf(line, sizeof line, format, ap);
+        // A log whose last write a kill cut short: recovery drops that write, as it
+        // should, but calls it "Corruption", which after a crash the design survives only
+        // alarms. Said plainly, the reason kept.
+        const std::string_view text(line);
+        const auto dropping = text.find(": dropping ");
+        const auto reason = text.find("; Corruption: ");
+        if (dropping != std::string_view::npos && reason != std::string_view::npos && dropping < reason) {
+            const auto start = text.find("] ");
+            const std::string_view file =
+                text.substr(start == std::string_view::npos || start > dropping ? 0 : start + 2,
+                            dropping - (start == std::string_view::npos || start > dropping ? 0 : start + 2));
+            const std::string_view bytes = text.substr(dropping + 11, text.find(' ', dropping + 11) - (dropping + 11));
+            const std::string_view why = text.substr(reason + 14);
+            std::fprintf(stderr,
+                         "rocksdb: %.*s: recovery dropped the last %.*s bytes (%.*s): a write a crash cut "
+                         "short, or damage to the log; the database is at the last whole write before "
+                         "them\n",
+                         static_cast<int>(file.size()), file.data(), static_cast<int>(bytes.size()), bytes.data(),
+                         static_cast<int>(why.size()), why.data());
+            return;
+        }
         std::fprintf(stderr, "rocksdb: %s\n", line);
     }
 };

@@ -202,6 +202,29 @@ TEST_CASE("cli: verify trusts only a root it is given, and reads a proof one way
     CHECK(twice.err.ends_with("not a proof: field \"value\" given twice\n"));
 }
 
+TEST_CASE("cli: a log whose last write a crash cut short is reported plainly", "[cli]") {
+    Cli cli;
+    const auto roots = lines(cli.run(fmt::format("apply --db {} {}", cli.db(), kExample)).out);
+    REQUIRE(roots.size() > 2);
+    // The heights are in the log only; its last one loses its tail, as a kill mid-write
+    // leaves it.
+    std::string last_log;
+    for (const auto& entry : std::filesystem::directory_iterator(cli.db())) {
+        if (entry.path().extension() == ".log" && entry.path().string() > last_log) last_log = entry.path().string();
+    }
+    REQUIRE_FALSE(last_log.empty());
+    std::filesystem::resize_file(last_log, std::filesystem::file_size(last_log) - 20);
+    const Run info = cli.run(fmt::format("info --db {}", cli.db()));
+    CHECK(info.code == 0);
+    CHECK(info.err.find("Corruption") == std::string::npos);
+    CHECK(info.err.find(": recovery dropped the last ") != std::string::npos);
+    CHECK(info.err.find("a write a crash cut short") != std::string::npos);
+    // It is at the last whole height, whose root is the one applied.
+    const auto tip = nlohmann::json::parse(info.out)["tip"].get<std::uint64_t>();
+    CHECK(tip + 1 < roots.size());
+    CHECK(cli.run(fmt::format("root --db {}", cli.db())).out == roots[tip].substr(roots[tip].find(' ') + 1) + "\n");
+}
+
 TEST_CASE("cli: rollback keeps the heights at or below the target", "[cli]") {
     Cli cli;
     const Run applied = cli.run(fmt::format("apply --db {} {}", cli.db(), kExample));
