@@ -176,7 +176,7 @@ int main(int argc, char** argv) {
     cfg.add(serve, {"db", "rpc_addr", "rpc_token", "rpc_threads", "rpc_max_connections", "rpc_timeout_ms", "rpc_idle_ms", "secondary", "catch_up_ms", "cache_mb",
                     "node_cache_mb", "log_level"});
 
-    auto* snapshot = app.add_subcommand("snapshot", "Write a consistent copy of the database (works beside a writer)");
+    auto* snapshot = app.add_subcommand("snapshot", "Write a consistent copy of the database (with no other process writing it)");
     cfg.add(snapshot, {"db", "log_level"});
     snapshot->add_option("--out", out, "New directory for the copy")->required();
 

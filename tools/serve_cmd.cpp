@@ -70,8 +70,9 @@ int cmd_snapshot(const Config& c, const std::string& out) {
     eo.must_exist = true;
     auto e = engine::Engine::open(c.db, eo);
     if (!e && e.error().code == ErrorCode::kBusy) {
-        return fail(fmt::format("{}: a consistent snapshot needs the writer stopped (SIGINT stops "
-                                "`stateroot index` after its height; the snapshot takes seconds)",
+        return fail(fmt::format("{}: a consistent snapshot needs the process that has it open stopped "
+                                "(index, apply, or serve without --secondary; SIGINT stops `stateroot "
+                                "index` after its height), and takes seconds",
                                 e.error().message));
     }
     if (!e) return fail(e.error());

@@ -197,6 +197,7 @@ int parse_head(std::string_view text, std::size_t max_body, Head& head) {
         }
     }
     bool has_length = false;
+    bool close = false, keep_alive = false;  // Connection options, over every Connection field
     std::size_t pos = line_end + 2;
     while (pos < text.size()) {
         const auto end = text.find("\r\n", pos);
@@ -225,8 +226,8 @@ int parse_head(std::string_view text, std::size_t max_body, Head& head) {
             for (std::string_view rest = value; !rest.empty();) {
                 const auto comma = rest.find(',');
                 const std::string_view option = trim(rest.substr(0, comma));
-                if (iequals(option, "close")) head.request.keep_alive = false;
-                if (iequals(option, "keep-alive")) head.request.keep_alive = true;
+                close |= iequals(option, "close");
+                keep_alive |= iequals(option, "keep-alive");
                 rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
             }
         } else if (iequals(name, "Authorization")) {
@@ -235,6 +236,12 @@ int parse_head(std::string_view text, std::size_t max_body, Head& head) {
             // An HTTP/1.0 client does not know 100 Continue (RFC 9110 10.1.1).
             head.expect_continue = http11 && iequals(value, "100-continue");
         }
+    }
+    // A close anywhere wins (RFC 9112 9.6); keep-alive asks HTTP/1.0 for what 1.1 has.
+    if (close) {
+        head.request.keep_alive = false;
+    } else if (keep_alive) {
+        head.request.keep_alive = true;
     }
     if (head.content_length > max_body) return 413;
     return 0;

@@ -2,22 +2,20 @@
 
 #include <fmt/format.h>
 
-#include <algorithm>
 #include <optional>
 #include <string>
-#include <vector>
+#include <unordered_set>
 
 namespace stateroot::engine {
 
 Result<nlohmann::json> parse_json(std::string_view text) {
     using nlohmann::json;
-    std::vector<std::string> names;
+    std::unordered_set<std::string> names;
     std::optional<std::string> repeated;
     const auto note_field = [&](int depth, json::parse_event_t event, json& parsed) {
         if (depth == 1 && event == json::parse_event_t::key && !repeated) {
             std::string name = parsed.get<std::string>();
-            if (std::find(names.begin(), names.end(), name) != names.end()) repeated = name;
-            names.push_back(std::move(name));
+            if (!names.insert(name).second) repeated = std::move(name);
         }
         return true;
     };

@@ -75,17 +75,26 @@ Result<Bytes> block_bytes(const ChainEntry& e, const engine::View& view) {
                                   display_hex(e.header.hash), *e.height));
 }
 
-// The first of the input's copies of a block that parses; nullopt if none does.
-Result<std::optional<Bytes>> read_good_copy(const ChainEntry& e) {
-    std::vector<BlockLocation> copies;
-    if (e.location) copies.push_back(*e.location);
-    copies.insert(copies.end(), e.other_copies.begin(), e.other_copies.end());
-    for (const BlockLocation& at : copies) {
-        auto bytes = read_block(at);
-        if (!bytes) return std::unexpected(bytes.error());
-        if (parse_block(*bytes)) return std::optional<Bytes>(std::move(*bytes));
+// A block parsed, with the bytes it was parsed from.
+struct ParsedBlock {
+    Bytes bytes;
+    Block block;
+};
+
+// The block from its first copy that parses: block_bytes(), then the input's other
+// copies (a record torn by a crash may have a good copy elsewhere). With none, the
+// first copy's error; an unreadable other copy is passed over.
+Result<ParsedBlock> parse_good_copy(const ChainEntry& e, const engine::View& view) {
+    auto bytes = block_bytes(e, view);
+    if (!bytes) return std::unexpected(bytes.error());
+    auto block = parse_block(*bytes);
+    if (block) return ParsedBlock{std::move(*bytes), std::move(*block)};
+    for (const BlockLocation& copy : e.other_copies) {
+        auto again = read_block(copy);
+        if (!again) continue;
+        if (auto parsed = parse_block(*again)) return ParsedBlock{std::move(*again), std::move(*parsed)};
     }
-    return std::optional<Bytes>();
+    return std::unexpected(block.error());
 }
 
 // Loads the stored block index, then adds this run's input.
@@ -250,9 +259,12 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
             }
             if (options.start_height) {
                 // Where BIP34 is in force the coinbase's height is the block's: another
-                // would store every height, and the UTXO values' heights, shifted.
+                // would store every height, and the UTXO values' heights, shifted. In force
+                // by the height given or by the coinbase's (a digit dropped from the
+                // height would otherwise pass); below it, the first push may be anything.
+                const std::uint64_t in_force = bip34_activation(options.network);
                 if (bip34 && *bip34 != *options.start_height &&
-                    *options.start_height >= bip34_activation(options.network)) {
+                    (*options.start_height >= in_force || *bip34 >= in_force)) {
                     return make_error(
                         ErrorCode::kInvalidArgument,
                         fmt::format("--start-height {} contradicts block {}, whose coinbase gives "
@@ -320,16 +332,24 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
     auto near_tip = [&](std::uint64_t h) {
         return h >= best_height || best_height - h <= options.max_reorg_depth;
     };
-    // Only a copy that parses is kept: a corrupt one kept would stand in for the
-    // good copy a later run may not have.
+    // Of several copies, one that parses is kept: a corrupt one kept would stand in for
+    // the good copy a later run may not have. A single copy is kept as it is, unparsed
+    // (it is parsed when applied): kept corrupt, it fails later as it would now.
     for (const FoundBlock& fb : input) {
         ChainEntry* e = index.find(fb.header.hash);
         if (!e->height || !near_tip(*e->height) || e->body_stored) continue;
-        e->body_stored = true;  // this copy or another of this input, or none that parses
-        auto bytes = read_good_copy(*e);
-        if (!bytes) return std::unexpected(bytes.error());
-        if (!*bytes) continue;
-        if (Status s = engine.put_aux({{row_key(kBodyPrefix, fb.header.hash), std::move(**bytes)}}); !s) {
+        e->body_stored = true;  // this copy or another of this input (or none that parses)
+        Bytes body;
+        if (e->other_copies.empty()) {
+            auto bytes = read_block(fb.location);
+            if (!bytes) return std::unexpected(bytes.error());
+            body = std::move(*bytes);
+        } else if (auto parsed = parse_good_copy(*e, *view)) {
+            body = std::move(parsed->bytes);
+        } else {
+            continue;
+        }
+        if (Status s = engine.put_aux({{row_key(kBodyPrefix, fb.header.hash), std::move(body)}}); !s) {
             return std::unexpected(s.error());
         }
     }
@@ -348,24 +368,16 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
         *bad = false;
         const auto t0 = Clock::now();
         Prepared p;
-        auto bytes = block_bytes(e, at);
-        if (!bytes) return std::unexpected(bytes.error());
-        auto block = parse_block(*bytes);
-        // A corrupt copy (a record torn by a crash) may have a good one elsewhere.
-        for (std::size_t i = 0; !block && i < e.other_copies.size(); ++i) {
-            auto again = read_block(e.other_copies[i]);
-            if (!again) continue;
-            if (auto parsed = parse_block(*again)) block = std::move(parsed);
-        }
-        if (!block) return with_context(block.error(), fmt::format("{} (height {})", where(e), h));
+        auto parsed = parse_good_copy(e, at);
+        if (!parsed) return with_context(parsed.error(), fmt::format("{} (height {})", where(e), h));
         const auto t1 = Clock::now();
-        auto changes = indexer.changes(*block, h, state);
+        auto changes = indexer.changes(parsed->block, h, state);
         *bad = !changes && changes.error().code == ErrorCode::kInvalidArgument;
         if (!changes)
             return with_context(changes.error(), fmt::format("{} (height {})", where(e), h));
         p.changes = std::move(*changes);
         p.changes.block_hash = reversed(e.header.hash);
-        p.txs = block->txs.size();
+        p.txs = parsed->block.txs.size();
         p.parse_seconds = std::chrono::duration<double>(t1 - t0).count();
         p.index_seconds = std::chrono::duration<double>(Clock::now() - t1).count();
         return p;

@@ -324,13 +324,17 @@ TEST_CASE("http: HEAD, absolute targets, Connection lists, HTTP/1.0 expectations
         CHECK(json::parse(body_of(answer)).contains("height"));
     }
     {
-        // Connection holds a list: "close" among other options closes.
-        Raw raw(s.port);
-        REQUIRE(raw.send("GET /height HTTP/1.1\r\nConnection: TE, close\r\n\r\n"));
-        const Raw::Read r = raw.read_until_close(std::chrono::milliseconds(3000));
-        CHECK(status_of(r.bytes) == 200);
-        CHECK(r.bytes.find("Connection: close\r\n") != std::string::npos);
-        CHECK(r.closed);
+        // Connection holds a list: "close" among other options closes, whatever follows.
+        for (const char* fields : {"Connection: TE, close\r\n", "Connection: close, keep-alive\r\n",
+                                   "Connection: close\r\nConnection: keep-alive\r\n"}) {
+            INFO(fields);
+            Raw raw(s.port);
+            REQUIRE(raw.send(fmt::format("GET /height HTTP/1.1\r\n{}\r\n", fields)));
+            const Raw::Read r = raw.read_until_close(std::chrono::milliseconds(3000));
+            CHECK(status_of(r.bytes) == 200);
+            CHECK(r.bytes.find("Connection: close\r\n") != std::string::npos);
+            CHECK(r.closed);
+        }
     }
     {
         // No 100 Continue for an HTTP/1.0 client, which would take it for the answer.

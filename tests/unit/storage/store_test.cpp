@@ -379,6 +379,38 @@ TEST_CASE("store: a secondary sees what the primary wrote and flushed between tw
     }
 }
 
+TEST_CASE("store: a secondary sees rows deleted, flushed and compacted away to no file at all",
+          "[storage][secondary]") {
+    // The flush's file is merged away with no file written in its place: the newest
+    // file number does not grow, yet the rows the secondary replayed are stale.
+    test::TempDir dir;
+    auto primary = open_store(dir, with_rising("n"));
+    WriteBatch first = primary->batch();
+    first.put(b("a1"), b("x"));
+    REQUIRE(primary->write(first));
+    REQUIRE(primary->flush());
+    StoreOptions o = with_rising("n");
+    o.secondary_dir = dir.sub("scratch");
+    auto secondary = Store::open(dir.str(), o);
+    REQUIRE(secondary);
+    WriteBatch second = primary->batch();
+    second.put(b("a2"), b("x"));
+    REQUIRE(primary->write(second));
+    REQUIRE((*secondary)->catch_up());
+    CHECK((*secondary)->get(b("a2"), (*secondary)->snapshot()).value() == b("x"));
+    WriteBatch gone = primary->batch();
+    gone.del(b("a1"));
+    gone.del(b("a2"));
+    REQUIRE(primary->write(gone));
+    REQUIRE(primary->flush());
+    REQUIRE(primary->compact());
+    for (int round = 0; round < 2; ++round) {
+        REQUIRE((*secondary)->catch_up());
+        CHECK((*secondary)->get(b("a1"), (*secondary)->snapshot()).value() == std::nullopt);
+        CHECK((*secondary)->get(b("a2"), (*secondary)->snapshot()).value() == std::nullopt);
+    }
+}
+
 TEST_CASE("store: an empty database missing some of its rising key spaces gets them at the writer's open",
           "[storage]") {
     // RocksDB writes CURRENT before it creates the column families of a new database,
