@@ -25,6 +25,12 @@ StoreOptions with_rising(const char* prefixes) {
     o.rising_prefixes = prefixes;
     return o;
 }
+// A secondary instance following the store in `dir` (opened with rising prefix "n").
+std::unique_ptr<Store> open_secondary(const test::TempDir& dir) {
+    StoreOptions o = with_rising("n");
+    o.secondary_dir = dir.sub("scratch");
+    return open_store(dir, o);
+}
 }  // namespace
 
 TEST_CASE("store: a batch is applied whole and read back", "[storage]") {
@@ -298,14 +304,11 @@ TEST_CASE("store: a secondary instance iterates and reads through its snapshots"
     WriteBatch batch = primary->batch();
     for (const char* k : {"a1", "n1", "n2"}) batch.put(b(k), b(k));
     REQUIRE(primary->write(batch));
-    StoreOptions o = with_rising("n");
-    o.secondary_dir = dir.sub("scratch");
-    auto secondary = Store::open(dir.str(), o);
-    REQUIRE(secondary);
+    auto secondary = open_secondary(dir);
     auto scan = [&](std::string_view from) {
         IteratorOptions io;
-        io.snapshot = (*secondary)->snapshot();
-        auto it = (*secondary)->iterator(io);
+        io.snapshot = secondary->snapshot();
+        auto it = secondary->iterator(io);
         std::vector<std::string> seen;
         for (it->seek(b(from)); it->valid(); it->next()) seen.emplace_back(as_chars(it->key()));
         auto status = it->status();
@@ -315,13 +318,13 @@ TEST_CASE("store: a secondary instance iterates and reads through its snapshots"
     };
     CHECK(scan("a") == std::vector<std::string>{"a1"});
     CHECK(scan("n") == std::vector<std::string>{"n1", "n2"});
-    CHECK((*secondary)->get(b("n2"), (*secondary)->snapshot()).value() == b("n2"));
+    CHECK(secondary->get(b("n2"), secondary->snapshot()).value() == b("n2"));
 
     WriteBatch more = primary->batch();
     more.put(b("n3"), b("n3"));
     more.del(b("a1"));
     REQUIRE(primary->write(more));
-    REQUIRE((*secondary)->catch_up());
+    REQUIRE(secondary->catch_up());
     CHECK(scan("a").empty());
     CHECK(scan("n") == std::vector<std::string>{"n1", "n2", "n3"});
 }
@@ -339,12 +342,9 @@ TEST_CASE("store: a secondary sees what the primary wrote and flushed between tw
     WriteBatch batch = primary->batch();
     for (const char* k : {"a1", "a2", "n1", "n2"}) batch.put(b(k), b("old"));
     REQUIRE(primary->write(batch));
-    StoreOptions o = with_rising("n");
-    o.secondary_dir = dir.sub("scratch");
-    auto secondary = Store::open(dir.str(), o);
-    REQUIRE(secondary);
-    REQUIRE((*secondary)->catch_up());
-    CHECK((*secondary)->get(b("a1"), (*secondary)->snapshot()).value() == b("old"));
+    auto secondary = open_secondary(dir);
+    REQUIRE(secondary->catch_up());
+    CHECK(secondary->get(b("a1"), secondary->snapshot()).value() == b("old"));
 
     WriteBatch more = primary->batch();
     more.put(b("a1"), b("new"));
@@ -360,16 +360,16 @@ TEST_CASE("store: a secondary sees what the primary wrote and flushed between tw
         REQUIRE(primary->flush());
     }
     for (int round = 0; round < 2; ++round) {  // and it stays so
-        REQUIRE((*secondary)->catch_up());
-        const auto snap = (*secondary)->snapshot();
-        CHECK((*secondary)->get(b("a1"), snap).value() == b("new"));
-        CHECK((*secondary)->get(b("a2"), snap).value() == std::nullopt);
-        CHECK((*secondary)->get(b("n1"), snap).value() == b("new"));
-        CHECK((*secondary)->get(b("n2"), snap).value() == std::nullopt);
+        REQUIRE(secondary->catch_up());
+        const auto snap = secondary->snapshot();
+        CHECK(secondary->get(b("a1"), snap).value() == b("new"));
+        CHECK(secondary->get(b("a2"), snap).value() == std::nullopt);
+        CHECK(secondary->get(b("n1"), snap).value() == b("new"));
+        CHECK(secondary->get(b("n2"), snap).value() == std::nullopt);
         auto scan = [&](std::string_view from) {
             IteratorOptions io;
             io.snapshot = snap;
-            auto it = (*secondary)->iterator(io);
+            auto it = secondary->iterator(io);
             std::vector<std::string> seen;
             for (it->seek(b(from)); it->valid(); it->next()) seen.emplace_back(as_chars(it->key()));
             return seen;
@@ -389,15 +389,12 @@ TEST_CASE("store: a secondary sees rows deleted, flushed and compacted away to n
     first.put(b("a1"), b("x"));
     REQUIRE(primary->write(first));
     REQUIRE(primary->flush());
-    StoreOptions o = with_rising("n");
-    o.secondary_dir = dir.sub("scratch");
-    auto secondary = Store::open(dir.str(), o);
-    REQUIRE(secondary);
+    auto secondary = open_secondary(dir);
     WriteBatch second = primary->batch();
     second.put(b("a2"), b("x"));
     REQUIRE(primary->write(second));
-    REQUIRE((*secondary)->catch_up());
-    CHECK((*secondary)->get(b("a2"), (*secondary)->snapshot()).value() == b("x"));
+    REQUIRE(secondary->catch_up());
+    CHECK(secondary->get(b("a2"), secondary->snapshot()).value() == b("x"));
     WriteBatch gone = primary->batch();
     gone.del(b("a1"));
     gone.del(b("a2"));
@@ -405,9 +402,9 @@ TEST_CASE("store: a secondary sees rows deleted, flushed and compacted away to n
     REQUIRE(primary->flush());
     REQUIRE(primary->compact());
     for (int round = 0; round < 2; ++round) {
-        REQUIRE((*secondary)->catch_up());
-        CHECK((*secondary)->get(b("a1"), (*secondary)->snapshot()).value() == std::nullopt);
-        CHECK((*secondary)->get(b("a2"), (*secondary)->snapshot()).value() == std::nullopt);
+        REQUIRE(secondary->catch_up());
+        CHECK(secondary->get(b("a1"), secondary->snapshot()).value() == std::nullopt);
+        CHECK(secondary->get(b("a2"), secondary->snapshot()).value() == std::nullopt);
     }
 }
 
