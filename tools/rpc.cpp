@@ -98,16 +98,12 @@ std::expected<std::optional<std::uint64_t>, RpcError> height_param(const json& p
 }
 
 std::expected<std::uint64_t, RpcError> resolve(const engine::View& view, std::optional<std::uint64_t> h) {
-    if (!view.tip()) {
+    if (!h && view.tip()) return *view.tip();
+    // The same words as the CLI's (View::check_height).
+    if (!view.tip() || !h || *h < *view.first() || *h > *view.tip()) {
         return rpc_error(kHeightNotFound,
-                         h ? fmt::format("height {} not found (the database is empty)", *h)
-                           : std::string("height latest not found (the database is empty)"));
-    }
-    if (!h) return *view.tip();
-    if (*h > *view.tip()) return rpc_error(kHeightNotFound, fmt::format("height {} not found (tip is {})", *h, *view.tip()));
-    if (*h < *view.first()) {
-        return rpc_error(kHeightNotFound,
-                         fmt::format("height {} not found (heights {}..{} exist)", *h, *view.first(), *view.tip()));
+                         fmt::format("height {} not found ({})", h ? std::to_string(*h) : std::string("latest"),
+                                     engine::describe_heights(view.first(), view.tip())));
     }
     return *h;
 }
@@ -343,12 +339,19 @@ std::string Rpc::call(const json& request, bool& notification, std::size_t room)
     if (!request.contains("method") || !request["method"].is_string()) {
         return fail("invalid", {kInvalidRequest, "invalid request: \"method\" must be a string"}, id);
     }
+    // JSON-RPC 2.0 allows params by position or by name; anything else makes the request
+    // invalid (and so answered, even without an id).
+    if (request.contains("params") && !request["params"].is_array() && !request["params"].is_object()) {
+        return fail("invalid", {kInvalidRequest, "invalid request: \"params\" must be an array or an object"}, id);
+    }
     notification = !request.contains("id");
     const std::string& name = request["method"].get_ref<const std::string&>();
     const Method* m = find_method(name);
     if (!m) return fail("unknown", {kMethodNotFound, "method not found: " + name}, id);
     const json params = request.contains("params") ? request["params"] : json::array();
-    if (!params.is_array()) return fail(name, {kInvalidParams, "invalid params: \"params\" must be an array"}, id);
+    if (!params.is_array()) {
+        return fail(name, {kInvalidParams, "invalid params: params by name are not supported, give an array"}, id);
+    }
     if (params.size() > m->max_params) {
         return fail(name, {kInvalidParams, fmt::format("invalid params: {} takes at most {} params, got {}", name,
                                                         m->max_params, params.size())},
@@ -421,7 +424,7 @@ HttpAnswer Rpc::post(std::string_view body, std::size_t max_answer) {
 
 // The REST routes' answers are bounded by what they read (one value, one proof), well
 // within the answer limit.
-HttpAnswer Rpc::get(const std::string& path, const std::map<std::string, std::string>& query) {
+HttpAnswer Rpc::get(const std::string& path, const QueryParams& query) {
     const auto t = std::chrono::steady_clock::now();
     HttpAnswer a;
     auto finish = [&](const std::string& route, Answer answer) {
@@ -441,9 +444,23 @@ HttpAnswer Rpc::get(const std::string& path, const std::map<std::string, std::st
         if (rest.find('/') != std::string::npos) return std::nullopt;
         return rest;
     };
-    const auto height_query = [&]() -> json {
-        const auto it = query.find("height");
-        return it == query.end() ? json("latest") : json(it->second);
+    // The height a route is asked for: its one query parameter, given at most once, or
+    // the tip. A misspelt or repeated parameter is refused rather than answered for the
+    // tip or for one of its values.
+    const auto height_query = [&](bool takes_height) -> std::expected<json, RpcError> {
+        json height = "latest";
+        bool seen = false;
+        for (const auto& [name, value] : query) {
+            if (!takes_height || name != "height") {
+                return rpc_error(kInvalidParams, fmt::format("invalid params: unknown query parameter {} ({})",
+                                                             text(json(name)),
+                                                             takes_height ? "this route takes height" : "this route takes none"));
+            }
+            if (seen) return rpc_error(kInvalidParams, "invalid params: query parameter height given twice");
+            seen = true;
+            height = value;
+        }
+        return height;
     };
 
     if (path == "/metrics") {
@@ -457,9 +474,11 @@ HttpAnswer Rpc::get(const std::string& path, const std::map<std::string, std::st
     if (!lease) return finish("rest", internal(lease.error()));
     engine::View& v = lease->view;
     if (path == "/height") {
+        if (auto none = height_query(false); !none) return finish("rest_height", std::unexpected(none.error()));
         return finish("rest_height", json{{"height", *m_height(v, json::array(), kMaxAnswer)}});
     }
     if (path == "/status") {
+        if (auto none = height_query(false); !none) return finish("rest_status", std::unexpected(none.error()));
         json status{{"tip", v.tip() ? json(*v.tip()) : json(nullptr)},
                     {"root", nullptr},
                     {"block_hash", nullptr},
@@ -486,6 +505,7 @@ HttpAnswer Rpc::get(const std::string& path, const std::map<std::string, std::st
     constexpr std::string_view kPathHeight = "the height in the path", kQueryHeight = "query parameter height",
                                kPathKey = "the key in the path";
     if (auto h = segments("/root/")) {
+        if (auto none = height_query(false); !none) return finish("rest_root", std::unexpected(none.error()));
         auto height_value = height_at(v, json::array({*h}), 0, kPathHeight);
         if (!height_value) return finish("rest_root", std::unexpected(height_value.error()));
         auto root = m_getroot(v, json::array({*height_value}), kMaxAnswer);
@@ -493,6 +513,7 @@ HttpAnswer Rpc::get(const std::string& path, const std::map<std::string, std::st
         return finish("rest_root", json{{"height", *height_value}, {"root", *root}});
     }
     if (auto h = segments("/blockhash/")) {
+        if (auto none = height_query(false); !none) return finish("rest_blockhash", std::unexpected(none.error()));
         auto height_value = height_at(v, json::array({*h}), 0, kPathHeight);
         if (!height_value) return finish("rest_blockhash", std::unexpected(height_value.error()));
         auto hash = m_getblockhash(v, json::array({*height_value}), kMaxAnswer);
@@ -501,7 +522,9 @@ HttpAnswer Rpc::get(const std::string& path, const std::map<std::string, std::st
     }
     if (auto key = segments("/value/")) {
         if (auto k = key_param(json::array({*key}), 0, kPathKey); !k) return finish("rest_value", std::unexpected(k.error()));
-        auto height_value = height_at(v, json::array({height_query()}), 0, kQueryHeight);
+        auto asked = height_query(true);
+        if (!asked) return finish("rest_value", std::unexpected(asked.error()));
+        auto height_value = height_at(v, json::array({*asked}), 0, kQueryHeight);
         if (!height_value) return finish("rest_value", std::unexpected(height_value.error()));
         auto value = m_get(v, json::array({*key, *height_value}), kMaxAnswer);
         if (!value) return finish("rest_value", value);
@@ -510,10 +533,12 @@ HttpAnswer Rpc::get(const std::string& path, const std::map<std::string, std::st
     }
     if (auto key = segments("/proof/")) {
         if (auto k = key_param(json::array({*key}), 0, kPathKey); !k) return finish("rest_proof", std::unexpected(k.error()));
-        if (auto h = height_param(json::array({height_query()}), 0, kQueryHeight); !h) {
+        auto asked = height_query(true);
+        if (!asked) return finish("rest_proof", std::unexpected(asked.error()));
+        if (auto h = height_param(json::array({*asked}), 0, kQueryHeight); !h) {
             return finish("rest_proof", std::unexpected(h.error()));
         }
-        return finish("rest_proof", m_prove(v, json::array({*key, height_query()}), kMaxAnswer));
+        return finish("rest_proof", m_prove(v, json::array({*key, *asked}), kMaxAnswer));
     }
     a.status = 404;
     a.body = text(json{{"error", {{"code", 404}, {"message", "no such route: " + path}}}});

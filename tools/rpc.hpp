@@ -11,7 +11,6 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -19,6 +18,8 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -98,6 +99,9 @@ struct IndexerStatus {
     std::uint64_t target = 0;
 };
 
+// A URL's query parameters, decoded, in the order given (repeats kept).
+using QueryParams = std::vector<std::pair<std::string, std::string>>;
+
 struct HttpAnswer {
     int status = 200;
     std::string body;  // empty with status 204
@@ -115,8 +119,8 @@ public:
     // than the answer's size would have. Never throws for a bad body: it is answered
     // with its JSON-RPC error.
     HttpAnswer post(std::string_view body, std::size_t max_answer = kMaxAnswer);
-    // A REST GET: `path` without the query, `query` its parameters.
-    HttpAnswer get(const std::string& path, const std::map<std::string, std::string>& query);
+    // A REST GET: `path` without the query, `query` its parameters in the order given.
+    HttpAnswer get(const std::string& path, const QueryParams& query);
 
     static constexpr std::size_t kMaxBatch = 1000;
     static constexpr std::size_t kMaxAnswer = 64u << 20;

@@ -19,7 +19,6 @@
 #include <charconv>
 #include <chrono>
 #include <cstring>
-#include <map>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -144,7 +143,7 @@ bool bearer_matches(std::string_view authorization, std::string_view token) {
 struct Request {
     std::string method;
     std::string path;
-    std::map<std::string, std::string> query;
+    QueryParams query;
     std::string authorization;
     std::string body;
     bool keep_alive = true;
@@ -189,8 +188,9 @@ int parse_head(std::string_view text, std::size_t max_body, Head& head) {
             const std::string_view pair = rest.substr(0, amp);
             const auto eq = pair.find('=');
             if (!pair.empty()) {
-                head.request.query[url_decode(pair.substr(0, eq), true)] =
-                    eq == std::string_view::npos ? std::string() : url_decode(pair.substr(eq + 1), true);
+                head.request.query.emplace_back(
+                    url_decode(pair.substr(0, eq), true),
+                    eq == std::string_view::npos ? std::string() : url_decode(pair.substr(eq + 1), true));
             }
             if (amp == std::string_view::npos) break;
             rest.remove_prefix(amp + 1);
@@ -251,7 +251,8 @@ int parse_head(std::string_view text, std::size_t max_body, Head& head) {
 
 // What the event loops share.
 struct HttpServer::Impl {
-    Impl(Rpc& r, ServerOptions o) : rpc(r), options(std::move(o)) {}
+    // Defined where Loop is complete: destroying `loops` needs it.
+    Impl(Rpc& r, ServerOptions o);
 
     struct Loop;
 
@@ -723,6 +724,8 @@ struct HttpServer::Impl::Loop {
         }
     }
 };
+
+HttpServer::Impl::Impl(Rpc& r, ServerOptions o) : rpc(r), options(std::move(o)) {}
 
 HttpServer::HttpServer(Rpc& rpc, ServerOptions options)
     : impl_(std::make_unique<Impl>(rpc, std::move(options))) {}

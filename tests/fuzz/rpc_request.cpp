@@ -7,7 +7,6 @@
 // request, no exception may escape. Every proof the API returns must verify against the
 // database's root at its height.
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -101,14 +100,14 @@ void post(std::string_view body) {
 void get(std::string_view target) {
     target = target.substr(0, target.find('\n'));
     const std::string path(target.substr(0, target.find('?')));
-    std::map<std::string, std::string> query;
+    tools::QueryParams query;
     if (const auto q = target.find('?'); q != std::string_view::npos) {
         std::string_view rest = target.substr(q + 1);
         while (!rest.empty()) {
             const std::string_view item = rest.substr(0, rest.find('&'));
             rest.remove_prefix(std::min(rest.size(), item.size() + 1));
             const auto eq = item.find('=');
-            query[std::string(item.substr(0, eq))] = eq == std::string_view::npos ? "" : std::string(item.substr(eq + 1));
+            query.emplace_back(item.substr(0, eq), eq == std::string_view::npos ? "" : std::string(item.substr(eq + 1)));
         }
     }
     const tools::HttpAnswer a = api().rpc.get(path, query);

@@ -153,7 +153,18 @@ TEST_CASE("cli: proofs verify and tampered ones are invalid", "[cli][proof]") {
         const Run at_other = cli.run(fmt::format("verify --proof {} --db {}", moved, cli.db()));
         CHECK(at_other.code == 1);
 
+        // A root field naming another root is a false claim, whatever root is trusted.
         proof["height"] = 3;
+        const std::string real_root = proof["root"];
+        proof["root"] = std::string(64, '1');
+        const std::string renamed = cli.file("renamed.json", proof.dump());
+        for (const std::string& trusted : {fmt::format("--db {}", cli.db()), "--root " + real_root}) {
+            const Run r = cli.run(fmt::format("verify --proof {} {}", renamed, trusted));
+            CHECK(r.code == 1);
+            CHECK(r.out.rfind("invalid: the proof's root field is 1111", 0) == 0);
+        }
+        proof["root"] = real_root;
+
         proof["value"] = "00";
         const std::string forged = cli.file("forged.json", proof.dump());
         CHECK(cli.run(fmt::format("verify --proof {}", forged)).code == 1);

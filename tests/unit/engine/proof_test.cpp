@@ -170,6 +170,8 @@ TEST_CASE("proofs: tampering with any field makes verification fail", "[engine][
             CHECK_FALSE(verify(p, root));
         };
         fails("root", [](Proof&, Hash& r) { r.bytes[5] ^= 1; });
+        // The hashes still reach the root checked against; the proof's own claim is false.
+        fails("the root field alone", [](Proof& p, Hash&) { p.root.bytes[5] ^= 1; });
         fails("key", [](Proof& p, Hash&) { p.key.push_back(0); });
         fails("path", [](Proof& p, Hash&) { p.path.bytes[31] ^= 1; });
         fails("key and path together", [](Proof& p, Hash&) {

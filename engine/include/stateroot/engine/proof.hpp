@@ -37,7 +37,8 @@ Result<Proof> proof_from_json(const nlohmann::json& json);
 Result<Proof> parse_proof(std::string_view text);
 
 // Checks that `proof` shows its key present with its value (or absent, if it has no
-// value) under `root`. kInvalid with the reason if it does not.
+// value) under `root`, and names `root` in its root field. kInvalid with the reason if
+// it does not.
 Status verify(const Proof& proof, const Hash& root);
 
 // The part of a proof that comes from the tree: what the walk of docs/smt-spec.md section 5
