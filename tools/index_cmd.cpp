@@ -144,6 +144,7 @@ int cmd_index(const Config& c, const IndexOptions& o) {
     lo.network = *network;
     lo.stop_requested = stop_requested;
     lo.prune_keep = o.prune_keep;
+    lo.on_passed_over = [](const std::string& what) { spdlog::warn("passed over: {}", what); };
     lo.on_progress = [&](const indexer::LoopProgress& p) {
         metrics.observe_commit(p.changed_keys - keys_before, p.commit_seconds - commit_before);
         keys_before = p.changed_keys;

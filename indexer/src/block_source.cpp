@@ -50,6 +50,20 @@ std::uint64_t bip34_activation(Network n) {
     return 0;
 }
 
+std::uint32_t pow_limit_bits(Network n) {
+    switch (n) {
+        case Network::kMainnet:
+        case Network::kTestnet3:
+        case Network::kTestnet4:
+            return 0x1d00ffff;
+        case Network::kSignet:
+            return 0x1e0377ae;
+        case Network::kRegtest:
+            return 0x207fffff;
+    }
+    return 0x1d00ffff;
+}
+
 std::array<std::uint8_t, 4> network_magic(Network n) {
     switch (n) {
         case Network::kMainnet:

@@ -73,9 +73,9 @@ std::optional<Limbs> target_of(std::uint32_t bits) {
 
 }  // namespace
 
-bool meets_target(const BlockHeader& header) {
+bool meets_target(const BlockHeader& header, Network network) {
     const auto target = target_of(header.bits);
-    if (!target) return false;
+    if (!target || compare(*target, *target_of(pow_limit_bits(network))) > 0) return false;
     Limbs hash{};  // the hash in internal byte order is a little-endian number
     for (int i = 0; i < 4; ++i) {
         for (int b = 7; b >= 0; --b) hash[i] = hash[i] << 8 | header.hash.bytes[8 * i + b];

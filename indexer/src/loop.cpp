@@ -130,14 +130,6 @@ Result<ChainIndex> build_index(const engine::View& view, const std::vector<Found
     });
     if (!scanned) return std::unexpected(scanned.error());
     for (const FoundBlock& fb : input) {
-        if (!meets_target(fb.header)) {
-            return make_error(
-                ErrorCode::kInvalidArgument,
-                fmt::format("{}: offset {}: block {}: its hash is above the target its bits {:08x} "
-                            "encode (no valid proof of work)",
-                            fb.location.file, fb.location.offset, display_hex(fb.header.hash),
-                            fb.header.bits));
-        }
         bool added = false;
         index.add(fb.header, fb.location, index.next_seq(), &added);
         if (added) new_blocks.push_back(&fb);
@@ -160,10 +152,37 @@ Status prune_to(engine::Engine& engine, std::uint64_t keep, std::uint64_t max_re
 
 }  // namespace
 
+std::string describe_no_work(const FoundBlock& fb, Network network) {
+    return fmt::format("{}: offset {}: block {}: its hash is above the target its bits {:08x} encode, or that "
+                       "target is easier than {}'s limit (no valid proof of work)",
+                       fb.location.file, fb.location.offset, display_hex(fb.header.hash), fb.header.bits,
+                       network_name(network));
+}
+
 Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
-                             const std::vector<FoundBlock>& input, const LoopOptions& options) {
+                             const std::vector<FoundBlock>& all_input, const LoopOptions& options) {
     using Clock = std::chrono::steady_clock;
     const auto started = Clock::now();
+    // A record without valid proof of work is no block of any chain: a header torn by a
+    // crash (Bitcoin Core's preallocated zeros over its end), or not a block at all. It
+    // is passed over, so a good copy later in the input, or the blocks before it, still
+    // count; an input of nothing else is refused.
+    std::vector<const FoundBlock*> passed_over;
+    for (const FoundBlock& fb : all_input) {
+        if (!meets_target(fb.header, options.network)) passed_over.push_back(&fb);
+    }
+    if (!passed_over.empty() && passed_over.size() == all_input.size()) {
+        return make_error(ErrorCode::kInvalidArgument, describe_no_work(*passed_over[0], options.network));
+    }
+    std::vector<FoundBlock> with_work;  // a copy only when some are passed over
+    if (!passed_over.empty()) {
+        std::copy_if(all_input.begin(), all_input.end(), std::back_inserter(with_work),
+                     [&](const FoundBlock& fb) { return meets_target(fb.header, options.network); });
+    }
+    const std::vector<FoundBlock>& input = passed_over.empty() ? all_input : with_work;
+    if (options.on_passed_over) {
+        for (const FoundBlock* fb : passed_over) options.on_passed_over(describe_no_work(*fb, options.network));
+    }
     auto view = engine.view();
     if (!view) return std::unexpected(view.error());
 
@@ -294,9 +313,14 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
         if (e->location) {
             return make_error(
                 ErrorCode::kInvalidArgument,
-                fmt::format("{}: offset {}: block {} has an unknown parent {}", e->location->file,
-                            e->location->offset, display_hex(e->header.hash),
-                            display_hex(e->header.prev)));
+                fmt::format("{}: offset {}: block {} has an unknown parent {}{}", e->location->file,
+                            e->location->offset, display_hex(e->header.hash), display_hex(e->header.prev),
+                            passed_over.empty()
+                                ? std::string()
+                                : fmt::format(" ({} record(s) without valid proof of work passed over, the "
+                                              "first at {}: offset {}; one may be the parent, torn)",
+                                              passed_over.size(), passed_over[0]->location.file,
+                                              passed_over[0]->location.offset)));
         }
     }
 

@@ -8,8 +8,10 @@
 #include <limits>
 #include <map>
 #include <random>
+#include <tuple>
 
 #include "stateroot/indexer/change_file.hpp"
+#include "chain_gen.hpp"
 #include "files.hpp"
 #include "temp_dir.hpp"
 
@@ -441,7 +443,7 @@ TEST_CASE("loop: an unlimited reorg depth keeps the bodies a reorg needs", "[ind
     CHECK(r->tip == 5u);
 }
 
-TEST_CASE("loop: a block without proof of work is refused before anything is stored",
+TEST_CASE("loop: a record without proof of work is passed over, and a block that needs it as parent is an error",
           "[indexer][loop]") {
     test::TempDir tmp;
     auto recs = records(kMainnet);
@@ -450,15 +452,78 @@ TEST_CASE("loop: a block without proof of work is refused before anything is sto
     write_file(path, join(recs));
     const auto found = scan_files({path});
     Db db;
-    auto r = db.index({path});
+    LoopOptions o;
+    std::vector<std::string> passed;
+    o.on_passed_over = [&](const std::string& what) { passed.push_back(what); };
+    auto r = db.index({path}, o);
     REQUIRE_FALSE(r);
+    REQUIRE(passed.size() == 1);
+    CHECK(passed[0] == fmt::format("{}: offset {}: block {}: its hash is above the target its bits 1d00ffff "
+                                   "encode, or that target is easier than mainnet's limit (no valid proof of work)",
+                                   path, found[5].location.offset, display_hex(found[5].header.hash)));
     CHECK(r.error().message ==
-          fmt::format("{}: offset {}: block {}: its hash is above the target its bits 1d00ffff "
-                      "encode (no valid proof of work)",
-                      path, found[5].location.offset, display_hex(found[5].header.hash)));
+          fmt::format("{}: offset {}: block {} has an unknown parent {} (1 record(s) without valid proof of work "
+                      "passed over, the first at {}: offset {}; one may be the parent, torn)",
+                      path, found[6].location.offset, display_hex(found[6].header.hash),
+                      display_hex(found[6].header.prev), path, found[5].location.offset));
     CHECK_FALSE(db.engine->tip());
     REQUIRE(db.index({kMainnet}));
     CHECK(db.engine->tip() == 589u);
+}
+
+TEST_CASE("loop: a header torn by a crash is passed over, for a good copy later or at the end",
+          "[indexer][loop]") {
+    test::TempDir tmp;
+    const auto recs = records(kMainnet);
+    // A record cut short inside its header, the rest Bitcoin Core's preallocated zeros.
+    auto torn = [](Bytes rec, std::size_t keep) {
+        std::fill(rec.begin() + static_cast<std::ptrdiff_t>(8 + keep), rec.end(), 0);
+        return rec;
+    };
+    std::vector<Bytes> copy_later(recs.begin(), recs.end());
+    copy_later[300] = torn(recs[300], 72);
+    copy_later.push_back(recs[300]);
+    std::vector<Bytes> at_end(recs.begin(), recs.end());
+    at_end.back() = torn(recs.back(), 50);
+    Db full;
+    REQUIRE(full.index({kMainnet}));
+    for (const auto& [name, parts, tip] : {std::tuple{"copy-later.blk", copy_later, 589u},
+                                           std::tuple{"torn-end.blk", at_end, 588u}}) {
+        INFO(name);
+        const std::string path = tmp.sub(name);
+        write_file(path, join(parts));
+        Db db;
+        auto r = db.index({path});
+        REQUIRE(r);
+        CHECK(r->tip == tip);
+        const auto roots = db.roots();
+        CHECK(std::equal(roots.begin(), roots.end(), full.roots().begin()));
+    }
+}
+
+TEST_CASE("loop: a target easier than the network's limit is no proof of work", "[indexer][loop]") {
+    test::TempDir tmp;
+    const std::string path = tmp.sub("regtest.blk");
+    test::ChainSpec spec;
+    spec.blocks = 3;
+    write_file(path, test::make_chain(spec));
+    auto found = scan_blk_file(path, Network::kRegtest);
+    REQUIRE(found);
+    for (const auto& [network, ok] : {std::pair{Network::kRegtest, true}, std::pair{Network::kMainnet, false},
+                                      std::pair{Network::kSignet, false}}) {
+        INFO(network_name(network));
+        Db db;
+        UtxoIndexer utxo(false);
+        LoopOptions o;
+        o.network = network;
+        auto r = run_index(*db.engine, utxo, *found, o);
+        CHECK(r.has_value() == ok);
+        if (!ok) {
+            CHECK(r.error().message.find(fmt::format("easier than {}'s limit", network_name(network))) !=
+                  std::string::npos);
+            CHECK_FALSE(db.engine->tip());
+        }
+    }
 }
 
 TEST_CASE("loop: an XOR-obfuscated block directory replays to the same roots", "[indexer][loop]") {

@@ -27,6 +27,8 @@ std::string_view network_name(Network n);
 std::array<std::uint8_t, 4> network_magic(Network n);
 // The first height from which every block's coinbase starts with its height (BIP34).
 std::uint64_t bip34_activation(Network n);
+// The easiest target a block of the network may have (its powLimit), as compact bits.
+std::uint32_t pow_limit_bits(Network n);
 
 using XorKey = std::array<std::uint8_t, 8>;
 

@@ -28,8 +28,9 @@ struct Work {
 };
 
 // Whether the header's hash, as a number, is at most the target its `bits` encode (its
-// proof of work is real); false for an invalid `bits`.
-bool meets_target(const BlockHeader& header);
+// proof of work is real) and that target is within the network's limit (Bitcoin Core's
+// powLimit, which needs no earlier block to check); false for an invalid `bits`.
+bool meets_target(const BlockHeader& header, Network network);
 
 struct ChainEntry {
     BlockHeader header;

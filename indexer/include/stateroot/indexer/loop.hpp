@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "stateroot/engine/engine.hpp"
@@ -51,6 +52,9 @@ struct LoopOptions {
     std::function<bool()> stop_requested;
     // Called after each committed height.
     std::function<void(const LoopProgress&)> on_progress;
+    // Called, before anything else, for each record of the input passed over for want
+    // of valid proof of work (a torn header), with what is wrong with it.
+    std::function<void(const std::string&)> on_passed_over;
 };
 
 struct LoopResult {
