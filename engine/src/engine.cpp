@@ -114,12 +114,18 @@ Result<std::unique_ptr<Engine>> Engine::open(const std::string& dir, const Engin
     auto format = e->store_->get(schema::meta_key(schema::kMetaFormat));
     if (!format) return std::unexpected(format.error());
     if (*format) {
-        if (Status s = schema::check_format(**format); !s) return with_context(s.error(), dir);
+        auto version = schema::check_format(**format);
+        if (!version) return with_context(version.error(), dir);
         if (!e->store_->missing_families().empty()) {
             return make_error(ErrorCode::kCorruption,
                               fmt::format("cannot open {}: it holds rows but has no column family {} "
                                           "(its creation was cut short and it was written to since)",
                                           dir, e->store_->missing_families().front()));
+        }
+        if (*version < schema::kFormatVersion && !read_only) {
+            storage::WriteBatch batch = e->store_->batch();
+            batch.put(schema::meta_key(schema::kMetaFormat), schema::format_value());
+            if (Status s = e->store_->write(batch); !s) return std::unexpected(s.error());
         }
     } else {
         auto it = e->store_->iterator();
@@ -395,6 +401,7 @@ Result<CommitResult> Engine::apply_unguarded(const Changes& changes) {
         static_cast<std::uint64_t>(static_cast<std::int64_t>(live_keys_) + update->live_key_delta);
     rec.digest = changes_digest(*normal);
     rec.block_hash = changes.block_hash;
+    rec.from_change_file = changes.from_change_file;
 
     batch.put(schema::changes_key(h), schema::encode_change_index(index));
     update->write_records(batch);

@@ -10,6 +10,10 @@
 namespace stateroot::engine::schema {
 namespace {
 
+// The height record's flags byte.
+constexpr std::uint8_t kHasBlockHash = 1;    // 32 bytes of block hash follow
+constexpr std::uint8_t kFromChangeFile = 2;  // HeightRecord::from_change_file (version 4 on)
+
 Bytes prefixed_height(Prefix p, std::uint64_t height) {
     Bytes k;
     k.reserve(9);
@@ -73,19 +77,19 @@ Bytes format_value() {
     return v;
 }
 
-Status check_format(ByteView value) {
+Result<std::uint32_t> check_format(ByteView value) {
     if (value.size() != kMagic.size() + 4 ||
         !std::equal(kMagic.begin(), kMagic.end(), value.begin())) {
         return make_error(ErrorCode::kCorruption, "not a stateroot database (bad format row)");
     }
     const std::uint32_t version = get_be32(value.data() + kMagic.size());
-    if (version != kFormatVersion) {
+    if (version < kOldestFormatVersion || version > kFormatVersion) {
         return make_error(ErrorCode::kInvalidArgument,
                           fmt::format("database format version {} is not supported (this build "
-                                      "reads version {})",
-                                      version, kFormatVersion));
+                                      "reads versions {} to {})",
+                                      version, kOldestFormatVersion, kFormatVersion));
     }
-    return {};
+    return version;
 }
 
 Bytes encode(const HeightRecord& r) {
@@ -97,7 +101,8 @@ Bytes encode(const HeightRecord& r) {
     put_be64(v, r.end_chunk);
     put_be64(v, r.live_keys);
     v.insert(v.end(), r.digest.bytes.begin(), r.digest.bytes.end());
-    v.push_back(r.block_hash ? 1 : 0);
+    v.push_back(static_cast<std::uint8_t>((r.block_hash ? kHasBlockHash : 0) |
+                                          (r.from_change_file ? kFromChangeFile : 0)));
     if (r.block_hash) v.insert(v.end(), r.block_hash->bytes.begin(), r.block_hash->bytes.end());
     return v;
 }
@@ -114,10 +119,13 @@ Result<HeightRecord> decode_height_record(ByteView v, std::uint64_t height) {
     r.live_keys = get_be64(p + 56);
     r.digest = Hash::from({p + 64, 32});
     const std::uint8_t flags = p[96];
-    if (r.first_chunk > r.end_chunk || flags > 1 || (flags == 1) != (v.size() == kFixed + 32)) {
+    const bool has_hash = (flags & kHasBlockHash) != 0;
+    if (r.first_chunk > r.end_chunk || (flags & ~(kHasBlockHash | kFromChangeFile)) != 0 ||
+        has_hash != (v.size() == kFixed + 32)) {
         return corrupt("height record", height);
     }
-    if (flags == 1) r.block_hash = Hash::from({p + 97, 32});
+    if (has_hash) r.block_hash = Hash::from({p + 97, 32});
+    r.from_change_file = (flags & kFromChangeFile) != 0;
     return r;
 }
 

@@ -34,6 +34,7 @@ Result<engine::Changes> parse_change_line(std::string_view line) {
     if (!j.is_object()) return bad("a line must be a JSON object");
 
     engine::Changes c;
+    c.from_change_file = true;
     for (const auto& [name, value] : j.items()) {
         if (name != "height" && name != "block_hash" && name != "puts" && name != "deletes") {
             return bad(fmt::format("unknown field \"{}\"", name));

@@ -198,11 +198,10 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
     if (engine.first()) {
         auto rec = view->record(*engine.first());
         if (!rec) return std::unexpected(rec.error());
-        if (!rec->block_hash) {
-            return make_error(
-                ErrorCode::kInvalidArgument,
-                fmt::format("height {} has no block hash: this database was not built from blocks",
-                            *engine.first()));
+        if (!rec->block_hash || rec->from_change_file) {
+            return make_error(ErrorCode::kInvalidArgument,
+                              fmt::format("height {} {}: this database was not built from blocks", *engine.first(),
+                                          rec->block_hash ? "was written from a change file" : "has no block hash"));
         }
         root = reversed(*rec->block_hash);
         root_height = *engine.first();
@@ -442,14 +441,17 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
         for (std::uint64_t h = *engine.tip();; --h) {
             auto rec = view->record(h);
             if (!rec) return std::unexpected(rec.error());
-            // A height written by `stateroot apply` is no block of any branch: rolling it
-            // back as a losing one would delete what someone else wrote.
-            if (!rec->block_hash) {
+            // A height written by `stateroot apply` is no block of any branch, even with a
+            // block hash: building on it would take its changes for the block's, and
+            // rolling it back as a losing one would delete what someone else wrote.
+            if (!rec->block_hash || rec->from_change_file) {
                 return make_error(ErrorCode::kInvalidArgument,
-                                  fmt::format("height {} has no block hash: it was not written from "
-                                              "blocks; roll it back first to index blocks after it "
+                                  fmt::format("height {} {}; roll it back first to index blocks after it "
                                               "(stateroot rollback --height {})",
-                                              h, h - 1));
+                                              h,
+                                              rec->block_hash ? "was written from a change file, not from blocks"
+                                                              : "has no block hash: it was not written from blocks",
+                                              h - 1));
             }
             if (h == *engine.tip()) stored_tip = index.find(reversed(*rec->block_hash));
             if (h <= best_height && reversed(*rec->block_hash) == on_path(h)->header.hash) {

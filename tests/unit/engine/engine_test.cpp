@@ -983,8 +983,8 @@ TEST_CASE("engine: directories that are not stateroot databases are refused unto
     auto o = Engine::open(older.str());
     REQUIRE_FALSE(o);
     CHECK(o.error().message ==
-          fmt::format("{}: database format version 2 is not supported (this build reads version {})",
-                      older.str(), schema::kFormatVersion));
+          fmt::format("{}: database format version 2 is not supported (this build reads versions {} to {})",
+                      older.str(), schema::kOldestFormatVersion, schema::kFormatVersion));
 
     // Another format version.
     test::TempDir future;
@@ -1000,8 +1000,50 @@ TEST_CASE("engine: directories that are not stateroot databases are refused unto
     auto g = Engine::open(future.str());
     REQUIRE_FALSE(g);
     CHECK(g.error().message ==
-          fmt::format("{}: database format version {} is not supported (this build reads version {})",
-                      future.str(), schema::kFormatVersion + 1, schema::kFormatVersion));
+          fmt::format("{}: database format version {} is not supported (this build reads versions {} to {})",
+                      future.str(), schema::kFormatVersion + 1, schema::kOldestFormatVersion,
+                      schema::kFormatVersion));
+}
+
+TEST_CASE("engine: a database of the oldest readable format is read, and a writer moves it to the current one",
+          "[engine][identity]") {
+    test::TempDir dir;
+    Hash root;
+    {
+        auto e = open_engine(dir);
+        root = e->apply({0, std::nullopt, {{{1}, {2}}}, {}})->root;
+    }
+    const auto format_version = [&] {
+        auto s = storage::Store::open(dir.str(), Engine::store_options({}));
+        REQUIRE(s);
+        auto v = (*s)->get(schema::meta_key(schema::kMetaFormat));
+        REQUIRE(v);
+        REQUIRE(*v);
+        return get_be32((*v)->data() + schema::kMagic.size());
+    };
+    {
+        auto s = storage::Store::open(dir.str(), Engine::store_options({}));
+        REQUIRE(s);
+        storage::WriteBatch batch;
+        Bytes v(schema::kMagic.begin(), schema::kMagic.end());
+        put_be32(v, schema::kOldestFormatVersion);
+        batch.put(schema::meta_key(schema::kMetaFormat), v);
+        REQUIRE((*s)->write(batch));
+    }
+    EngineOptions read_only;
+    read_only.read_only = true;
+    {
+        auto r = Engine::open(dir.str(), read_only);
+        REQUIRE(r);
+        CHECK((*r)->root() == root);
+    }
+    CHECK(format_version() == schema::kOldestFormatVersion);
+    {
+        auto w = Engine::open(dir.str());
+        REQUIRE(w);
+        CHECK((*w)->root() == root);
+    }
+    CHECK(format_version() == schema::kFormatVersion);
 }
 
 TEST_CASE("engine: a second writer is refused while the first has the database open",

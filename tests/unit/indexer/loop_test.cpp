@@ -727,3 +727,26 @@ TEST_CASE("loop: heights written from change files after the blocks are refused,
     roots_after.pop_back();
     CHECK(roots_after == roots);
 }
+
+TEST_CASE("loop: a change-file height with a block hash is refused too, even the next block's",
+          "[indexer][loop]") {
+    const auto found = scan_files({kMainnet});
+    for (const std::string& hash : {display_hex(found[500].header.hash), std::string(64, 'a')}) {
+        INFO(hash);
+        Db db;
+        LoopOptions o;
+        o.exit_at = 499;
+        REQUIRE(db.index({kMainnet}, o));
+        auto c = indexer::parse_change_line(
+            fmt::format(R"({{"height": 500, "block_hash": "{}", "puts": [["01", "02"]]}})", hash));
+        REQUIRE(c);
+        const Hash root = db.engine->apply(*c)->root;
+        auto r = db.index({kMainnet});
+        REQUIRE_FALSE(r);
+        CHECK(r.error().message ==
+              "height 500 was written from a change file, not from blocks; roll it back first to index blocks "
+              "after it (stateroot rollback --height 499)");
+        CHECK(db.engine->tip() == 500u);
+        CHECK(db.engine->root() == root);
+    }
+}

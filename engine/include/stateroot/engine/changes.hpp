@@ -21,6 +21,10 @@ struct Changes {
     // A put with an empty value is a delete (docs/smt-spec.md section 5).
     std::vector<std::pair<Bytes, Bytes>> puts;
     std::vector<Bytes> deletes;
+    // Written from a change file (`stateroot apply`): its block hash, if any, is the
+    // writer's word, not a block the block indexer read. The indexer neither builds on
+    // such a height nor rolls it back.
+    bool from_change_file = false;
 };
 
 // One change after normalisation: keyed by path, an empty put turned into a delete.

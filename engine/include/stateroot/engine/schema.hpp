@@ -19,7 +19,12 @@ class WriteBatch;
 namespace stateroot::engine::schema {
 
 // Written to disk as part of `m` "format"; bump on any incompatible change.
-inline constexpr std::uint32_t kFormatVersion = 3;
+inline constexpr std::uint32_t kFormatVersion = 4;
+// The oldest version this build reads. Version 3 lacks only the height record's flag
+// bit 1, which it never sets: a writer opening it rewrites the format row to the
+// current version, so that an older build refuses the database instead of calling a
+// record with that bit corrupt.
+inline constexpr std::uint32_t kOldestFormatVersion = 3;
 inline constexpr std::string_view kMagic = "stateroot";
 
 // One-byte key prefixes (written to disk: never renumber).
@@ -75,8 +80,9 @@ std::uint64_t value_key_height(ByteView key);
 bool same_path(ByteView key, ByteView of);
 
 Bytes format_value();
-// Checks the `m` "format" row: kCorruption naming what it found if it is not ours.
-Status check_format(ByteView value);
+// Checks the `m` "format" row: kCorruption naming what it found if it is not ours,
+// kInvalidArgument for a version this build does not read. Returns the version.
+Result<std::uint32_t> check_format(ByteView value);
 
 // Per-height record, the value of `h` ‖ height.
 struct HeightRecord {
@@ -87,6 +93,7 @@ struct HeightRecord {
     std::uint64_t live_keys = 0;     // keys present after this height
     Hash digest;                     // changes_digest of this height's changes
     std::optional<Hash> block_hash;  // display byte order
+    bool from_change_file = false;   // Changes::from_change_file
 };
 Bytes encode(const HeightRecord& record);
 Result<HeightRecord> decode_height_record(ByteView value, std::uint64_t height);
