@@ -12,6 +12,7 @@
 #include "rpc.hpp"
 #include "server.hpp"
 #include "signals.hpp"
+#include "stateroot/indexer/chain.hpp"
 #include "stateroot/indexer/loop.hpp"
 
 namespace stateroot::tools {
@@ -50,6 +51,7 @@ Result<std::vector<indexer::FoundBlock>> scan_inputs(const IndexOptions& o,
             return make_error(ErrorCode::kInvalidArgument, fmt::format("cannot read {}", file));
         std::array<std::uint8_t, 4> head{};
         in.read(reinterpret_cast<char*>(head.data()), 4);
+        if (in.gcount() == 0) continue;  // no blocks, as in a file of zeros
         for (indexer::Network other :
              {indexer::Network::kMainnet, indexer::Network::kTestnet3, indexer::Network::kTestnet4,
               indexer::Network::kSignet, indexer::Network::kRegtest}) {
@@ -83,6 +85,15 @@ Result<std::vector<indexer::FoundBlock>> scan_inputs(const IndexOptions& o,
         } else {
             auto found = indexer::scan_raw_file(file);
             if (!found) return std::unexpected(found.error());
+            // Most often a blk file whose first magic is damaged, or one of an obfuscated
+            // directory without its xor.dat: say so rather than call it a block without work.
+            if (!indexer::meets_target(found->header, network)) {
+                return make_error(ErrorCode::kInvalidArgument,
+                                  fmt::format("{}: offset 0: not a blk file of {} (it does not start with the "
+                                              "magic {}; an obfuscated one needs the xor.dat of its directory "
+                                              "beside it), and read as one raw block it has no valid proof of work",
+                                              file, indexer::network_name(network), to_hex(magic)));
+            }
             all.push_back(*found);
         }
     }

@@ -270,11 +270,18 @@ Result<Block> parse_block(ByteView data) {
     for (const Transaction& tx : block.txs) txids.push_back(tx.txid);
     bool mutated = false;
     const Hash root = merkle_root(std::move(txids), &mutated);
-    if (root != block.header.merkle_root || mutated) {
+    if (root != block.header.merkle_root) {
         return make_error(ErrorCode::kInvalidArgument,
-                          fmt::format("merkle root mismatch: header has {}, transactions give {}{}",
-                                      display_hex(block.header.merkle_root), display_hex(root),
-                                      mutated ? " (mutated)" : ""));
+                          fmt::format("merkle root mismatch: header has {}, transactions give {}",
+                                      display_hex(block.header.merkle_root), display_hex(root)));
+    }
+    if (mutated) {
+        // CVE-2012-2459: a copy of a block with transactions repeated at the end of a
+        // level has the same merkle root; the real block lies elsewhere.
+        return make_error(ErrorCode::kInvalidArgument,
+                          fmt::format("mutated: the merkle root {} matches, but only with transactions repeated "
+                                      "(a copy of the block with duplicates appended)",
+                                      display_hex(root)));
     }
     // Without witness data there is nothing the merkle root leaves uncovered. (Core also
     // refuses a block past segwit's activation whose coinbase commits with no witness of

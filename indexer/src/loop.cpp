@@ -62,7 +62,8 @@ class StagedState final : public StateReader {
     std::map<Bytes, std::optional<Bytes>> staged_;
 };
 
-// The serialized block, from this run's input or the bodies kept in the database.
+// The serialized block, from this run's input or the bodies kept in the database. Its
+// callers name the block.
 Result<Bytes> block_bytes(const ChainEntry& e, const engine::View& view) {
     if (e.location) return read_block(*e.location);
     if (e.body_stored) {
@@ -71,8 +72,7 @@ Result<Bytes> block_bytes(const ChainEntry& e, const engine::View& view) {
         if (*b) return std::move(**b);
     }
     return make_error(ErrorCode::kInvalidArgument,
-                      fmt::format("block {} at height {} is needed but is not in the input",
-                                  display_hex(e.header.hash), *e.height));
+                      "its body is needed but is neither in the input nor kept in the database");
 }
 
 // A block parsed, with the bytes it was parsed from.

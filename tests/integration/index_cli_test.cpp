@@ -251,5 +251,24 @@ TEST_CASE("index cli: a file of an obfuscated blocks directory given alone is re
     const std::string plain = tip_line(dir, {"index", "--db", dir.sub("b"), "--blocks", mainnet});
     CHECK(alone.starts_with("589 "));
     CHECK(alone == plain);
+
+    // Without its xor.dat, or with its first magic damaged, a blk file is no raw block:
+    // said so, rather than "no valid proof of work".
+    std::filesystem::remove(dir.sub("blocks/xor.dat"));
+    Bytes damaged = test::read_file(mainnet);
+    damaged[3] ^= 1;
+    test::write_file(dir.sub("damaged.blk"), damaged);
+    for (const std::string& file : {dir.sub("blocks/blk00000.dat"), dir.sub("damaged.blk")}) {
+        Child c({"index", "--db", dir.sub("c"), "--blocks", file}, dir.sub("out"), dir.sub("err"));
+        CHECK(c.wait() == 2);
+        CHECK(slurp(dir.sub("err")) ==
+              fmt::format("stateroot: {}: offset 0: not a blk file of mainnet (it does not start with the magic "
+                          "f9beb4d9; an obfuscated one needs the xor.dat of its directory beside it), and read as "
+                          "one raw block it has no valid proof of work\n",
+                          file));
+    }
+    // An empty file holds no blocks, as a file of zeros.
+    test::write_file(dir.sub("empty.blk"), Bytes{});
+    CHECK(tip_line(dir, {"index", "--db", dir.sub("b"), "--blocks", mainnet, dir.sub("empty.blk")}) == plain);
 }
 

@@ -254,6 +254,29 @@ TEST_CASE("blocks: a flipped byte in a transaction fails the merkle check", "[in
     CHECK(r.error().message.rfind("merkle root mismatch: header has ", 0) == 0);
 }
 
+TEST_CASE("blocks: a block with its last transaction repeated (same merkle root) is refused as mutated",
+          "[indexer][blocks]") {
+    const auto found = scan("mainnet_0-589.blk");
+    Bytes bytes = read_block(found[586].location).value();  // three transactions
+    auto block = parse_block(bytes);
+    REQUIRE(block);
+    REQUIRE(block->txs.size() == 3);
+    REQUIRE(bytes[80] == 3);
+    // The last transaction runs to the end of the block: find where its txid starts.
+    std::size_t start = bytes.size();
+    while (start > 81 && double_sha256(ByteView(bytes).subspan(start)) != block->txs[2].txid) --start;
+    REQUIRE(start > 81);
+    const Bytes last(bytes.begin() + static_cast<std::ptrdiff_t>(start), bytes.end());
+    bytes.insert(bytes.end(), last.begin(), last.end());
+    bytes[80] = 4;
+    auto r = parse_block(bytes);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message ==
+          fmt::format("mutated: the merkle root {} matches, but only with transactions repeated (a copy of the "
+                      "block with duplicates appended)",
+                      display_hex(block->header.merkle_root)));
+}
+
 TEST_CASE("blocks: a malformed transaction is reported with its index and byte offset",
           "[indexer][blocks]") {
     const auto found = scan("mainnet_0-589.blk");

@@ -319,8 +319,8 @@ TEST_CASE("loop: a reorg to a branch whose body is missing changes nothing",
     const auto before = db.roots();
     auto r = db.index({k4A, k5A});
     REQUIRE_FALSE(r);
-    CHECK(r.error().message.find("at height 3 is needed but is not in the input; the reorg to") !=
-          std::string::npos);
+    CHECK(r.error().message.find("(height 3): its body is needed but is neither in the input nor kept in the "
+                                 "database; the reorg to") != std::string::npos);
     CHECK(db.roots() == before);
     auto r2 = db.index({k3A, k4A, k5A});  // the body given: the reorg is made
     INFO((r2 ? "" : r2.error().message));
