@@ -309,6 +309,13 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
     }
     index.connect(root, root_height);
     for (const ChainEntry* e : index.unconnected()) {
+        if (e->location && e->header.prev == Hash{}) {
+            return make_error(ErrorCode::kInvalidArgument,
+                              fmt::format("{}: offset {}: block {} is a genesis block, but this chain starts from "
+                                          "block {}: blocks of another network or chain?",
+                                          e->location->file, e->location->offset, display_hex(e->header.hash),
+                                          display_hex(root)));
+        }
         if (e->location) {
             return make_error(
                 ErrorCode::kInvalidArgument,

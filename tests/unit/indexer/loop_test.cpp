@@ -598,6 +598,25 @@ TEST_CASE("loop: a block whose parent is unknown is an error and nothing is appl
                                            display_hex(found[11].header.hash),
                                            display_hex(found[11].header.prev)));
     CHECK_FALSE(db.engine->tip());
+
+    // Another chain's genesis block is named as such.
+    REQUIRE(db.index({kBtcd}));
+    const std::string other = tmp.sub("regtest.blk");
+    test::ChainSpec spec;
+    spec.blocks = 2;
+    write_file(other, test::make_chain(spec));
+    auto regtest = scan_blk_file(other, Network::kRegtest);
+    REQUIRE(regtest);
+    UtxoIndexer utxo(false);
+    LoopOptions o;
+    o.network = Network::kRegtest;
+    auto g = run_index(*db.engine, utxo, *regtest, o);
+    REQUIRE_FALSE(g);
+    CHECK(g.error().message ==
+          fmt::format("{}: offset 8: block {} is a genesis block, but this chain starts from block {}: blocks of "
+                      "another network or chain?",
+                      other, display_hex((*regtest)[0].header.hash), display_hex(found[0].header.hash)));
+    CHECK(db.engine->tip() == 4u);
 }
 
 TEST_CASE("loop: a modern block starts a mid-chain index only when allowed", "[indexer][loop]") {
