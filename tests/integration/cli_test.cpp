@@ -1,6 +1,7 @@
 // The `stateroot` binary, run as a user would: exit codes, stdout, stderr.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
@@ -9,6 +10,7 @@
 
 #include "cli.hpp"
 #include "files.hpp"
+#include "stateroot/engine/engine.hpp"
 #include "stateroot/engine/proof.hpp"
 #include "stateroot/engine/schema.hpp"
 
@@ -271,6 +273,18 @@ TEST_CASE("cli: rollback keeps the heights at or below the target", "[cli]") {
     CHECK(empty.out == "empty\n");
     CHECK(cli.run(fmt::format("root --db {}", cli.db())).err ==
           "stateroot: the database is empty\n");
+}
+
+TEST_CASE("cli: a second writer is refused in one line", "[cli]") {
+    Cli cli;
+    REQUIRE(cli.run(fmt::format("apply --db {} {}", cli.db(), kExample)).code == 0);
+    auto writer = engine::Engine::open(cli.db());  // holds the database's lock
+    REQUIRE(writer);
+    const Run second = cli.run(fmt::format("rollback --db {} --height 2", cli.db()));
+    CHECK(second.code == 2);
+    CHECK(second.err.starts_with(fmt::format("stateroot: cannot open {}: the database is open in another process (",
+                                             cli.db())));
+    CHECK(std::count(second.err.begin(), second.err.end(), '\n') == 1);
 }
 
 TEST_CASE("cli: whole numbers on the command line are decimal, and other text is refused",
