@@ -4,6 +4,7 @@
 
 #include <malloc.h>
 
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -61,6 +62,8 @@ int cmd_apply(const Config& c, const std::string& file) {
     // The input first: a mistyped file name creates no database.
     std::ifstream in;
     if (file != "-") {
+        std::error_code ec;
+        if (std::filesystem::is_directory(file, ec)) return fail(fmt::format("cannot read {}: it is a directory", file));
         in.open(file, std::ios::binary);
         if (!in) return fail(fmt::format("cannot open {}", file));
     }

@@ -72,16 +72,15 @@ CLI::Validator decimal() {
         "UINT");
 }
 
-// rollback --height: a height, or a negative number for "all of them".
+// rollback --height: a height, or -1 for "all of them". Only -1: another negative
+// number ("-20", meant as twenty back) would empty the database as well.
 CLI::Validator rollback_height() {
     return CLI::Validator(
         [](std::string& text) -> std::string {
-            const bool all = text.starts_with('-');
-            const auto v = parse_decimal(std::string_view(text).substr(all ? 1 : 0));
-            if (!v || (all && *v == 0)) {
-                return fmt::format("\"{}\" is neither a decimal height nor -1 (all heights)", text);
-            }
-            text = all ? "-1" : std::to_string(*v);
+            if (text == "-1") return {};
+            const auto v = parse_decimal(text);
+            if (!v) return fmt::format("\"{}\" is neither a decimal height nor -1 (all heights)", text);
+            text = std::to_string(*v);
             return {};
         },
         "HEIGHT|-1");

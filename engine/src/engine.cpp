@@ -514,7 +514,7 @@ Result<PruneResult> Engine::prune_unguarded(std::uint64_t first_kept) {
     io.same_prefix = true;
     constexpr std::uint64_t kWindow = 64;  // heights cleaned per write
     for (std::uint64_t h = start; h < kept;) {
-        const std::uint64_t end = std::min(kept, h + kWindow);
+        const std::uint64_t end = kept - h > kWindow ? h + kWindow : kept;  // h + kWindow may wrap
         storage::WriteBatch batch = store_->batch();
         std::map<std::uint64_t, std::vector<std::size_t>> dead;  // chunk -> record indices
         auto drop_stale = [&](std::uint64_t height) -> Status {

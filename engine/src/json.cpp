@@ -10,6 +10,11 @@ namespace stateroot::engine {
 
 Result<nlohmann::json> parse_json(std::string_view text) {
     using nlohmann::json;
+    // nlohmann's reader takes a NUL byte for the end of the input: what follows one would
+    // be dropped unread. A NUL is never valid outside a string, nor raw inside one.
+    if (const auto nul = text.find('\0'); nul != std::string_view::npos) {
+        return make_error(ErrorCode::kInvalidArgument, fmt::format("bad JSON: a NUL byte at column {}", nul + 1));
+    }
     std::unordered_set<std::string> names;
     std::optional<std::string> repeated;
     const auto note_field = [&](int depth, json::parse_event_t event, json& parsed) {

@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -83,7 +85,8 @@ Result<engine::Changes> parse_change_line(std::string_view line) {
 Status apply_change_stream(engine::Engine& engine, std::istream& in, const std::string& name,
                            const std::function<void(const engine::CommitResult&)>& on_height) {
     std::string line;
-    for (std::uint64_t number = 1; std::getline(in, line); ++number) {
+    std::uint64_t number = 1;  // of the line being read
+    for (; std::getline(in, line); ++number) {
         if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
         const std::string where = fmt::format("{}:{}", name, number);
         auto changes = parse_change_line(line);
@@ -92,7 +95,10 @@ Status apply_change_stream(engine::Engine& engine, std::istream& in, const std::
         if (!result) return with_context(result.error(), where);
         on_height(*result);
     }
-    if (in.bad()) return make_error(ErrorCode::kIoError, fmt::format("{}: read error", name));
+    if (in.bad()) {
+        return make_error(ErrorCode::kIoError,
+                          fmt::format("{}: read error after line {}: {}", name, number - 1, std::strerror(errno)));
+    }
     return {};
 }
 

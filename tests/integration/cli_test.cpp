@@ -309,6 +309,13 @@ TEST_CASE("cli: whole numbers on the command line are decimal, and other text is
         CHECK(cli.run(fmt::format("rollback --db {} --height {}", cli.db(), bad)).code == 2);
         CHECK(cli.run(fmt::format("prune --db {} --keep {}", cli.db(), bad)).code == 2);
     }
+    // Only -1 means every height: "-20", meant as twenty back, would empty the database.
+    for (const char* bad : {"-2", "-20", "-01"}) {
+        INFO(bad);
+        const Run r = cli.run(fmt::format("rollback --db {} --height {}", cli.db(), bad));
+        CHECK(r.code == 2);
+        CHECK(r.err.find("is neither a decimal height nor -1 (all heights)") != std::string::npos);
+    }
     CHECK(cli.run(fmt::format("rollback --db {} --height 010", cli.db())).out == roots[10] + "\n");
     CHECK(cli.run(fmt::format("prune --db {} --keep 010", cli.db())).out == "1 10\n");
     CHECK(cli.run(fmt::format("bench --keys 0x10 --blocks 1")).code == 2);
@@ -325,6 +332,7 @@ TEST_CASE("cli: bad input to a write command creates no database", "[cli]") {
     cli.file("db-blocks/README", "not a block file");
     const std::vector<std::pair<std::string, std::string>> cases = {
         {fmt::format("apply --db {} {}", cli.db(), cli.db() + ".jsonl"), "cannot open"},
+        {fmt::format("apply --db {} {}", cli.db(), blocks), fmt::format("cannot read {}: it is a directory", blocks)},
         {fmt::format("index --db {} --blocks {}", cli.db(), cli.db() + ".blk"), "cannot read"},
         {fmt::format("index --db {} --blocks-dir {}", cli.db(), blocks),
          fmt::format("{} holds no blk?????.dat files (is it Bitcoin Core's blocks/ directory?)", blocks)},

@@ -1,6 +1,7 @@
 // Pruning, checked against a twin database that was never pruned.
 #include <catch2/catch.hpp>
 
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
@@ -153,6 +154,17 @@ TEST_CASE("prune: a pruned database reopens with its pruned height", "[engine][p
     t.pruned = std::move(*Engine::open(t.dir_a.str()));
     CHECK(t.pruned->view()->pruned() == 30u);
     t.advance(5);
+    t.compare();
+}
+
+TEST_CASE("prune: heights near the top of the 64-bit range are cleaned without wrapping", "[engine][prune]") {
+    Twins t;
+    t.height = std::numeric_limits<std::uint64_t>::max() - 100;
+    t.advance(90);
+    // Its windows of 64 heights end past 2^64 - 1: the last must end at the height kept.
+    auto r = t.pruned->prune(*t.pruned->tip());
+    REQUIRE(r);
+    CHECK(r->first_kept == *t.pruned->tip());
     t.compare();
 }
 
