@@ -69,10 +69,19 @@ int cmd_apply(const Config& c, const std::string& file) {
     }
     auto e = Engine::open(c.db, engine_options(c));
     if (!e) return fail(e.error());
-    auto print = [](const engine::CommitResult& r) { fmt::print("{} {}\n", r.height, r.root.hex()); };
-    const Status s = file == "-" ? indexer::apply_change_stream(**e, std::cin, "<stdin>", print)
-                                 : indexer::apply_change_stream(**e, in, file, print);
-    std::fflush(stdout);
+    std::optional<std::uint64_t> last;
+    auto print = [&](const engine::CommitResult& r) {
+        last = r.height;
+        fmt::print("{} {}\n", r.height, r.root.hex());
+    };
+    Status s;
+    try {
+        s = file == "-" ? indexer::apply_change_stream(**e, std::cin, "<stdin>", print)
+                        : indexer::apply_change_stream(**e, in, file, print);
+    } catch (const std::system_error& write_failed) {  // fmt::print's
+        return fail(fmt::format("cannot write to standard output: {}; heights through {} are committed",
+                                write_failed.code().message(), last ? std::to_string(*last) : "none"));
+    }
     return s ? kExitOk : fail(s.error());
 }
 

@@ -6,6 +6,9 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <exception>
 #include <new>
 #include <system_error>
@@ -260,7 +263,14 @@ int main(int argc, char** argv) {
     // (each height is one atomic write, and a write in flight ends before the engine is
     // closed).
     try {
-        return stateroot::tools::main(argc, argv);
+        const int code = stateroot::tools::main(argc, argv);
+        // An answer that never reached its reader (a full disk, a closed pipe) is no
+        // success: said, and exit 2, rather than exit 0 with the output lost. A command
+        // that failed has said why already.
+        if (code != stateroot::tools::kExitError && (std::fflush(stdout) != 0 || std::ferror(stdout))) {
+            return stateroot::tools::fail(fmt::format("cannot write to standard output: {}", std::strerror(errno)));
+        }
+        return code;
     } catch (const std::bad_alloc&) {
         return stateroot::tools::fail("out of memory");
     } catch (const std::system_error& e) {

@@ -275,6 +275,29 @@ TEST_CASE("cli: rollback keeps the heights at or below the target", "[cli]") {
           "stateroot: the database is empty\n");
 }
 
+TEST_CASE("cli: output that cannot be written is an error, not a silent success", "[cli]") {
+    if (!std::filesystem::exists("/dev/full")) {
+        WARN("no /dev/full here");
+        return;
+    }
+    Cli cli;
+    const std::string err = cli.db() + ".err";
+    auto run_to_full = [&](const std::string& args) {
+        const int status = std::system(fmt::format("{} {} >/dev/full 2>{}", test::shell_quoted(STATEROOT_BIN), args,
+                                                   test::shell_quoted(err))
+                                           .c_str());
+        return std::pair{WEXITSTATUS(status), test::slurp(err)};
+    };
+    // apply stops at the first line it cannot print, and says how far it committed.
+    const auto [apply_code, apply_err] = run_to_full(fmt::format("apply --db {} {}", cli.db(), kExample));
+    CHECK(apply_code == 2);
+    CHECK(apply_err.starts_with("stateroot: cannot write to standard output: No space left on device"));
+    CHECK(cli.run(fmt::format("info --db {}", cli.db())).code == 0);
+    const auto [root_code, root_err] = run_to_full(fmt::format("root --db {}", cli.db()));
+    CHECK(root_code == 2);
+    CHECK(root_err == "stateroot: cannot write to standard output: No space left on device\n");
+}
+
 TEST_CASE("cli: a second writer is refused in one line", "[cli]") {
     Cli cli;
     REQUIRE(cli.run(fmt::format("apply --db {} {}", cli.db(), kExample)).code == 0);
