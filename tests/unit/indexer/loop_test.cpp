@@ -79,6 +79,17 @@ std::vector<Bytes> records(const std::string& file) {
     return out;
 }
 
+// A synthetic regtest chain of `blocks` blocks (tests/support/chain_gen.hpp), written
+// to `path` and scanned.
+std::vector<FoundBlock> regtest_chain(const std::string& path, std::uint64_t blocks) {
+    test::ChainSpec spec;
+    spec.blocks = blocks;
+    write_file(path, test::make_chain(spec));
+    auto found = scan_blk_file(path, Network::kRegtest);
+    REQUIRE(found);
+    return *found;
+}
+
 Bytes join(const std::vector<Bytes>& parts) {
     Bytes out;
     for (const Bytes& p : parts) out.insert(out.end(), p.begin(), p.end());
@@ -503,12 +514,7 @@ TEST_CASE("loop: a header torn by a crash is passed over, for a good copy later 
 
 TEST_CASE("loop: a target easier than the network's limit is no proof of work", "[indexer][loop]") {
     test::TempDir tmp;
-    const std::string path = tmp.sub("regtest.blk");
-    test::ChainSpec spec;
-    spec.blocks = 3;
-    write_file(path, test::make_chain(spec));
-    auto found = scan_blk_file(path, Network::kRegtest);
-    REQUIRE(found);
+    const auto found = regtest_chain(tmp.sub("regtest.blk"), 3);
     for (const auto& [network, ok] : {std::pair{Network::kRegtest, true}, std::pair{Network::kMainnet, false},
                                       std::pair{Network::kSignet, false}}) {
         INFO(network_name(network));
@@ -516,7 +522,7 @@ TEST_CASE("loop: a target easier than the network's limit is no proof of work", 
         UtxoIndexer utxo(false);
         LoopOptions o;
         o.network = network;
-        auto r = run_index(*db.engine, utxo, *found, o);
+        auto r = run_index(*db.engine, utxo, found, o);
         CHECK(r.has_value() == ok);
         if (!ok) {
             CHECK(r.error().message.find(fmt::format("easier than {}'s limit", network_name(network))) !=
@@ -602,20 +608,16 @@ TEST_CASE("loop: a block whose parent is unknown is an error and nothing is appl
     // Another chain's genesis block is named as such.
     REQUIRE(db.index({kBtcd}));
     const std::string other = tmp.sub("regtest.blk");
-    test::ChainSpec spec;
-    spec.blocks = 2;
-    write_file(other, test::make_chain(spec));
-    auto regtest = scan_blk_file(other, Network::kRegtest);
-    REQUIRE(regtest);
+    const auto regtest = regtest_chain(other, 2);
     UtxoIndexer utxo(false);
     LoopOptions o;
     o.network = Network::kRegtest;
-    auto g = run_index(*db.engine, utxo, *regtest, o);
+    auto g = run_index(*db.engine, utxo, regtest, o);
     REQUIRE_FALSE(g);
     CHECK(g.error().message ==
           fmt::format("{}: offset 8: block {} is a genesis block, but this chain starts from block {}: blocks of "
                       "another network or chain?",
-                      other, display_hex((*regtest)[0].header.hash), display_hex(found[0].header.hash)));
+                      other, display_hex(regtest[0].header.hash), display_hex(found[0].header.hash)));
     CHECK(db.engine->tip() == 4u);
 }
 
