@@ -29,6 +29,9 @@ engine::EngineOptions engine_options(const Config& config);
 void set_memory_budget(engine::EngineOptions& options, std::uint64_t mb);
 // kInvalidArgument unless the configuration names a database.
 Status require_db(const Config& config);
+// kInvalidArgument "cannot read PATH: Is a directory" if `path` is a directory, which
+// std::ifstream opens without complaint and then reads as empty.
+Status not_a_directory(const std::string& path);
 
 // State commands (commands.cpp). `height` nullopt means the tip.
 int cmd_apply(const Config& c, const std::string& file);

@@ -62,8 +62,7 @@ int cmd_apply(const Config& c, const std::string& file) {
     // The input first: a mistyped file name creates no database.
     std::ifstream in;
     if (file != "-") {
-        std::error_code ec;
-        if (std::filesystem::is_directory(file, ec)) return fail(fmt::format("cannot read {}: it is a directory", file));
+        if (Status s = not_a_directory(file); !s) return fail(s.error());
         in.open(file, std::ios::binary);
         if (!in) return fail(fmt::format("cannot open {}", file));
     }
@@ -194,7 +193,7 @@ int cmd_info(const Config& c) {
     auto view = eng.view();
     if (!view) return fail(view.error());
     const auto opt = [](std::optional<std::uint64_t> v) { return v ? nlohmann::json(*v) : nlohmann::json(nullptr); };
-    nlohmann::json j{{"format_version", engine::schema::kFormatVersion},
+    nlohmann::json j{{"format_version", eng.format_version()},
                      {"first", opt(eng.first())},
                      {"tip", opt(eng.tip())},
                      // Values, change lists and proofs are kept from here on (null: all).
@@ -272,6 +271,13 @@ void set_memory_budget(engine::EngineOptions& options, std::uint64_t mb) {
     // compaction read-ahead and its memtable blocks then come from the heaps and their
     // pages stay there. The threshold is per process: set here, by the process's owner.
     mallopt(M_MMAP_THRESHOLD, 1 << 20);
+}
+
+Status not_a_directory(const std::string& path) {
+    std::error_code ec;
+    if (!std::filesystem::is_directory(path, ec)) return {};
+    return make_error(ErrorCode::kInvalidArgument,
+                      fmt::format("cannot read {}: {}", path, std::make_error_code(std::errc::is_a_directory).message()));
 }
 
 Status require_db(const Config& c) {

@@ -46,6 +46,7 @@ Result<std::vector<indexer::FoundBlock>> scan_inputs(const IndexOptions& o,
     std::vector<indexer::FoundBlock> all;
     const auto magic = indexer::network_magic(network);
     for (const std::string& file : o.block_files) {
+        if (Status s = not_a_directory(file); !s) return std::unexpected(s.error());
         std::ifstream in(file, std::ios::binary);
         if (!in)
             return make_error(ErrorCode::kInvalidArgument, fmt::format("cannot read {}", file));
@@ -67,11 +68,13 @@ Result<std::vector<indexer::FoundBlock>> scan_inputs(const IndexOptions& o,
         // A file of Bitcoin Core's blocks/ given by itself: obfuscated by the xor.dat
         // beside it (Core 28 on).
         std::optional<indexer::XorKey> key;
+        bool xor_beside = false;
         if (!framed && in.gcount() == 4) {
             const std::string dir = std::filesystem::path(file).parent_path().string();
             auto found_key = indexer::read_xor_key(dir.empty() ? "." : dir);
             if (!found_key) return std::unexpected(found_key.error());
             if (*found_key) {
+                xor_beside = true;
                 std::array<std::uint8_t, 4> plain{};
                 for (std::size_t i = 0; i < 4; ++i) plain[i] = head[i] ^ (**found_key)[i];
                 framed = plain == magic || plain == std::array<std::uint8_t, 4>{};
@@ -90,9 +93,11 @@ Result<std::vector<indexer::FoundBlock>> scan_inputs(const IndexOptions& o,
             if (!indexer::meets_target(found->header, network)) {
                 return make_error(ErrorCode::kInvalidArgument,
                                   fmt::format("{}: offset 0: not a blk file of {} (it does not start with the "
-                                              "magic {}; an obfuscated one needs the xor.dat of its directory "
-                                              "beside it), and read as one raw block it has no valid proof of work",
-                                              file, indexer::network_name(network), to_hex(magic)));
+                                              "magic {}{}), and read as one raw block it has no valid proof of work",
+                                              file, indexer::network_name(network), to_hex(magic),
+                                              xor_beside ? ", not even through the xor.dat beside it"
+                                                         : "; an obfuscated one needs the xor.dat of its "
+                                                           "directory beside it"));
             }
             all.push_back(*found);
         }

@@ -6,6 +6,7 @@
 #include <charconv>
 #include <expected>
 
+#include "stateroot/engine/json.hpp"
 #include "stateroot/engine/proof.hpp"
 
 namespace stateroot::tools {
@@ -380,14 +381,9 @@ HttpAnswer Rpc::post(std::string_view body, std::size_t max_answer) {
     if (nesting(body, kMaxDepth) > kMaxDepth) {
         return single_error(kParseError, fmt::format("parse error: nested deeper than {} levels", kMaxDepth));
     }
-    json request;
-    try {
-        request = json::parse(body);
-    } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers past a double
-        std::string what = e.what();
-        if (const auto pos = what.find("] "); pos != std::string::npos) what = what.substr(pos + 2);
-        return single_error(kParseError, what);
-    }
+    auto parsed = engine::parse_json_text(body);
+    if (!parsed) return single_error(kParseError, parsed.error().message);
+    json request = std::move(*parsed);
     bool notification = false;
     if (!request.is_array()) {
         std::string response = call(request, notification, max_answer);
@@ -447,6 +443,7 @@ HttpAnswer Rpc::get(const std::string& path, const QueryParams& query) {
     // The height a route is asked for: its one query parameter, given at most once, or
     // the tip. A misspelt or repeated parameter is refused rather than answered for the
     // tip or for one of its values.
+    constexpr bool kHeightQuery = true, kNoQuery = false;  // what a route takes
     const auto height_query = [&](bool takes_height) -> std::expected<json, RpcError> {
         json height = "latest";
         bool seen = false;
@@ -474,11 +471,11 @@ HttpAnswer Rpc::get(const std::string& path, const QueryParams& query) {
     if (!lease) return finish("rest", internal(lease.error()));
     engine::View& v = lease->view;
     if (path == "/height") {
-        if (auto none = height_query(false); !none) return finish("rest_height", std::unexpected(none.error()));
+        if (auto none = height_query(kNoQuery); !none) return finish("rest_height", std::unexpected(none.error()));
         return finish("rest_height", json{{"height", *m_height(v, json::array(), kMaxAnswer)}});
     }
     if (path == "/status") {
-        if (auto none = height_query(false); !none) return finish("rest_status", std::unexpected(none.error()));
+        if (auto none = height_query(kNoQuery); !none) return finish("rest_status", std::unexpected(none.error()));
         json status{{"tip", v.tip() ? json(*v.tip()) : json(nullptr)},
                     {"root", nullptr},
                     {"block_hash", nullptr},
@@ -505,7 +502,7 @@ HttpAnswer Rpc::get(const std::string& path, const QueryParams& query) {
     constexpr std::string_view kPathHeight = "the height in the path", kQueryHeight = "query parameter height",
                                kPathKey = "the key in the path";
     if (auto h = segments("/root/")) {
-        if (auto none = height_query(false); !none) return finish("rest_root", std::unexpected(none.error()));
+        if (auto none = height_query(kNoQuery); !none) return finish("rest_root", std::unexpected(none.error()));
         auto height_value = height_at(v, json::array({*h}), 0, kPathHeight);
         if (!height_value) return finish("rest_root", std::unexpected(height_value.error()));
         auto root = m_getroot(v, json::array({*height_value}), kMaxAnswer);
@@ -513,7 +510,7 @@ HttpAnswer Rpc::get(const std::string& path, const QueryParams& query) {
         return finish("rest_root", json{{"height", *height_value}, {"root", *root}});
     }
     if (auto h = segments("/blockhash/")) {
-        if (auto none = height_query(false); !none) return finish("rest_blockhash", std::unexpected(none.error()));
+        if (auto none = height_query(kNoQuery); !none) return finish("rest_blockhash", std::unexpected(none.error()));
         auto height_value = height_at(v, json::array({*h}), 0, kPathHeight);
         if (!height_value) return finish("rest_blockhash", std::unexpected(height_value.error()));
         auto hash = m_getblockhash(v, json::array({*height_value}), kMaxAnswer);
@@ -522,7 +519,7 @@ HttpAnswer Rpc::get(const std::string& path, const QueryParams& query) {
     }
     if (auto key = segments("/value/")) {
         if (auto k = key_param(json::array({*key}), 0, kPathKey); !k) return finish("rest_value", std::unexpected(k.error()));
-        auto asked = height_query(true);
+        auto asked = height_query(kHeightQuery);
         if (!asked) return finish("rest_value", std::unexpected(asked.error()));
         auto height_value = height_at(v, json::array({*asked}), 0, kQueryHeight);
         if (!height_value) return finish("rest_value", std::unexpected(height_value.error()));
@@ -533,7 +530,7 @@ HttpAnswer Rpc::get(const std::string& path, const QueryParams& query) {
     }
     if (auto key = segments("/proof/")) {
         if (auto k = key_param(json::array({*key}), 0, kPathKey); !k) return finish("rest_proof", std::unexpected(k.error()));
-        auto asked = height_query(true);
+        auto asked = height_query(kHeightQuery);
         if (!asked) return finish("rest_proof", std::unexpected(asked.error()));
         if (auto h = height_param(json::array({*asked}), 0, kQueryHeight); !h) {
             return finish("rest_proof", std::unexpected(h.error()));

@@ -122,10 +122,12 @@ Result<std::unique_ptr<Engine>> Engine::open(const std::string& dir, const Engin
                                           "(its creation was cut short and it was written to since)",
                                           dir, e->store_->missing_families().front()));
         }
+        e->format_version_ = *version;
         if (*version < schema::kFormatVersion && !read_only) {
             storage::WriteBatch batch = e->store_->batch();
             batch.put(schema::meta_key(schema::kMetaFormat), schema::format_value());
             if (Status s = e->store_->write(batch); !s) return std::unexpected(s.error());
+            e->format_version_ = schema::kFormatVersion;
         }
     } else {
         auto it = e->store_->iterator();
@@ -137,6 +139,7 @@ Result<std::unique_ptr<Engine>> Engine::open(const std::string& dir, const Engin
         storage::WriteBatch batch = e->store_->batch();
         batch.put(schema::meta_key(schema::kMetaFormat), schema::format_value());
         if (Status s = e->store_->write(batch); !s) return std::unexpected(s.error());
+        e->format_version_ = schema::kFormatVersion;
     }
     e->node_cache_ = std::make_unique<NodeCache>(options.node_cache_mb << 20);
     e->nodes_ = std::make_unique<NodeReader>(*e->store_, nullptr, e->node_cache_.get());

@@ -7,14 +7,35 @@
 #include <unordered_set>
 
 namespace stateroot::engine {
+namespace {
+
+// nlohmann::json::parse with `callback`, its exceptions turned into kInvalidArgument
+// "<what and where>". nlohmann's reader takes a NUL byte for the end of the input, and
+// would drop what follows one unread; a NUL is never valid outside a string, nor raw
+// inside one, so it is refused first.
+template <class Callback>
+Result<nlohmann::json> parse_checked(std::string_view text, Callback callback) {
+    using nlohmann::json;
+    if (const auto nul = text.find('\0'); nul != std::string_view::npos) {
+        return make_error(ErrorCode::kInvalidArgument, fmt::format("a NUL byte at offset {}", nul));
+    }
+    try {
+        return json::parse(text, callback);
+    } catch (const json::exception& e) {
+        // Not only parse_error: a number too large for a double (1e400) throws
+        // out_of_range. Drop nlohmann's "[json.exception.parse_error.101] " tag.
+        std::string what = e.what();
+        if (const auto pos = what.find("] "); pos != std::string::npos) what = what.substr(pos + 2);
+        return make_error(ErrorCode::kInvalidArgument, what);
+    }
+}
+
+}  // namespace
+
+Result<nlohmann::json> parse_json_text(std::string_view text) { return parse_checked(text, nullptr); }
 
 Result<nlohmann::json> parse_json(std::string_view text) {
     using nlohmann::json;
-    // nlohmann's reader takes a NUL byte for the end of the input: what follows one would
-    // be dropped unread. A NUL is never valid outside a string, nor raw inside one.
-    if (const auto nul = text.find('\0'); nul != std::string_view::npos) {
-        return make_error(ErrorCode::kInvalidArgument, fmt::format("bad JSON: a NUL byte at column {}", nul + 1));
-    }
     std::unordered_set<std::string> names;
     std::optional<std::string> repeated;
     const auto note_field = [&](int depth, json::parse_event_t event, json& parsed) {
@@ -24,16 +45,8 @@ Result<nlohmann::json> parse_json(std::string_view text) {
         }
         return true;
     };
-    json j;
-    try {
-        j = json::parse(text, note_field);
-    } catch (const json::exception& e) {
-        // Not only parse_error: a number too large for a double (1e400) throws
-        // out_of_range. Drop nlohmann's "[json.exception.parse_error.101] " tag.
-        std::string what = e.what();
-        if (const auto pos = what.find("] "); pos != std::string::npos) what = what.substr(pos + 2);
-        return make_error(ErrorCode::kInvalidArgument, "bad JSON: " + what);
-    }
+    auto j = parse_checked(text, json::parser_callback_t(note_field));
+    if (!j) return make_error(ErrorCode::kInvalidArgument, "bad JSON: " + j.error().message);
     if (repeated) return make_error(ErrorCode::kInvalidArgument, fmt::format("field \"{}\" given twice", *repeated));
     return j;
 }

@@ -1,5 +1,7 @@
 #include "stateroot/indexer/chain.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cstring>
 #include <deque>
@@ -73,14 +75,25 @@ std::optional<Limbs> target_of(std::uint32_t bits) {
 
 }  // namespace
 
-bool meets_target(const BlockHeader& header, Network network) {
+Status check_work(const BlockHeader& header, Network network) {
     const auto target = target_of(header.bits);
-    if (!target || compare(*target, *target_of(pow_limit_bits(network))) > 0) return false;
+    if (!target) {
+        return make_error(ErrorCode::kInvalidArgument, fmt::format("its bits {:08x} encode no valid target", header.bits));
+    }
+    if (compare(*target, *target_of(pow_limit_bits(network))) > 0) {
+        return make_error(ErrorCode::kInvalidArgument,
+                          fmt::format("its target (bits {:08x}) is easier than {}'s limit (bits {:08x})", header.bits,
+                                      network_name(network), pow_limit_bits(network)));
+    }
     Limbs hash{};  // the hash in internal byte order is a little-endian number
     for (int i = 0; i < 4; ++i) {
         for (int b = 7; b >= 0; --b) hash[i] = hash[i] << 8 | header.hash.bytes[8 * i + b];
     }
-    return compare(hash, *target) <= 0;
+    if (compare(hash, *target) > 0) {
+        return make_error(ErrorCode::kInvalidArgument,
+                          fmt::format("its hash is above the target its bits {:08x} encode", header.bits));
+    }
+    return {};
 }
 
 Work Work::from_bits(std::uint32_t bits) {

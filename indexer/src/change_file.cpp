@@ -3,8 +3,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
 #include <string>
 #include <vector>
 
@@ -96,8 +94,8 @@ Status apply_change_stream(engine::Engine& engine, std::istream& in, const std::
         on_height(*result);
     }
     if (in.bad()) {
-        return make_error(ErrorCode::kIoError,
-                          fmt::format("{}: read error after line {}: {}", name, number - 1, std::strerror(errno)));
+        // iostreams keep no reason (errno may be stale): the line is what can be said.
+        return make_error(ErrorCode::kIoError, fmt::format("{}: read error after line {}", name, number - 1));
     }
     return {};
 }

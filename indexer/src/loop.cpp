@@ -150,14 +150,17 @@ Status prune_to(engine::Engine& engine, std::uint64_t keep, std::uint64_t max_re
     return {};
 }
 
-}  // namespace
+// A record passed over for want of proof of work, and why.
+struct NoWork {
+    const FoundBlock* record;
+    std::string why;
+    std::string describe() const {
+        return fmt::format("{}: offset {}: block {}: {} (no valid proof of work)", record->location.file,
+                           record->location.offset, display_hex(record->header.hash), why);
+    }
+};
 
-std::string describe_no_work(const FoundBlock& fb, Network network) {
-    return fmt::format("{}: offset {}: block {}: its hash is above the target its bits {:08x} encode, or that "
-                       "target is easier than {}'s limit (no valid proof of work)",
-                       fb.location.file, fb.location.offset, display_hex(fb.header.hash), fb.header.bits,
-                       network_name(network));
-}
+}  // namespace
 
 Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
                              const std::vector<FoundBlock>& all_input, const LoopOptions& options) {
@@ -167,22 +170,28 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
     // crash (Bitcoin Core's preallocated zeros over its end), or not a block at all. It
     // is passed over, so a good copy later in the input, or the blocks before it, still
     // count; an input of nothing else is refused.
-    std::vector<const FoundBlock*> passed_over;
+    std::vector<NoWork> passed_over;
     for (const FoundBlock& fb : all_input) {
-        if (!meets_target(fb.header, options.network)) passed_over.push_back(&fb);
+        if (Status s = check_work(fb.header, options.network); !s) passed_over.push_back({&fb, s.error().message});
+    }
+    if (options.on_passed_over) {
+        for (const NoWork& n : passed_over) options.on_passed_over(n.describe());
     }
     if (!passed_over.empty() && passed_over.size() == all_input.size()) {
-        return make_error(ErrorCode::kInvalidArgument, describe_no_work(*passed_over[0], options.network));
+        return make_error(ErrorCode::kInvalidArgument, passed_over[0].describe());
     }
     std::vector<FoundBlock> with_work;  // a copy only when some are passed over
     if (!passed_over.empty()) {
-        std::copy_if(all_input.begin(), all_input.end(), std::back_inserter(with_work),
-                     [&](const FoundBlock& fb) { return meets_target(fb.header, options.network); });
+        auto next = passed_over.begin();
+        for (const FoundBlock& fb : all_input) {
+            if (next != passed_over.end() && next->record == &fb) {
+                ++next;
+            } else {
+                with_work.push_back(fb);
+            }
+        }
     }
     const std::vector<FoundBlock>& input = passed_over.empty() ? all_input : with_work;
-    if (options.on_passed_over) {
-        for (const FoundBlock* fb : passed_over) options.on_passed_over(describe_no_work(*fb, options.network));
-    }
     auto view = engine.view();
     if (!view) return std::unexpected(view.error());
 
@@ -222,6 +231,14 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
             return fb.header.prev == Hash{};
         });
         const FoundBlock* first = nullptr;
+        if (genesis == input.end() && !passed_over.empty()) {
+            // The first block is the one whose parent the input lacks: with a record passed
+            // over, that may be its child, and every height would be stored one too high.
+            return make_error(ErrorCode::kInvalidArgument,
+                              fmt::format("{}: the input starts mid-chain and holds a record without valid proof "
+                                          "of work, which may be its first block torn; nothing was stored",
+                                          passed_over[0].describe()));
+        }
         if (genesis == input.end()) {
             // Mid-chain, the first block is the one whose parent the input lacks, whatever
             // the order of the input.
@@ -325,8 +342,8 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
                                 ? std::string()
                                 : fmt::format(" ({} record(s) without valid proof of work passed over, the "
                                               "first at {}: offset {}; one may be the parent, torn)",
-                                              passed_over.size(), passed_over[0]->location.file,
-                                              passed_over[0]->location.offset)));
+                                              passed_over.size(), passed_over[0].record->location.file,
+                                              passed_over[0].record->location.offset)));
         }
     }
 

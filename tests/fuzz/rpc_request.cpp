@@ -106,6 +106,7 @@ void get(std::string_view target) {
         while (!rest.empty()) {
             const std::string_view item = rest.substr(0, rest.find('&'));
             rest.remove_prefix(std::min(rest.size(), item.size() + 1));
+            if (item.empty()) continue;  // "?&height=1": as the server reads it
             const auto eq = item.find('=');
             query.emplace_back(item.substr(0, eq), eq == std::string_view::npos ? "" : std::string(item.substr(eq + 1)));
         }

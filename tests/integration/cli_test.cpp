@@ -355,7 +355,8 @@ TEST_CASE("cli: bad input to a write command creates no database", "[cli]") {
     cli.file("db-blocks/README", "not a block file");
     const std::vector<std::pair<std::string, std::string>> cases = {
         {fmt::format("apply --db {} {}", cli.db(), cli.db() + ".jsonl"), "cannot open"},
-        {fmt::format("apply --db {} {}", cli.db(), blocks), fmt::format("cannot read {}: it is a directory", blocks)},
+        {fmt::format("apply --db {} {}", cli.db(), blocks), fmt::format("cannot read {}: Is a directory", blocks)},
+        {fmt::format("index --db {} --blocks {}", cli.db(), blocks), fmt::format("cannot read {}: Is a directory", blocks)},
         {fmt::format("index --db {} --blocks {}", cli.db(), cli.db() + ".blk"), "cannot read"},
         {fmt::format("index --db {} --blocks-dir {}", cli.db(), blocks),
          fmt::format("{} holds no blk?????.dat files (is it Bitcoin Core's blocks/ directory?)", blocks)},

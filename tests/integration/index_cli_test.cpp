@@ -254,9 +254,18 @@ TEST_CASE("index cli: a file of an obfuscated blocks directory given alone is re
 
     // Without its xor.dat, or with its first magic damaged, a blk file is no raw block:
     // said so, rather than "no valid proof of work".
-    std::filesystem::remove(dir.sub("blocks/xor.dat"));
     Bytes damaged = test::read_file(mainnet);
     damaged[3] ^= 1;
+    test::write_file(dir.sub("blocks/damaged.blk"), damaged);
+    Child beside({"index", "--db", dir.sub("c"), "--blocks", dir.sub("blocks/damaged.blk")}, dir.sub("out"),
+                 dir.sub("err"));
+    CHECK(beside.wait() == 2);
+    CHECK(slurp(dir.sub("err")) ==
+          fmt::format("stateroot: {}: offset 0: not a blk file of mainnet (it does not start with the magic f9beb4d9, "
+                      "not even through the xor.dat beside it), and read as one raw block it has no valid proof of "
+                      "work\n",
+                      dir.sub("blocks/damaged.blk")));
+    std::filesystem::remove(dir.sub("blocks/xor.dat"));
     test::write_file(dir.sub("damaged.blk"), damaged);
     for (const std::string& file : {dir.sub("blocks/blk00000.dat"), dir.sub("damaged.blk")}) {
         Child c({"index", "--db", dir.sub("c"), "--blocks", file}, dir.sub("out"), dir.sub("err"));

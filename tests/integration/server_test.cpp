@@ -200,6 +200,10 @@ TEST_CASE("server: every error has its exact JSON", "[server]") {
     CHECK(call(s, "stateroot_height", {1}).dump() == err(-32602, "invalid params: stateroot_height takes at most 0 params, got 1"));
     CHECK(post(s, R"({"jsonrpc": "2.0", "method": "stateroot_height", "params": {"a": 1}, "id": 1})") ==
           err(-32602, "invalid params: params by name are not supported, give an array"));
+    // A NUL byte would end nlohmann's reading, the rest of the body unread.
+    using namespace std::string_literals;
+    CHECK(post(s, "{\"jsonrpc\": \"2.0\", \"method\": \"stateroot_height\", \"id\": 1}\0garbage"s) ==
+          err(-32700, "a NUL byte at offset 57", "null"));
     // Params neither by position nor by name make the request invalid, a notification's too.
     CHECK(post(s, R"({"jsonrpc": "2.0", "method": "stateroot_height", "params": "x", "id": 1})") ==
           err(-32600, "invalid request: \"params\" must be an array or an object"));

@@ -1036,12 +1036,22 @@ TEST_CASE("engine: a database of the oldest readable format is read, and a write
         auto r = Engine::open(dir.str(), read_only);
         REQUIRE(r);
         CHECK((*r)->root() == root);
+        CHECK((*r)->format_version() == schema::kOldestFormatVersion);
+    }
+    test::TempDir scratch;
+    EngineOptions secondary;
+    secondary.secondary_dir = scratch.str();
+    {
+        auto r = Engine::open(dir.str(), secondary);
+        REQUIRE(r);
+        CHECK((*r)->root() == root);
     }
     CHECK(format_version() == schema::kOldestFormatVersion);
     {
         auto w = Engine::open(dir.str());
         REQUIRE(w);
         CHECK((*w)->root() == root);
+        CHECK((*w)->format_version() == schema::kFormatVersion);
     }
     CHECK(format_version() == schema::kFormatVersion);
 }

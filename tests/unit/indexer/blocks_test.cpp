@@ -392,6 +392,34 @@ TEST_CASE("chain: work follows the compact target", "[indexer][chain]") {
     CHECK(Work::from_bits(0x207fffff) == Work{{2, 0, 0, 0}});
 }
 
+TEST_CASE("chain: proof of work is checked against the header's target and the network's limit", "[indexer][chain]") {
+    BlockHeader h;  // its hash all zeros: below any valid target
+    const auto why = [&](Network n) {
+        const Status s = check_work(h, n);
+        return s ? std::string() : s.error().message;
+    };
+    h.bits = 0x1d00ffff;  // mainnet's limit itself
+    CHECK(why(Network::kMainnet).empty());
+    h.bits = 0x1d010000;  // just easier
+    CHECK(why(Network::kMainnet) == "its target (bits 1d010000) is easier than mainnet's limit (bits 1d00ffff)");
+    CHECK(why(Network::kSignet).empty());
+    h.bits = 0x207fffff;
+    CHECK(why(Network::kRegtest).empty());
+    CHECK(why(Network::kTestnet4) == "its target (bits 207fffff) is easier than testnet4's limit (bits 1d00ffff)");
+    h.bits = 0;
+    CHECK(why(Network::kRegtest) == "its bits 00000000 encode no valid target");
+    h.bits = 0x1d00ffff;  // target 0xffff * 2^208 (little-endian bytes 26 and 27): 2^224 is above
+    h.hash.bytes[28] = 1;
+    CHECK(why(Network::kMainnet) == "its hash is above the target its bits 1d00ffff encode");
+    CHECK_FALSE(meets_target(h, Network::kMainnet));
+    h.hash.bytes[28] = 0;
+    h.hash.bytes[27] = 0xff;
+    h.hash.bytes[26] = 0xff;
+    CHECK(meets_target(h, Network::kMainnet));  // exactly the target
+    h.hash.bytes[0] = 1;
+    CHECK_FALSE(meets_target(h, Network::kMainnet));  // one above
+}
+
 TEST_CASE("networks: names and magics", "[indexer][blocks]") {
     CHECK(parse_network("mainnet") == Network::kMainnet);
     CHECK(parse_network("testnet4") == Network::kTestnet4);

@@ -84,7 +84,7 @@ TEST_CASE("change file: each bad line gets its own message", "[indexer][changes]
           "field \"height\" given twice");
     // The JSON reader would stop at a NUL byte and drop the rest of the line unread.
     using namespace std::string_literals;
-    CHECK(parse_error("{\"height\": 1}\0, \"puts\": [[\"bb\", \"02\"]]}"s) == "bad JSON: a NUL byte at column 14");
+    CHECK(parse_error("{\"height\": 1}\0, \"puts\": [[\"bb\", \"02\"]]}"s) == "bad JSON: a NUL byte at offset 13");
 }
 
 TEST_CASE(

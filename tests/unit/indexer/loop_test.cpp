@@ -470,7 +470,7 @@ TEST_CASE("loop: a record without proof of work is passed over, and a block that
     REQUIRE_FALSE(r);
     REQUIRE(passed.size() == 1);
     CHECK(passed[0] == fmt::format("{}: offset {}: block {}: its hash is above the target its bits 1d00ffff "
-                                   "encode, or that target is easier than mainnet's limit (no valid proof of work)",
+                                   "encode (no valid proof of work)",
                                    path, found[5].location.offset, display_hex(found[5].header.hash)));
     CHECK(r.error().message ==
           fmt::format("{}: offset {}: block {} has an unknown parent {} (1 record(s) without valid proof of work "
@@ -512,6 +512,28 @@ TEST_CASE("loop: a header torn by a crash is passed over, for a good copy later 
     }
 }
 
+TEST_CASE("loop: a mid-chain input with a record without proof of work is refused, not started one block late",
+          "[indexer][loop]") {
+    // Its first block torn, the input's first whole block would take --start-height:
+    // every height one too high, with nothing below BIP34 to tell.
+    test::TempDir tmp;
+    auto recs = records(kMainnet);
+    std::vector<Bytes> part(recs.begin() + 100, recs.begin() + 120);
+    std::fill(part[0].begin() + 8 + 72, part[0].end(), 0);
+    const std::string path = tmp.sub("100-119.blk");
+    write_file(path, join(part));
+    Db db;
+    LoopOptions o;
+    o.allow_missing_prevouts = true;
+    o.start_height = 100;
+    auto r = db.index({path}, o);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message.starts_with(fmt::format("{}: offset 8: block ", path)));
+    CHECK(r.error().message.ends_with(": the input starts mid-chain and holds a record without valid proof of work, "
+                                      "which may be its first block torn; nothing was stored"));
+    CHECK_FALSE(db.engine->tip());
+}
+
 TEST_CASE("loop: a target easier than the network's limit is no proof of work", "[indexer][loop]") {
     test::TempDir tmp;
     const auto found = regtest_chain(tmp.sub("regtest.blk"), 3);
@@ -525,7 +547,8 @@ TEST_CASE("loop: a target easier than the network's limit is no proof of work", 
         auto r = run_index(*db.engine, utxo, found, o);
         CHECK(r.has_value() == ok);
         if (!ok) {
-            CHECK(r.error().message.find(fmt::format("easier than {}'s limit", network_name(network))) !=
+            CHECK(r.error().message.find(fmt::format("its target (bits 207fffff) is easier than {}'s limit (bits {:08x})",
+                                                     network_name(network), pow_limit_bits(network))) !=
                   std::string::npos);
             CHECK_FALSE(db.engine->tip());
         }
@@ -721,6 +744,14 @@ TEST_CASE("loop: a database written from change files is refused", "[indexer][lo
     REQUIRE_FALSE(r);
     CHECK(r.error().message ==
           "height 0 has no block hash: this database was not built from blocks");
+    // With the genesis block's hash too: its changes are the file's, not the block's.
+    Db hashed;
+    auto g = indexer::parse_change_line(fmt::format(R"({{"height": 0, "block_hash": "{}", "puts": [["01", "02"]]}})",
+                                                    display_hex(scan_files({kBtcd})[0].header.hash)));
+    REQUIRE(hashed.engine->apply(*g));
+    auto h = hashed.index({kBtcd});
+    REQUIRE_FALSE(h);
+    CHECK(h.error().message == "height 0 was written from a change file: this database was not built from blocks");
 }
 
 TEST_CASE("loop: heights written from change files after the blocks are refused, not rolled back",

@@ -202,6 +202,9 @@ class Engine {
     std::optional<std::uint64_t> tip() const { return tip_; }
     std::optional<std::uint64_t> first() const { return first_; }
     std::uint64_t live_keys() const { return live_keys_; }
+    // The database's format version: the current one, or an older one this build reads
+    // that a read-only open left as it was (schema::kOldestFormatVersion).
+    std::uint32_t format_version() const { return format_version_; }
     const Hash& root() const { return tree_->root_hash(); }
 
     // A view of the committed state now. Thread-safe.
@@ -253,6 +256,7 @@ class Engine {
     std::optional<std::uint64_t> pruned_;
     std::uint64_t live_keys_ = 0;
     bool read_only_ = false;
+    std::uint32_t format_version_ = 0;
     // Why writes are refused until reopened: load() failed, or a write threw.
     std::optional<Error> broken_;
     static constexpr std::size_t kTrimAfterBytes = std::size_t{4} << 20;

@@ -14,4 +14,9 @@ namespace stateroot::engine {
 // "field \"<name>\" given twice".
 Result<nlohmann::json> parse_json(std::string_view text);
 
+// Parses `text` as one JSON document, any names repeated (JSON-RPC bodies). Like
+// nlohmann::json::parse, except that a NUL byte, which nlohmann takes for the end of the
+// input, is an error. kInvalidArgument: "<what and where>".
+Result<nlohmann::json> parse_json_text(std::string_view text);
+
 }  // namespace stateroot::engine

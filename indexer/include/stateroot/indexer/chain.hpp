@@ -27,10 +27,13 @@ struct Work {
     bool operator==(const Work& o) const = default;
 };
 
-// Whether the header's hash, as a number, is at most the target its `bits` encode (its
-// proof of work is real) and that target is within the network's limit (Bitcoin Core's
-// powLimit, which needs no earlier block to check); false for an invalid `bits`.
-bool meets_target(const BlockHeader& header, Network network);
+// Checks that the header's hash, as a number, is at most the target its `bits` encode
+// (its proof of work is real) and that the target is within the network's limit
+// (Bitcoin Core's powLimit, which needs no earlier block to check). kInvalidArgument
+// saying which check failed ("its bits ... encode no valid target", "... easier than
+// mainnet's limit", "its hash is above the target ...").
+Status check_work(const BlockHeader& header, Network network);
+inline bool meets_target(const BlockHeader& header, Network network) { return check_work(header, network).has_value(); }
 
 struct ChainEntry {
     BlockHeader header;

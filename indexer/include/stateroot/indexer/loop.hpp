@@ -52,8 +52,8 @@ struct LoopOptions {
     std::function<bool()> stop_requested;
     // Called after each committed height.
     std::function<void(const LoopProgress&)> on_progress;
-    // Called, before anything else, for each record of the input passed over for want
-    // of valid proof of work (a torn header), with what is wrong with it.
+    // Called first, for each record of the input passed over for want of valid proof of
+    // work (a torn header), with what is wrong with it.
     std::function<void(const std::string&)> on_passed_over;
 };
 
