@@ -2,15 +2,18 @@
 # The performance matrix of docs/performance.md: `stateroot bench` for N in
 # {100k, 1M, 10M} keys and K in {1, 100, 10k, 100k} changed keys per height, one run
 # each, then a table (stdout) and a plot (gnuplot) of keys/s against N and p99 against K.
-# Takes fifteen to twenty minutes on 2 cores, most of it preloading ten million keys
+# Takes five to twenty minutes on 2 cores, most of it preloading ten million keys
 # (into the engine, then into the raw-RocksDB ceiling's store).
 #
-#   ./scripts/bench-matrix.sh [OUT_DIR]      (default: docs/)
+#   ./scripts/bench-matrix.sh [OUT_DIR]      (default: docs/; created if missing, relative to the caller)
 #   PLOT_ONLY=1 ./scripts/bench-matrix.sh    redraws the table and plot from OUT_DIR/performance.jsonl
 #   BENCH_FLAGS="" ./scripts/bench-matrix.sh  without pipelined writes (default: --pipelined-writes)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-out="${1:-docs}"
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+out="${1:-$repo/docs}"
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+cd "$repo"
 
 ./scripts/setup.sh
 if ! command -v gnuplot >/dev/null; then

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include "cli.hpp"
 #include "rpc.hpp"
@@ -160,6 +161,12 @@ int cmd_index(const Config& c, const IndexOptions& o) {
     lo.network = *network;
     lo.stop_requested = stop_requested;
     lo.prune_keep = o.prune_keep;
+    if (o.prune_keep && c.max_reorg_depth < std::numeric_limits<std::uint64_t>::max() &&
+        *o.prune_keep <= c.max_reorg_depth) {
+        spdlog::info("--prune-keep {}: keeping {} heights instead, --max-reorg-depth + 1, so that a reorg can "
+                     "always be rolled back",
+                     *o.prune_keep, c.max_reorg_depth + 1);
+    }
     lo.on_passed_over = [](const std::string& what) { spdlog::warn("passed over: {}", what); };
     lo.on_progress = [&](const indexer::LoopProgress& p) {
         metrics.observe_commit(p.changed_keys - keys_before, p.commit_seconds - commit_before);

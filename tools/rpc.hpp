@@ -106,6 +106,7 @@ struct HttpAnswer {
     int status = 200;
     std::string body;  // empty with status 204
     std::string content_type = "application/json";
+    std::string allow;  // with status 405: the methods the path takes
 };
 
 class Rpc {

@@ -76,7 +76,7 @@ const char* reason(int status) {
 std::string render(const HttpAnswer& a, bool keep_alive, bool with_body = true) {
     std::string out = fmt::format("HTTP/1.1 {} {}\r\nConnection: {}\r\n", a.status, reason(a.status),
                                   keep_alive ? "keep-alive" : "close");
-    if (a.status == 405) out += "Allow: GET, HEAD, POST\r\n";
+    if (a.status == 405) out += fmt::format("Allow: {}\r\n", a.allow);
     if (a.status == 401) out += "WWW-Authenticate: Bearer\r\n";
     if (a.status == 204) return out + "\r\n";
     out += fmt::format("Content-Type: {}\r\nContent-Length: {}\r\n\r\n", a.content_type, a.body.size());
@@ -84,7 +84,10 @@ std::string render(const HttpAnswer& a, bool keep_alive, bool with_body = true) 
 }
 
 HttpAnswer error_answer(int status, std::string_view message) {
-    return {status, fmt::format(R"({{"error":{{"code":{},"message":"{}"}}}})", status, message)};
+    HttpAnswer a;
+    a.status = status;
+    a.body = fmt::format(R"({{"error":{{"code":{},"message":"{}"}}}})", status, message);
+    return a;
 }
 
 int hex_digit(char c) {
@@ -308,12 +311,14 @@ struct HttpServer::Impl {
         if (!options.token.empty() && !bearer_matches(req.authorization, options.token)) {
             return error_answer(401, "missing or wrong bearer token");
         }
-        if (req.method == "POST") {
-            if (req.path != "/") return error_answer(404, "not found");
-            return rpc.post(req.body, options.max_answer);
-        }
-        if (req.method == "GET" || req.method == "HEAD") return rpc.get(req.path, req.query);
-        return error_answer(405, "method not allowed");
+        // JSON-RPC is POST on "/"; every other path is a REST route, read with GET.
+        const bool rpc_path = req.path == "/";
+        if (rpc_path && req.method == "POST") return rpc.post(req.body, options.max_answer);
+        if (!rpc_path && (req.method == "GET" || req.method == "HEAD")) return rpc.get(req.path, req.query);
+        HttpAnswer a = error_answer(405, rpc_path ? "method not allowed: POST JSON-RPC to /"
+                                                  : "method not allowed: REST routes are read with GET");
+        a.allow = rpc_path ? "POST" : "GET, HEAD";
+        return a;
     }
 };
 

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cassert>
 #include <chrono>
 #include <cstdarg>
@@ -45,20 +46,31 @@ bool direct_writes_work(const std::string& dir) {
     return ok;
 }
 
+std::atomic<StoreLog> g_store_log{StoreLog::kWarnings};  // set_store_log
+
 // RocksDB's own messages: warnings and errors go to stderr, the rest is dropped. Not
 // RocksDB's default LOG file in the database directory: on a full disk a write to that
 // file fails too, and Debian's librocksdb (built with assertions) then aborts the
 // process on its next message, before the failed write's error can be reported.
 class StderrLogger final : public rocksdb::Logger {
 public:
-    StderrLogger() : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL) {}
+    // `reader`: a read-only or secondary store, which writes nothing.
+    explicit StderrLogger(bool reader) : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL), reader_(reader) {}
     using rocksdb::Logger::Logv;
     void Logv(const char* format, va_list ap) override { Logv(rocksdb::InfoLogLevel::INFO_LEVEL, format, ap); }
     void Logv(const rocksdb::InfoLogLevel level, const char* format, va_list ap) override {
         if (level < GetInfoLogLevel() || level == rocksdb::InfoLogLevel::HEADER_LEVEL) return;
+        const StoreLog log = g_store_log.load(std::memory_order_relaxed);
+        if (log == StoreLog::kNone || (log == StoreLog::kErrors && level < rocksdb::InfoLogLevel::ERROR_LEVEL)) return;
         char line[2048];
         std::vsnprintf(line, sizeof line, format, ap);
         const std::string_view text(line);
+        // A secondary replays the writer's log into memtables it never flushes, and
+        // RocksDB then warns of a write stall that cannot happen: it writes nothing.
+        if (reader_ && (text.find("Stopping writes") != std::string_view::npos ||
+                        text.find("Stalling writes") != std::string_view::npos)) {
+            return;
+        }
         // Harmless, and printed by every checkpoint a writer takes (stateroot snapshot):
         // RocksDB 7.8 counts the holds on file deletions it takes itself.
         if (text.find("File Deletions Disabled, but already disabled") != std::string_view::npos ||
@@ -93,6 +105,9 @@ public:
         }
         std::fprintf(stderr, "rocksdb: %s\n", line);
     }
+
+private:
+    bool reader_;
 };
 
 Error to_error(const rocksdb::Status& s, const std::string& what) {
@@ -373,6 +388,8 @@ private:
 };
 }  // namespace
 
+void set_store_log(StoreLog log) { g_store_log.store(log, std::memory_order_relaxed); }
+
 Store::Store(std::string dir, std::unique_ptr<Impl> impl)
     : dir_(std::move(dir)), impl_(std::move(impl)) {}
 
@@ -401,7 +418,7 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
                                rocksdb::kLZ4Compression};
 
     o.max_total_wal_size = 4 * (options.write_buffer_mb << 20);
-    o.info_log = std::make_shared<StderrLogger>();
+    o.info_log = std::make_shared<StderrLogger>(options.read_only || !options.secondary_dir.empty());
     if (options.seek_prefix_length > 0) {
         o.prefix_extractor.reset(rocksdb::NewCappedPrefixTransform(options.seek_prefix_length));
         o.memtable_prefix_bloom_size_ratio = 0.02;

@@ -19,6 +19,11 @@
 
 namespace stateroot::storage {
 
+// Which of RocksDB's own messages reach stderr, for every store of the process (it
+// follows the process's log level): warnings and errors (the default), errors, none.
+enum class StoreLog { kWarnings, kErrors, kNone };
+void set_store_log(StoreLog log);
+
 struct StoreOptions {
     // Create the directory and an empty database if none exists (default true).
     bool create_if_missing = true;
