@@ -5,14 +5,19 @@
 # Takes five to twenty minutes on 2 cores, most of it preloading ten million keys
 # (into the engine, then into the raw-RocksDB ceiling's store).
 #
-#   ./scripts/bench-matrix.sh [OUT_DIR]      (default: docs/; created if missing, relative to the caller)
+#   ./scripts/bench-matrix.sh [OUT_DIR]      (default: the repository's docs/; a relative OUT_DIR is
+#                                             taken from the caller's directory, and created if missing)
 #   PLOT_ONLY=1 ./scripts/bench-matrix.sh    redraws the table and plot from OUT_DIR/performance.jsonl
 #   BENCH_FLAGS="" ./scripts/bench-matrix.sh  without pipelined writes (default: --pipelined-writes)
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 out="${1:-$repo/docs}"
-mkdir -p "$out"
-out="$(cd "$out" && pwd)"
+if [ -n "${PLOT_ONLY:-}" ]; then
+  [ -f "$out/performance.jsonl" ] || { echo "bench-matrix: no $out/performance.jsonl to plot" >&2; exit 2; }
+else
+  mkdir -p "$out"
+fi
+out="$(CDPATH='' cd -- "$out" && pwd)"
 cd "$repo"
 
 ./scripts/setup.sh

@@ -10,21 +10,23 @@ cd "$(dirname "$0")/.."
 
 heights="${HEIGHTS:-400}"
 ops="${OPS:-600}"
-case "$heights$ops" in *[!0-9]*) echo "bench-peers: HEIGHTS and OPS must be whole numbers" >&2; exit 2 ;; esac
-if [ "$heights" -lt 1 ] || [ "$ops" -lt 1 ]; then
-  echo "bench-peers: HEIGHTS and OPS must be at least 1" >&2
-  exit 2
-fi
+for v in HEIGHTS OPS; do
+  value="${!v:-1}"
+  if ! [[ "$value" =~ ^[0-9]+$ ]] || [ "$value" -lt 1 ]; then
+    echo "bench-peers: $v must be a whole number of at least 1, got \"$value\"" >&2
+    exit 2
+  fi
+done
 ./scripts/setup.sh
-command -v node >/dev/null || { echo "bench-peers: needs node and npm" >&2; exit 2; }
+command -v node >/dev/null && command -v npm >/dev/null || { echo "bench-peers: needs node and npm" >&2; exit 2; }
 [ -f build/CMakeCache.txt ] || cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j "$(nproc)" --target stateroot >/dev/null
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-if ! (cd "$work" && npm init -y >/dev/null 2>&1 && npm install --silent @fuel-ts/merkle@0.103.0 >"$work/npm.log" 2>&1); then
+if ! (cd "$work" && npm init -y && npm install --silent @fuel-ts/merkle@0.103.0) >"$work/npm.log" 2>&1; then
   echo "bench-peers: npm could not install @fuel-ts/merkle@0.103.0 (is the npm registry reachable?):" >&2
-  tail -5 "$work/npm.log" >&2
+  tail -5 "$work/npm.log" >&2 || true
   exit 2
 fi
 cp scripts/peers/fuel_stream.js "$work/"

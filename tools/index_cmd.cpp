@@ -74,8 +74,9 @@ Result<std::vector<indexer::FoundBlock>> scan_inputs(const IndexOptions& o,
             const std::string dir = std::filesystem::path(file).parent_path().string();
             auto found_key = indexer::read_xor_key(dir.empty() ? "." : dir);
             if (!found_key) return std::unexpected(found_key.error());
+            std::error_code ec;
+            xor_beside = std::filesystem::exists(std::filesystem::path(dir.empty() ? "." : dir) / "xor.dat", ec);
             if (*found_key) {
-                xor_beside = true;
                 std::array<std::uint8_t, 4> plain{};
                 for (std::size_t i = 0; i < 4; ++i) plain[i] = head[i] ^ (**found_key)[i];
                 framed = plain == magic || plain == std::array<std::uint8_t, 4>{};
@@ -91,14 +92,16 @@ Result<std::vector<indexer::FoundBlock>> scan_inputs(const IndexOptions& o,
             if (!found) return std::unexpected(found.error());
             // Most often a blk file whose first magic is damaged, or one of an obfuscated
             // directory without its xor.dat: say so rather than call it a block without work.
-            if (!indexer::meets_target(found->header, network)) {
+            if (Status work = indexer::check_work(found->header, network); !work) {
                 return make_error(ErrorCode::kInvalidArgument,
                                   fmt::format("{}: offset 0: not a blk file of {} (it does not start with the "
-                                              "magic {}{}), and read as one raw block it has no valid proof of work",
+                                              "magic {}{}), and read as one raw block it has no valid proof of work "
+                                              "({})",
                                               file, indexer::network_name(network), to_hex(magic),
                                               xor_beside ? ", not even through the xor.dat beside it"
                                                          : "; an obfuscated one needs the xor.dat of its "
-                                                           "directory beside it"));
+                                                           "directory beside it",
+                                              work.error().message));
             }
             all.push_back(*found);
         }
@@ -161,11 +164,15 @@ int cmd_index(const Config& c, const IndexOptions& o) {
     lo.network = *network;
     lo.stop_requested = stop_requested;
     lo.prune_keep = o.prune_keep;
-    if (o.prune_keep && c.max_reorg_depth < std::numeric_limits<std::uint64_t>::max() &&
-        *o.prune_keep <= c.max_reorg_depth) {
-        spdlog::info("--prune-keep {}: keeping {} heights instead, --max-reorg-depth + 1, so that a reorg can "
-                     "always be rolled back",
-                     *o.prune_keep, c.max_reorg_depth + 1);
+    if (o.prune_keep) {
+        const std::uint64_t kept = indexer::heights_kept(*o.prune_keep, c.max_reorg_depth);
+        if (kept == std::numeric_limits<std::uint64_t>::max()) {
+            spdlog::info("--prune-keep {}: nothing is pruned, since --max-reorg-depth is unlimited", *o.prune_keep);
+        } else if (kept != *o.prune_keep) {
+            spdlog::info("--prune-keep {}: keeping {} heights instead, --max-reorg-depth + 1, so that a reorg can "
+                         "always be rolled back",
+                         *o.prune_keep, kept);
+        }
     }
     lo.on_passed_over = [](const std::string& what) { spdlog::warn("passed over: {}", what); };
     lo.on_progress = [&](const indexer::LoopProgress& p) {

@@ -230,9 +230,10 @@ int main(int argc, char** argv) {
     spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
     spdlog::set_level(spdlog::level::from_str(c->log_level));  // one of its names (config.cpp)
     // RocksDB's messages are warnings and errors: shown as the log level shows ours.
-    storage::set_store_log(spdlog::should_log(spdlog::level::warn)   ? storage::StoreLog::kWarnings
-                           : spdlog::should_log(spdlog::level::err) ? storage::StoreLog::kErrors
-                                                                     : storage::StoreLog::kNone);
+    storage::set_store_log(spdlog::should_log(spdlog::level::warn)       ? storage::StoreLog::kWarnings
+                           : spdlog::should_log(spdlog::level::err)      ? storage::StoreLog::kErrors
+                           : spdlog::should_log(spdlog::level::critical) ? storage::StoreLog::kFatal
+                                                                         : storage::StoreLog::kNone);
 
     if (apply->parsed()) return cmd_apply(*c, file);
     if (root->parsed()) return cmd_root(*c, opt_height(root_h, height));

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <charconv>
 #include <expected>
 
@@ -418,6 +419,28 @@ HttpAnswer Rpc::post(std::string_view body, std::size_t max_answer) {
     return a;
 }
 
+namespace {
+
+// The argument of a REST route "PREFIX{arg}" (one non-empty path segment), or nullopt.
+std::optional<std::string> route_arg(std::string_view path, std::string_view prefix) {
+    if (!path.starts_with(prefix) || path.size() == prefix.size()) return std::nullopt;
+    const std::string_view rest = path.substr(prefix.size());
+    if (rest.find('/') != std::string_view::npos) return std::nullopt;
+    return std::string(rest);
+}
+
+constexpr std::string_view kArgRoutes[] = {"/root/", "/blockhash/", "/value/", "/proof/"};
+
+}  // namespace
+
+bool Rpc::is_route(std::string_view path) {
+    if (path == "/metrics" || path == "/height" || path == "/status") return true;
+    return std::any_of(std::begin(kArgRoutes), std::end(kArgRoutes),
+                       [&](std::string_view prefix) { return route_arg(path, prefix).has_value(); });
+}
+
+void Rpc::observe_refused(const std::string& label) { metrics_.observe_request(label, false, 0); }
+
 // The REST routes' answers are bounded by what they read (one value, one proof), well
 // within the answer limit.
 HttpAnswer Rpc::get(const std::string& path, const QueryParams& query) {
@@ -434,12 +457,7 @@ HttpAnswer Rpc::get(const std::string& path, const QueryParams& query) {
         a.body = text(json{{"error", {{"code", code}, {"message", answer.error().message}}}});
         return a;
     };
-    auto segments = [&](std::string_view prefix) -> std::optional<std::string> {
-        if (path.rfind(prefix, 0) != 0 || path.size() == prefix.size()) return std::nullopt;
-        std::string rest = path.substr(prefix.size());
-        if (rest.find('/') != std::string::npos) return std::nullopt;
-        return rest;
-    };
+    auto segments = [&](std::string_view prefix) { return route_arg(path, prefix); };
     // The height a route is asked for: its one query parameter, given at most once, or
     // the tip. A misspelt or repeated parameter is refused rather than answered for the
     // tip or for one of its values.

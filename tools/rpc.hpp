@@ -122,6 +122,11 @@ public:
     HttpAnswer post(std::string_view body, std::size_t max_answer = kMaxAnswer);
     // A REST GET: `path` without the query, `query` its parameters in the order given.
     HttpAnswer get(const std::string& path, const QueryParams& query);
+    // Whether `path` is one of get()'s routes.
+    static bool is_route(std::string_view path);
+    // Counts a request the HTTP layer refused (a wrong token, a method a path does not
+    // take) under `label` in the request metrics.
+    void observe_refused(const std::string& label);
 
     static constexpr std::size_t kMaxBatch = 1000;
     static constexpr std::size_t kMaxAnswer = 64u << 20;

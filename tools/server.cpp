@@ -309,12 +309,15 @@ struct HttpServer::Impl {
 
     HttpAnswer handle(const Request& req) {
         if (!options.token.empty() && !bearer_matches(req.authorization, options.token)) {
+            rpc.observe_refused("http_401");
             return error_answer(401, "missing or wrong bearer token");
         }
-        // JSON-RPC is POST on "/"; every other path is a REST route, read with GET.
+        // JSON-RPC is POST on "/"; the REST routes are read with GET (and HEAD).
         const bool rpc_path = req.path == "/";
         if (rpc_path && req.method == "POST") return rpc.post(req.body, options.max_answer);
-        if (!rpc_path && (req.method == "GET" || req.method == "HEAD")) return rpc.get(req.path, req.query);
+        const bool read = req.method == "GET" || req.method == "HEAD";
+        if (!rpc_path && (read || !Rpc::is_route(req.path))) return rpc.get(req.path, req.query);  // a 404 if unknown
+        rpc.observe_refused("http_405");
         HttpAnswer a = error_answer(405, rpc_path ? "method not allowed: POST JSON-RPC to /"
                                                   : "method not allowed: REST routes are read with GET");
         a.allow = rpc_path ? "POST" : "GET, HEAD";

@@ -17,7 +17,9 @@ template <class Callback>
 Result<nlohmann::json> parse_checked(std::string_view text, Callback callback) {
     using nlohmann::json;
     if (const auto nul = text.find('\0'); nul != std::string_view::npos) {
-        return make_error(ErrorCode::kInvalidArgument, fmt::format("a NUL byte at offset {}", nul));
+        return make_error(ErrorCode::kInvalidArgument,
+                          fmt::format("parse error at byte {}: a NUL byte (JSON allows one only escaped, in a string)",
+                                      nul + 1));
     }
     try {
         return json::parse(text, callback);

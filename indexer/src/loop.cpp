@@ -137,13 +137,10 @@ Result<ChainIndex> build_index(const engine::View& view, const std::vector<Found
     return index;
 }
 
-// Prunes to the last `keep` heights, but never a height a reorg within `max_reorg_depth`
-// may roll back to.
-Status prune_to(engine::Engine& engine, std::uint64_t keep, std::uint64_t max_reorg_depth) {
+// Prunes to the last heights_kept() heights.
+Status prune_to(engine::Engine& engine, std::uint64_t prune_keep, std::uint64_t max_reorg_depth) {
+    const std::uint64_t keep = heights_kept(prune_keep, max_reorg_depth);
     if (!engine.tip() || keep == 0) return {};
-    keep = std::max(keep, max_reorg_depth == std::numeric_limits<std::uint64_t>::max()
-                              ? max_reorg_depth
-                              : max_reorg_depth + 1);
     const std::uint64_t tip = *engine.tip();
     auto r = engine.prune(tip + 1 > keep ? tip + 1 - keep : 0);
     if (!r) return std::unexpected(r.error());
@@ -162,6 +159,11 @@ struct NoWork {
 
 }  // namespace
 
+std::uint64_t heights_kept(std::uint64_t prune_keep, std::uint64_t max_reorg_depth) {
+    if (max_reorg_depth == std::numeric_limits<std::uint64_t>::max()) return max_reorg_depth;
+    return std::max(prune_keep, max_reorg_depth + 1);
+}
+
 Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
                              const std::vector<FoundBlock>& all_input, const LoopOptions& options) {
     using Clock = std::chrono::steady_clock;
@@ -173,9 +175,6 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
     std::vector<NoWork> passed_over;
     for (const FoundBlock& fb : all_input) {
         if (Status s = check_work(fb.header, options.network); !s) passed_over.push_back({&fb, s.error().message});
-    }
-    if (options.on_passed_over) {
-        for (const NoWork& n : passed_over) options.on_passed_over(n.describe());
     }
     if (!passed_over.empty() && passed_over.size() == all_input.size()) {
         return make_error(ErrorCode::kInvalidArgument, passed_over[0].describe());
@@ -192,6 +191,14 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
         }
     }
     const std::vector<FoundBlock>& input = passed_over.empty() ? all_input : with_work;
+    // For an error about a block whose parent the input lacks.
+    const auto torn_parent_hint = [&]() -> std::string {
+        if (passed_over.empty()) return {};
+        return fmt::format(" ({} record(s) without valid proof of work passed over, the first at {}: offset {}; one "
+                           "may be the parent, torn)",
+                           passed_over.size(), passed_over[0].record->location.file,
+                           passed_over[0].record->location.offset);
+    };
     auto view = engine.view();
     if (!view) return std::unexpected(view.error());
 
@@ -231,14 +238,6 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
             return fb.header.prev == Hash{};
         });
         const FoundBlock* first = nullptr;
-        if (genesis == input.end() && !passed_over.empty()) {
-            // The first block is the one whose parent the input lacks: with a record passed
-            // over, that may be its child, and every height would be stored one too high.
-            return make_error(ErrorCode::kInvalidArgument,
-                              fmt::format("{}: the input starts mid-chain and holds a record without valid proof "
-                                          "of work, which may be its first block torn; nothing was stored",
-                                          passed_over[0].describe()));
-        }
         if (genesis == input.end()) {
             // Mid-chain, the first block is the one whose parent the input lacks, whatever
             // the order of the input.
@@ -248,10 +247,10 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
                     return make_error(
                         ErrorCode::kInvalidArgument,
                         fmt::format("the input starts in more than one place: blocks {} ({}: offset "
-                                    "{}) and {} ({}: offset {}) both have parents it lacks",
+                                    "{}) and {} ({}: offset {}) both have parents it lacks{}",
                                     display_hex(first->header.hash), first->location.file,
                                     first->location.offset, display_hex(fb.header.hash),
-                                    fb.location.file, fb.location.offset));
+                                    fb.location.file, fb.location.offset, torn_parent_hint()));
                 }
                 first = &fb;
             }
@@ -292,12 +291,12 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
                 }
                 bip34 = bip34_height(block->txs[0]);
             }
+            const std::uint64_t in_force = bip34_activation(options.network);
             if (options.start_height) {
                 // Where BIP34 is in force the coinbase's height is the block's: another
                 // would store every height, and the UTXO values' heights, shifted. In force
                 // by the height given or by the coinbase's (a digit dropped from the
                 // height would otherwise pass); below it, the first push may be anything.
-                const std::uint64_t in_force = bip34_activation(options.network);
                 if (bip34 && *bip34 != *options.start_height &&
                     (*options.start_height >= in_force || *bip34 >= in_force)) {
                     return make_error(
@@ -322,7 +321,20 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
                                               "blocks above it",
                                               root_height, input.size()));
             }
+            // The first block is the one whose parent the input lacks: with a record passed
+            // over, that may be its child. Unless BIP34 vouches for its height, every
+            // height would then be stored one too high.
+            if (!passed_over.empty() && !(bip34 && *bip34 == root_height && root_height >= in_force)) {
+                return make_error(ErrorCode::kInvalidArgument,
+                                  fmt::format("{}: the input starts mid-chain and this record may be its first "
+                                              "block, torn, which would leave the height of block {} unsure; nothing "
+                                              "was stored",
+                                              passed_over[0].describe(), display_hex(first->header.hash)));
+            }
         }
+    }
+    if (options.on_passed_over) {
+        for (const NoWork& n : passed_over) options.on_passed_over(n.describe());
     }
     index.connect(root, root_height);
     for (const ChainEntry* e : index.unconnected()) {
@@ -338,12 +350,7 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
                 ErrorCode::kInvalidArgument,
                 fmt::format("{}: offset {}: block {} has an unknown parent {}{}", e->location->file,
                             e->location->offset, display_hex(e->header.hash), display_hex(e->header.prev),
-                            passed_over.empty()
-                                ? std::string()
-                                : fmt::format(" ({} record(s) without valid proof of work passed over, the "
-                                              "first at {}: offset {}; one may be the parent, torn)",
-                                              passed_over.size(), passed_over[0].record->location.file,
-                                              passed_over[0].record->location.offset)));
+                            torn_parent_hint()));
         }
     }
 

@@ -61,12 +61,16 @@ public:
     void Logv(const rocksdb::InfoLogLevel level, const char* format, va_list ap) override {
         if (level < GetInfoLogLevel() || level == rocksdb::InfoLogLevel::HEADER_LEVEL) return;
         const StoreLog log = g_store_log.load(std::memory_order_relaxed);
-        if (log == StoreLog::kNone || (log == StoreLog::kErrors && level < rocksdb::InfoLogLevel::ERROR_LEVEL)) return;
+        const auto least = log == StoreLog::kWarnings ? rocksdb::InfoLogLevel::WARN_LEVEL
+                           : log == StoreLog::kErrors ? rocksdb::InfoLogLevel::ERROR_LEVEL
+                                                      : rocksdb::InfoLogLevel::FATAL_LEVEL;
+        if (log == StoreLog::kNone || level < least) return;
         char line[2048];
         std::vsnprintf(line, sizeof line, format, ap);
         const std::string_view text(line);
-        // A secondary replays the writer's log into memtables it never flushes, and
-        // RocksDB then warns of a write stall that cannot happen: it writes nothing.
+        // A secondary or read-only store replays the writer's log into memtables it never
+        // flushes, and RocksDB then warns of a write stall that cannot happen: it writes
+        // nothing.
         if (reader_ && (text.find("Stopping writes") != std::string_view::npos ||
                         text.find("Stalling writes") != std::string_view::npos)) {
             return;

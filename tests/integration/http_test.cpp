@@ -291,18 +291,28 @@ TEST_CASE("http: malformed and oversize requests get their status and a closed c
 
     // Not refused, but not served either: answered, and the connection stays usable.
     Raw raw(s.port);
-    // "/" takes POST, every other path GET and HEAD: a 405 names them.
+    // "/" takes POST, the REST routes GET and HEAD: a 405 names them. A path that is
+    // neither is not found, whatever the method.
     for (const auto& [request, allow] :
          {std::pair{"DELETE / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", "POST"},
           std::pair{"GET / HTTP/1.1\r\n\r\n", "POST"},
           std::pair{"POST /height HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", "GET, HEAD"},
-          std::pair{"PUT /elsewhere HTTP/1.1\r\nContent-Length: 0\r\n\r\n", "GET, HEAD"}}) {
+          std::pair{"PUT /value/00 HTTP/1.1\r\nContent-Length: 0\r\n\r\n", "GET, HEAD"}}) {
         INFO(request);
         REQUIRE(raw.send(request));
         const std::string answer = raw.read_answer();
         CHECK(status_of(answer) == 405);
         CHECK(answer.find(fmt::format("\r\nAllow: {}\r\n", allow)) != std::string::npos);
     }
+    for (const char* request : {"POST /elsewhere HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+                                "PUT /elsewhere HTTP/1.1\r\nContent-Length: 0\r\n\r\n"}) {
+        INFO(request);
+        REQUIRE(raw.send(request));
+        CHECK(status_of(raw.read_answer()) == 404);
+    }
+    REQUIRE(raw.send("GET /metrics HTTP/1.1\r\n\r\n"));
+    CHECK(raw.read_answer().find("stateroot_rpc_requests_total{method=\"http_405\",outcome=\"error\"} 4\n") !=
+          std::string::npos);
     REQUIRE(raw.send(post_head(kHeight.size()) + kHeight));
     CHECK(status_of(raw.read_answer()) == 200);
 }

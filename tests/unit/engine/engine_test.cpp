@@ -1045,6 +1045,7 @@ TEST_CASE("engine: a database of the oldest readable format is read, and a write
         auto r = Engine::open(dir.str(), secondary);
         REQUIRE(r);
         CHECK((*r)->root() == root);
+        CHECK((*r)->format_version() == schema::kOldestFormatVersion);
     }
     CHECK(format_version() == schema::kOldestFormatVersion);
     {

@@ -512,7 +512,7 @@ TEST_CASE("loop: a header torn by a crash is passed over, for a good copy later 
     }
 }
 
-TEST_CASE("loop: a mid-chain input with a record without proof of work is refused, not started one block late",
+TEST_CASE("loop: a mid-chain input with a record without proof of work is refused unless BIP34 vouches for its start",
           "[indexer][loop]") {
     // Its first block torn, the input's first whole block would take --start-height:
     // every height one too high, with nothing below BIP34 to tell.
@@ -529,9 +529,25 @@ TEST_CASE("loop: a mid-chain input with a record without proof of work is refuse
     auto r = db.index({path}, o);
     REQUIRE_FALSE(r);
     CHECK(r.error().message.starts_with(fmt::format("{}: offset 8: block ", path)));
-    CHECK(r.error().message.ends_with(": the input starts mid-chain and holds a record without valid proof of work, "
-                                      "which may be its first block torn; nothing was stored"));
+    CHECK(r.error().message.ends_with(fmt::format(": the input starts mid-chain and this record may be its first "
+                                                  "block, torn, which would leave the height of block {} unsure; "
+                                                  "nothing was stored",
+                                                  display_hex(scan_files({kMainnet})[101].header.hash))));
     CHECK_FALSE(db.engine->tip());
+
+    // Where BIP34 is in force the coinbase gives the first block's height: the torn
+    // record is passed over (a pruned node's newest file after a crash, say).
+    const std::string torn = tmp.sub("torn.blk");
+    write_file(torn, join({part[0]}));
+    Db modern;
+    LoopOptions m;
+    m.allow_missing_prevouts = true;
+    std::vector<std::string> passed;
+    m.on_passed_over = [&](const std::string& what) { passed.push_back(what); };
+    auto ok = modern.index({fixture("mainnet_702861.raw"), torn}, m);
+    REQUIRE(ok);
+    CHECK(ok->tip == 702861u);
+    CHECK(passed.size() == 1);
 }
 
 TEST_CASE("loop: a target easier than the network's limit is no proof of work", "[indexer][loop]") {

@@ -67,6 +67,10 @@ struct LoopResult {
     bool stopped = false;           // stop_requested() ended the run early
 };
 
+// The heights LoopOptions::prune_keep keeps: at least max_reorg_depth + 1, every height
+// a reorg may roll back to (all of them when the depth is unlimited).
+std::uint64_t heights_kept(std::uint64_t prune_keep, std::uint64_t max_reorg_depth);
+
 // Runs the loop over `input` (blocks in the order found). Errors name the file and
 // offset, and the height or hash when known; the database stays at its last good height.
 Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,

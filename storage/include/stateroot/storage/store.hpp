@@ -19,9 +19,10 @@
 
 namespace stateroot::storage {
 
-// Which of RocksDB's own messages reach stderr, for every store of the process (it
-// follows the process's log level): warnings and errors (the default), errors, none.
-enum class StoreLog { kWarnings, kErrors, kNone };
+// Which of RocksDB's own messages reach stderr, for every store of the process: warnings
+// and worse (the default), errors and worse, fatal ones, none. The stateroot binary
+// sets it from its log level.
+enum class StoreLog { kWarnings, kErrors, kFatal, kNone };
 void set_store_log(StoreLog log);
 
 struct StoreOptions {
