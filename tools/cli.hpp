@@ -29,6 +29,30 @@ engine::EngineOptions engine_options(const Config& config);
 void set_memory_budget(engine::EngineOptions& options, std::uint64_t mb);
 // kInvalidArgument unless the configuration names a database.
 Status require_db(const Config& config);
+// Whether `dir` exists: asked before a write command opens its database.
+bool path_exists(const std::string& dir);
+
+// A write command's database that the command itself created (`created`: it did not
+// exist before): removed again if the command fails with no height in it (a first run
+// refused at its first block or line), so that a refusal leaves nothing behind. It
+// closes the engine itself first, so it is declared right after the engine (destroyed
+// before it, after everything declared later that uses the engine).
+class NewDatabase {
+  public:
+    NewDatabase(std::string dir, bool created, std::unique_ptr<engine::Engine>& engine)
+        : dir_(std::move(dir)), created_(created), engine_(engine) {}
+    ~NewDatabase();
+    NewDatabase(const NewDatabase&) = delete;
+    NewDatabase& operator=(const NewDatabase&) = delete;
+    // The command succeeded: the database stays, empty or not.
+    void keep() { created_ = false; }
+
+  private:
+    std::string dir_;
+    bool created_;
+    std::unique_ptr<engine::Engine>& engine_;
+};
+
 // kInvalidArgument "cannot read PATH: Is a directory" if `path` is a directory, which
 // std::ifstream opens without complaint and then reads as empty.
 Status not_a_directory(const std::string& path);

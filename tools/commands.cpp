@@ -1,8 +1,7 @@
 // The state commands: apply, root, get, prove, verify, rollback, info, check, blockhash.
 #include <fmt/format.h>
-#include <spdlog/spdlog.h>
-
 #include <malloc.h>
+#include <spdlog/spdlog.h>
 
 #include <filesystem>
 #include <fstream>
@@ -66,8 +65,10 @@ int cmd_apply(const Config& c, const std::string& file) {
         in.open(file, std::ios::binary);
         if (!in) return fail(fmt::format("cannot open {}", file));
     }
+    const bool existed = path_exists(c.db);
     auto e = Engine::open(c.db, engine_options(c));
     if (!e) return fail(e.error());
+    NewDatabase created(c.db, !existed, *e);
     std::optional<std::uint64_t> last;
     auto print = [&](const engine::CommitResult& r) {
         last = r.height;
@@ -78,10 +79,13 @@ int cmd_apply(const Config& c, const std::string& file) {
         s = file == "-" ? indexer::apply_change_stream(**e, std::cin, "<stdin>", print)
                         : indexer::apply_change_stream(**e, in, file, print);
     } catch (const std::system_error& write_failed) {  // fmt::print's
-        return fail(fmt::format("cannot write to standard output: {}; heights through {} are committed",
-                                write_failed.code().message(), last ? std::to_string(*last) : "none"));
+        return fail(
+            fmt::format("cannot write to standard output: {}; heights through {} are committed",
+                        write_failed.code().message(), last ? std::to_string(*last) : "none"));
     }
-    return s ? kExitOk : fail(s.error());
+    if (!s) return fail(s.error());
+    created.keep();
+    return kExitOk;
 }
 
 int cmd_root(const Config& c, std::optional<std::uint64_t> height) {
@@ -193,14 +197,15 @@ int cmd_info(const Config& c) {
     auto view = eng.view();
     if (!view) return fail(view.error());
     const auto opt = [](std::optional<std::uint64_t> v) { return v ? nlohmann::json(*v) : nlohmann::json(nullptr); };
-    nlohmann::json j{{"format_version", eng.format_version()},
-                     {"first", opt(eng.first())},
-                     {"tip", opt(eng.tip())},
-                     // Values, change lists and proofs are kept from here on (null: all).
-                     {"pruned", opt(view->pruned())},
-                     {"root", eng.tip() ? nlohmann::json(eng.root().hex()) : nlohmann::json(nullptr)},
-                     {"live_keys", eng.live_keys()},
-                     {"bytes_on_disk", (*e)->store().disk_bytes()}};
+    nlohmann::json j{
+        {"format_version", eng.format_version()},
+        {"first", opt(eng.first())},
+        {"tip", opt(eng.tip())},
+        // Values, change lists and proofs are kept from here on (null: all).
+        {"pruned", opt(view->pruned())},
+        {"root", eng.tip() ? nlohmann::json(eng.root().hex()) : nlohmann::json(nullptr)},
+        {"live_keys", eng.live_keys()},
+        {"bytes_on_disk", (*e)->store().disk_bytes()}};
     fmt::print("{}\n", j.dump(2));
     return kExitOk;
 }
@@ -273,11 +278,24 @@ void set_memory_budget(engine::EngineOptions& options, std::uint64_t mb) {
     mallopt(M_MMAP_THRESHOLD, 1 << 20);
 }
 
+bool path_exists(const std::string& dir) {
+    std::error_code ec;
+    return std::filesystem::exists(dir, ec) || ec;  // unsure: taken as existing
+}
+
+NewDatabase::~NewDatabase() {
+    if (!created_ || !engine_ || engine_->tip()) return;
+    engine_.reset();
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);  // at worst an empty database stays
+}
+
 Status not_a_directory(const std::string& path) {
     std::error_code ec;
     if (!std::filesystem::is_directory(path, ec)) return {};
     return make_error(ErrorCode::kInvalidArgument,
-                      fmt::format("cannot read {}: {}", path, std::make_error_code(std::errc::is_a_directory).message()));
+                      fmt::format("cannot read {}: {}", path,
+                                  std::make_error_code(std::errc::is_a_directory).message()));
 }
 
 Status require_db(const Config& c) {

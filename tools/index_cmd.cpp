@@ -75,7 +75,8 @@ Result<std::vector<indexer::FoundBlock>> scan_inputs(const IndexOptions& o,
             auto found_key = indexer::read_xor_key(dir.empty() ? "." : dir);
             if (!found_key) return std::unexpected(found_key.error());
             std::error_code ec;
-            xor_beside = std::filesystem::exists(std::filesystem::path(dir.empty() ? "." : dir) / "xor.dat", ec);
+            xor_beside = std::filesystem::exists(
+                std::filesystem::path(dir.empty() ? "." : dir) / "xor.dat", ec);
             if (*found_key) {
                 std::array<std::uint8_t, 4> plain{};
                 for (std::size_t i = 0; i < 4; ++i) plain[i] = head[i] ^ (**found_key)[i];
@@ -93,15 +94,17 @@ Result<std::vector<indexer::FoundBlock>> scan_inputs(const IndexOptions& o,
             // Most often a blk file whose first magic is damaged, or one of an obfuscated
             // directory without its xor.dat: say so rather than call it a block without work.
             if (Status work = indexer::check_work(found->header, network); !work) {
-                return make_error(ErrorCode::kInvalidArgument,
-                                  fmt::format("{}: offset 0: not a blk file of {} (it does not start with the "
-                                              "magic {}{}), and read as one raw block it has no valid proof of work "
-                                              "({})",
-                                              file, indexer::network_name(network), to_hex(magic),
-                                              xor_beside ? ", not even through the xor.dat beside it"
-                                                         : "; an obfuscated one needs the xor.dat of its "
-                                                           "directory beside it",
-                                              work.error().message));
+                return make_error(
+                    ErrorCode::kInvalidArgument,
+                    fmt::format(
+                        "{}: offset 0: not a blk file of {} (it does not start with the "
+                        "magic {}{}), and read as one raw block it has no valid proof of work "
+                        "({})",
+                        file, indexer::network_name(network), to_hex(magic),
+                        xor_beside ? ", not even through the xor.dat beside it"
+                                   : "; an obfuscated one needs the xor.dat of its "
+                                     "directory beside it",
+                        work.error().message));
             }
             all.push_back(*found);
         }
@@ -125,8 +128,10 @@ int cmd_index(const Config& c, const IndexOptions& o) {
     // The input first: a bad path or file creates no database.
     auto input = scan_inputs(o, *network);
     if (!input) return fail(input.error());
+    const bool existed = path_exists(c.db);
     auto engine = engine::Engine::open(c.db, engine_options(c));
     if (!engine) return fail(engine.error());
+    NewDatabase created(c.db, !existed, *engine);
     // A database started mid-chain lacks every output made below its first height: a
     // spend of one is no sign of a bad block, on every run, flag given or not.
     if (!o.allow_missing_prevouts && (*engine)->first().value_or(0) > 0) {
@@ -167,11 +172,14 @@ int cmd_index(const Config& c, const IndexOptions& o) {
     if (o.prune_keep) {
         const std::uint64_t kept = indexer::heights_kept(*o.prune_keep, c.max_reorg_depth);
         if (kept == std::numeric_limits<std::uint64_t>::max()) {
-            spdlog::info("--prune-keep {}: nothing is pruned, since --max-reorg-depth is unlimited", *o.prune_keep);
+            spdlog::info("--prune-keep {}: nothing is pruned, since --max-reorg-depth is unlimited",
+                         *o.prune_keep);
         } else if (kept != *o.prune_keep) {
-            spdlog::info("--prune-keep {}: keeping {} heights instead, --max-reorg-depth + 1, so that a reorg can "
-                         "always be rolled back",
-                         *o.prune_keep, kept);
+            spdlog::info(
+                "--prune-keep {}: keeping {} heights instead, --max-reorg-depth + 1, so that a "
+                "reorg can "
+                "always be rolled back",
+                *o.prune_keep, kept);
         }
     }
     lo.on_passed_over = [](const std::string& what) { spdlog::warn("passed over: {}", what); };
@@ -195,6 +203,7 @@ int cmd_index(const Config& c, const IndexOptions& o) {
     if (server) server->stop();
     if (tty) fmt::print(stderr, "\r\x1b[K");
     if (!result) return fail(result.error());
+    created.keep();
 
     const indexer::LoopProgress& t = result->totals;
     const double secs = std::max(t.seconds, 1e-9);

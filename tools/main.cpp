@@ -82,7 +82,8 @@ CLI::Validator rollback_height() {
         [](std::string& text) -> std::string {
             if (text == "-1") return {};
             const auto v = parse_decimal(text);
-            if (!v) return fmt::format("\"{}\" is neither a decimal height nor -1 (all heights)", text);
+            if (!v)
+                return fmt::format("\"{}\" is neither a decimal height nor -1 (all heights)", text);
             text = std::to_string(*v);
             return {};
         },
@@ -230,10 +231,11 @@ int main(int argc, char** argv) {
     spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
     spdlog::set_level(spdlog::level::from_str(c->log_level));  // one of its names (config.cpp)
     // RocksDB's messages are warnings and errors: shown as the log level shows ours.
-    storage::set_store_log(spdlog::should_log(spdlog::level::warn)       ? storage::StoreLog::kWarnings
-                           : spdlog::should_log(spdlog::level::err)      ? storage::StoreLog::kErrors
-                           : spdlog::should_log(spdlog::level::critical) ? storage::StoreLog::kFatal
-                                                                         : storage::StoreLog::kNone);
+    storage::set_store_log(spdlog::should_log(spdlog::level::warn)  ? storage::StoreLog::kWarnings
+                           : spdlog::should_log(spdlog::level::err) ? storage::StoreLog::kErrors
+                           : spdlog::should_log(spdlog::level::critical)
+                               ? storage::StoreLog::kFatal
+                               : storage::StoreLog::kNone);
 
     if (apply->parsed()) return cmd_apply(*c, file);
     if (root->parsed()) return cmd_root(*c, opt_height(root_h, height));
@@ -272,8 +274,10 @@ int main(int argc, char** argv) {
         // An answer that never reached its reader (a full disk, a closed pipe) is no
         // success: said, and exit 2, rather than exit 0 with the output lost. A command
         // that failed has said why already.
-        if (code != stateroot::tools::kExitError && (std::fflush(stdout) != 0 || std::ferror(stdout))) {
-            return stateroot::tools::fail(fmt::format("cannot write to standard output: {}", std::strerror(errno)));
+        if (code != stateroot::tools::kExitError &&
+            (std::fflush(stdout) != 0 || std::ferror(stdout))) {
+            return stateroot::tools::fail(
+                fmt::format("cannot write to standard output: {}", std::strerror(errno)));
         }
         return code;
     } catch (const std::bad_alloc&) {

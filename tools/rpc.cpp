@@ -103,9 +103,10 @@ std::expected<std::uint64_t, RpcError> resolve(const engine::View& view, std::op
     if (!h && view.tip()) return *view.tip();
     // The same words as the CLI's (View::check_height).
     if (!view.tip() || !h || *h < *view.first() || *h > *view.tip()) {
-        return rpc_error(kHeightNotFound,
-                         fmt::format("height {} not found ({})", h ? std::to_string(*h) : std::string("latest"),
-                                     engine::describe_heights(view.first(), view.tip())));
+        return rpc_error(
+            kHeightNotFound,
+            fmt::format("height {} not found ({})", h ? std::to_string(*h) : std::string("latest"),
+                        engine::describe_heights(view.first(), view.tip())));
     }
     return *h;
 }
@@ -343,8 +344,11 @@ std::string Rpc::call(const json& request, bool& notification, std::size_t room)
     }
     // JSON-RPC 2.0 allows params by position or by name; anything else makes the request
     // invalid (and so answered, even without an id).
-    if (request.contains("params") && !request["params"].is_array() && !request["params"].is_object()) {
-        return fail("invalid", {kInvalidRequest, "invalid request: \"params\" must be an array or an object"}, id);
+    if (request.contains("params") && !request["params"].is_array() &&
+        !request["params"].is_object()) {
+        return fail("invalid",
+                    {kInvalidRequest, "invalid request: \"params\" must be an array or an object"},
+                    id);
     }
     notification = !request.contains("id");
     const std::string& name = request["method"].get_ref<const std::string&>();
@@ -352,7 +356,10 @@ std::string Rpc::call(const json& request, bool& notification, std::size_t room)
     if (!m) return fail("unknown", {kMethodNotFound, "method not found: " + name}, id);
     const json params = request.contains("params") ? request["params"] : json::array();
     if (!params.is_array()) {
-        return fail(name, {kInvalidParams, "invalid params: params by name are not supported, give an array"}, id);
+        return fail(
+            name,
+            {kInvalidParams, "invalid params: params by name are not supported, give an array"},
+            id);
     }
     if (params.size() > m->max_params) {
         return fail(name, {kInvalidParams, fmt::format("invalid params: {} takes at most {} params, got {}", name,
@@ -435,8 +442,9 @@ constexpr std::string_view kArgRoutes[] = {"/root/", "/blockhash/", "/value/", "
 
 bool Rpc::is_route(std::string_view path) {
     if (path == "/metrics" || path == "/height" || path == "/status") return true;
-    return std::any_of(std::begin(kArgRoutes), std::end(kArgRoutes),
-                       [&](std::string_view prefix) { return route_arg(path, prefix).has_value(); });
+    return std::any_of(std::begin(kArgRoutes), std::end(kArgRoutes), [&](std::string_view prefix) {
+        return route_arg(path, prefix).has_value();
+    });
 }
 
 void Rpc::observe_refused(const std::string& label) { metrics_.observe_request(label, false, 0); }
@@ -467,11 +475,15 @@ HttpAnswer Rpc::get(const std::string& path, const QueryParams& query) {
         bool seen = false;
         for (const auto& [name, value] : query) {
             if (!takes_height || name != "height") {
-                return rpc_error(kInvalidParams, fmt::format("invalid params: unknown query parameter {} ({})",
-                                                             text(json(name)),
-                                                             takes_height ? "this route takes height" : "this route takes none"));
+                return rpc_error(
+                    kInvalidParams,
+                    fmt::format(
+                        "invalid params: unknown query parameter {} ({})", text(json(name)),
+                        takes_height ? "this route takes height" : "this route takes none"));
             }
-            if (seen) return rpc_error(kInvalidParams, "invalid params: query parameter height given twice");
+            if (seen)
+                return rpc_error(kInvalidParams,
+                                 "invalid params: query parameter height given twice");
             seen = true;
             height = value;
         }
@@ -489,11 +501,13 @@ HttpAnswer Rpc::get(const std::string& path, const QueryParams& query) {
     if (!lease) return finish("rest", internal(lease.error()));
     engine::View& v = lease->view;
     if (path == "/height") {
-        if (auto none = height_query(kNoQuery); !none) return finish("rest_height", std::unexpected(none.error()));
+        if (auto none = height_query(kNoQuery); !none)
+            return finish("rest_height", std::unexpected(none.error()));
         return finish("rest_height", json{{"height", *m_height(v, json::array(), kMaxAnswer)}});
     }
     if (path == "/status") {
-        if (auto none = height_query(kNoQuery); !none) return finish("rest_status", std::unexpected(none.error()));
+        if (auto none = height_query(kNoQuery); !none)
+            return finish("rest_status", std::unexpected(none.error()));
         json status{{"tip", v.tip() ? json(*v.tip()) : json(nullptr)},
                     {"root", nullptr},
                     {"block_hash", nullptr},
@@ -520,7 +534,8 @@ HttpAnswer Rpc::get(const std::string& path, const QueryParams& query) {
     constexpr std::string_view kPathHeight = "the height in the path", kQueryHeight = "query parameter height",
                                kPathKey = "the key in the path";
     if (auto h = segments("/root/")) {
-        if (auto none = height_query(kNoQuery); !none) return finish("rest_root", std::unexpected(none.error()));
+        if (auto none = height_query(kNoQuery); !none)
+            return finish("rest_root", std::unexpected(none.error()));
         auto height_value = height_at(v, json::array({*h}), 0, kPathHeight);
         if (!height_value) return finish("rest_root", std::unexpected(height_value.error()));
         auto root = m_getroot(v, json::array({*height_value}), kMaxAnswer);
@@ -528,7 +543,8 @@ HttpAnswer Rpc::get(const std::string& path, const QueryParams& query) {
         return finish("rest_root", json{{"height", *height_value}, {"root", *root}});
     }
     if (auto h = segments("/blockhash/")) {
-        if (auto none = height_query(kNoQuery); !none) return finish("rest_blockhash", std::unexpected(none.error()));
+        if (auto none = height_query(kNoQuery); !none)
+            return finish("rest_blockhash", std::unexpected(none.error()));
         auto height_value = height_at(v, json::array({*h}), 0, kPathHeight);
         if (!height_value) return finish("rest_blockhash", std::unexpected(height_value.error()));
         auto hash = m_getblockhash(v, json::array({*height_value}), kMaxAnswer);

@@ -191,9 +191,10 @@ int parse_head(std::string_view text, std::size_t max_body, Head& head) {
             const std::string_view pair = rest.substr(0, amp);
             const auto eq = pair.find('=');
             if (!pair.empty()) {
-                head.request.query.emplace_back(
-                    url_decode(pair.substr(0, eq), true),
-                    eq == std::string_view::npos ? std::string() : url_decode(pair.substr(eq + 1), true));
+                head.request.query.emplace_back(url_decode(pair.substr(0, eq), true),
+                                                eq == std::string_view::npos
+                                                    ? std::string()
+                                                    : url_decode(pair.substr(eq + 1), true));
             }
             if (amp == std::string_view::npos) break;
             rest.remove_prefix(amp + 1);
@@ -316,10 +317,12 @@ struct HttpServer::Impl {
         const bool rpc_path = req.path == "/";
         if (rpc_path && req.method == "POST") return rpc.post(req.body, options.max_answer);
         const bool read = req.method == "GET" || req.method == "HEAD";
-        if (!rpc_path && (read || !Rpc::is_route(req.path))) return rpc.get(req.path, req.query);  // a 404 if unknown
+        if (!rpc_path && (read || !Rpc::is_route(req.path)))
+            return rpc.get(req.path, req.query);  // a 404 if unknown
         rpc.observe_refused("http_405");
-        HttpAnswer a = error_answer(405, rpc_path ? "method not allowed: POST JSON-RPC to /"
-                                                  : "method not allowed: REST routes are read with GET");
+        HttpAnswer a =
+            error_answer(405, rpc_path ? "method not allowed: POST JSON-RPC to /"
+                                       : "method not allowed: REST routes are read with GET");
         a.allow = rpc_path ? "POST" : "GET, HEAD";
         return a;
     }

@@ -17,9 +17,11 @@ template <class Callback>
 Result<nlohmann::json> parse_checked(std::string_view text, Callback callback) {
     using nlohmann::json;
     if (const auto nul = text.find('\0'); nul != std::string_view::npos) {
-        return make_error(ErrorCode::kInvalidArgument,
-                          fmt::format("parse error at byte {}: a NUL byte (JSON allows one only escaped, in a string)",
-                                      nul + 1));
+        return make_error(
+            ErrorCode::kInvalidArgument,
+            fmt::format(
+                "parse error at byte {}: a NUL byte (JSON allows one only escaped, in a string)",
+                nul + 1));
     }
     try {
         return json::parse(text, callback);
@@ -34,7 +36,9 @@ Result<nlohmann::json> parse_checked(std::string_view text, Callback callback) {
 
 }  // namespace
 
-Result<nlohmann::json> parse_json_text(std::string_view text) { return parse_checked(text, nullptr); }
+Result<nlohmann::json> parse_json_text(std::string_view text) {
+    return parse_checked(text, nullptr);
+}
 
 Result<nlohmann::json> parse_json(std::string_view text) {
     using nlohmann::json;

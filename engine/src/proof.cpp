@@ -172,8 +172,8 @@ Status verify(const Proof& p, const Hash& root) {
     // A proof whose root field names another root says something false of its height,
     // even when its hashes reach the root checked against.
     if (p.root != root) {
-        return invalid(fmt::format("the proof's root field is {}, not the root it computes ({})", p.root.hex(),
-                                   root.hex()));
+        return invalid(fmt::format("the proof's root field is {}, not the root it computes ({})",
+                                   p.root.hex(), root.hex()));
     }
     return {};
 }

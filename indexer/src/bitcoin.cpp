@@ -278,10 +278,11 @@ Result<Block> parse_block(ByteView data) {
     if (mutated) {
         // CVE-2012-2459: a copy of a block with transactions repeated at the end of a
         // level has the same merkle root; the real block lies elsewhere.
-        return make_error(ErrorCode::kInvalidArgument,
-                          fmt::format("mutated: the merkle root {} matches, but only with transactions repeated "
-                                      "(a copy of the block with duplicates appended)",
-                                      display_hex(root)));
+        return make_error(
+            ErrorCode::kInvalidArgument,
+            fmt::format("mutated: the merkle root {} matches, but only with transactions repeated "
+                        "(a copy of the block with duplicates appended)",
+                        display_hex(root)));
     }
     // Without witness data there is nothing the merkle root leaves uncovered. (Core also
     // refuses a block past segwit's activation whose coinbase commits with no witness of

@@ -78,20 +78,23 @@ std::optional<Limbs> target_of(std::uint32_t bits) {
 Status check_work(const BlockHeader& header, Network network) {
     const auto target = target_of(header.bits);
     if (!target) {
-        return make_error(ErrorCode::kInvalidArgument, fmt::format("its bits {:08x} encode no valid target", header.bits));
+        return make_error(ErrorCode::kInvalidArgument,
+                          fmt::format("its bits {:08x} encode no valid target", header.bits));
     }
     if (compare(*target, *target_of(pow_limit_bits(network))) > 0) {
-        return make_error(ErrorCode::kInvalidArgument,
-                          fmt::format("its target (bits {:08x}) is easier than {}'s limit (bits {:08x})", header.bits,
-                                      network_name(network), pow_limit_bits(network)));
+        return make_error(
+            ErrorCode::kInvalidArgument,
+            fmt::format("its target (bits {:08x}) is easier than {}'s limit (bits {:08x})",
+                        header.bits, network_name(network), pow_limit_bits(network)));
     }
     Limbs hash{};  // the hash in internal byte order is a little-endian number
     for (int i = 0; i < 4; ++i) {
         for (int b = 7; b >= 0; --b) hash[i] = hash[i] << 8 | header.hash.bytes[8 * i + b];
     }
     if (compare(hash, *target) > 0) {
-        return make_error(ErrorCode::kInvalidArgument,
-                          fmt::format("its hash is above the target its bits {:08x} encode", header.bits));
+        return make_error(
+            ErrorCode::kInvalidArgument,
+            fmt::format("its hash is above the target its bits {:08x} encode", header.bits));
     }
     return {};
 }

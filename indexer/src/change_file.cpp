@@ -95,7 +95,8 @@ Status apply_change_stream(engine::Engine& engine, std::istream& in, const std::
     }
     if (in.bad()) {
         // iostreams keep no reason (errno may be stale): the line is what can be said.
-        return make_error(ErrorCode::kIoError, fmt::format("{}: read error after line {}", name, number - 1));
+        return make_error(ErrorCode::kIoError,
+                          fmt::format("{}: read error after line {}", name, number - 1));
     }
     return {};
 }

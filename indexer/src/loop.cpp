@@ -152,8 +152,9 @@ struct NoWork {
     const FoundBlock* record;
     std::string why;
     std::string describe() const {
-        return fmt::format("{}: offset {}: block {}: {} (no valid proof of work)", record->location.file,
-                           record->location.offset, display_hex(record->header.hash), why);
+        return fmt::format("{}: offset {}: block {}: {} (no valid proof of work)",
+                           record->location.file, record->location.offset,
+                           display_hex(record->header.hash), why);
     }
 };
 
@@ -174,7 +175,8 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
     // count; an input of nothing else is refused.
     std::vector<NoWork> passed_over;
     for (const FoundBlock& fb : all_input) {
-        if (Status s = check_work(fb.header, options.network); !s) passed_over.push_back({&fb, s.error().message});
+        if (Status s = check_work(fb.header, options.network); !s)
+            passed_over.push_back({&fb, s.error().message});
     }
     if (!passed_over.empty() && passed_over.size() == all_input.size()) {
         return make_error(ErrorCode::kInvalidArgument, passed_over[0].describe());
@@ -194,10 +196,12 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
     // For an error about a block whose parent the input lacks.
     const auto torn_parent_hint = [&]() -> std::string {
         if (passed_over.empty()) return {};
-        return fmt::format(" ({} record(s) without valid proof of work passed over, the first at {}: offset {}; one "
-                           "may be the parent, torn)",
-                           passed_over.size(), passed_over[0].record->location.file,
-                           passed_over[0].record->location.offset);
+        return fmt::format(
+            " ({} record(s) without valid proof of work passed over, the first at {}: offset {}; "
+            "one "
+            "may be the parent, torn)",
+            passed_over.size(), passed_over[0].record->location.file,
+            passed_over[0].record->location.offset);
     };
     auto view = engine.view();
     if (!view) return std::unexpected(view.error());
@@ -215,9 +219,11 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
         auto rec = view->record(*engine.first());
         if (!rec) return std::unexpected(rec.error());
         if (!rec->block_hash || rec->from_change_file) {
-            return make_error(ErrorCode::kInvalidArgument,
-                              fmt::format("height {} {}: this database was not built from blocks", *engine.first(),
-                                          rec->block_hash ? "was written from a change file" : "has no block hash"));
+            return make_error(
+                ErrorCode::kInvalidArgument,
+                fmt::format(
+                    "height {} {}: this database was not built from blocks", *engine.first(),
+                    rec->block_hash ? "was written from a change file" : "has no block hash"));
         }
         root = reversed(*rec->block_hash);
         root_height = *engine.first();
@@ -246,11 +252,12 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
                 if (first && first->header.hash != fb.header.hash) {
                     return make_error(
                         ErrorCode::kInvalidArgument,
-                        fmt::format("the input starts in more than one place: blocks {} ({}: offset "
-                                    "{}) and {} ({}: offset {}) both have parents it lacks{}",
-                                    display_hex(first->header.hash), first->location.file,
-                                    first->location.offset, display_hex(fb.header.hash),
-                                    fb.location.file, fb.location.offset, torn_parent_hint()));
+                        fmt::format(
+                            "the input starts in more than one place: blocks {} ({}: offset "
+                            "{}) and {} ({}: offset {}) both have parents it lacks{}",
+                            display_hex(first->header.hash), first->location.file,
+                            first->location.offset, display_hex(fb.header.hash), fb.location.file,
+                            fb.location.offset, torn_parent_hint()));
                 }
                 first = &fb;
             }
@@ -324,12 +331,15 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
             // The first block is the one whose parent the input lacks: with a record passed
             // over, that may be its child. Unless BIP34 vouches for its height, every
             // height would then be stored one too high.
-            if (!passed_over.empty() && !(bip34 && *bip34 == root_height && root_height >= in_force)) {
-                return make_error(ErrorCode::kInvalidArgument,
-                                  fmt::format("{}: the input starts mid-chain and this record may be its first "
-                                              "block, torn, which would leave the height of block {} unsure; nothing "
-                                              "was stored",
-                                              passed_over[0].describe(), display_hex(first->header.hash)));
+            if (!passed_over.empty() &&
+                !(bip34 && *bip34 == root_height && root_height >= in_force)) {
+                return make_error(
+                    ErrorCode::kInvalidArgument,
+                    fmt::format(
+                        "{}: the input starts mid-chain and this record may be its first "
+                        "block, torn, which would leave the height of block {} unsure; nothing "
+                        "was stored",
+                        passed_over[0].describe(), display_hex(first->header.hash)));
             }
         }
     }
@@ -339,18 +349,20 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
     index.connect(root, root_height);
     for (const ChainEntry* e : index.unconnected()) {
         if (e->location && e->header.prev == Hash{}) {
-            return make_error(ErrorCode::kInvalidArgument,
-                              fmt::format("{}: offset {}: block {} is a genesis block, but this chain starts from "
-                                          "block {}: blocks of another network or chain?",
-                                          e->location->file, e->location->offset, display_hex(e->header.hash),
-                                          display_hex(root)));
+            return make_error(
+                ErrorCode::kInvalidArgument,
+                fmt::format(
+                    "{}: offset {}: block {} is a genesis block, but this chain starts from "
+                    "block {}: blocks of another network or chain?",
+                    e->location->file, e->location->offset, display_hex(e->header.hash),
+                    display_hex(root)));
         }
         if (e->location) {
             return make_error(
                 ErrorCode::kInvalidArgument,
                 fmt::format("{}: offset {}: block {} has an unknown parent {}{}", e->location->file,
-                            e->location->offset, display_hex(e->header.hash), display_hex(e->header.prev),
-                            torn_parent_hint()));
+                            e->location->offset, display_hex(e->header.hash),
+                            display_hex(e->header.prev), torn_parent_hint()));
         }
     }
 
@@ -476,13 +488,15 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
             // block hash: building on it would take its changes for the block's, and
             // rolling it back as a losing one would delete what someone else wrote.
             if (!rec->block_hash || rec->from_change_file) {
-                return make_error(ErrorCode::kInvalidArgument,
-                                  fmt::format("height {} {}; roll it back first to index blocks after it "
-                                              "(stateroot rollback --height {})",
-                                              h,
-                                              rec->block_hash ? "was written from a change file, not from blocks"
-                                                              : "has no block hash: it was not written from blocks",
-                                              h - 1));
+                return make_error(
+                    ErrorCode::kInvalidArgument,
+                    fmt::format("height {} {}; roll it back first to index blocks after it "
+                                "(stateroot rollback --height {})",
+                                h,
+                                rec->block_hash
+                                    ? "was written from a change file, not from blocks"
+                                    : "has no block hash: it was not written from blocks",
+                                h - 1));
             }
             if (h == *engine.tip()) stored_tip = index.find(reversed(*rec->block_hash));
             if (h <= best_height && reversed(*rec->block_hash) == on_path(h)->header.hash) {

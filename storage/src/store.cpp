@@ -1,5 +1,6 @@
 #include "stateroot/storage/store.hpp"
 
+#include <fcntl.h>
 #include <rocksdb/cache.h>
 #include <rocksdb/db.h>
 #include <rocksdb/filter_policy.h>
@@ -8,6 +9,7 @@
 #include <rocksdb/table.h>
 #include <rocksdb/utilities/checkpoint.h>
 #include <rocksdb/write_batch.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -19,9 +21,6 @@
 #include <filesystem>
 #include <system_error>
 #include <thread>
-
-#include <fcntl.h>
-#include <unistd.h>
 
 namespace stateroot::storage {
 namespace {
@@ -54,10 +53,12 @@ std::atomic<StoreLog> g_store_log{StoreLog::kWarnings};  // set_store_log
 // process on its next message, before the failed write's error can be reported.
 class StderrLogger final : public rocksdb::Logger {
 public:
-    // `reader`: a read-only or secondary store, which writes nothing.
-    explicit StderrLogger(bool reader) : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL), reader_(reader) {}
-    using rocksdb::Logger::Logv;
-    void Logv(const char* format, va_list ap) override { Logv(rocksdb::InfoLogLevel::INFO_LEVEL, format, ap); }
+  // `reader`: a read-only or secondary store, which writes nothing.
+  explicit StderrLogger(bool reader)
+      : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL), reader_(reader) {}
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override {
+      Logv(rocksdb::InfoLogLevel::INFO_LEVEL, format, ap); }
     void Logv(const rocksdb::InfoLogLevel level, const char* format, va_list ap) override {
         if (level < GetInfoLogLevel() || level == rocksdb::InfoLogLevel::HEADER_LEVEL) return;
         const StoreLog log = g_store_log.load(std::memory_order_relaxed);
@@ -110,7 +111,7 @@ public:
         std::fprintf(stderr, "rocksdb: %s\n", line);
     }
 
-private:
+  private:
     bool reader_;
 };
 
@@ -422,7 +423,8 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOp
                                rocksdb::kLZ4Compression};
 
     o.max_total_wal_size = 4 * (options.write_buffer_mb << 20);
-    o.info_log = std::make_shared<StderrLogger>(options.read_only || !options.secondary_dir.empty());
+    o.info_log =
+        std::make_shared<StderrLogger>(options.read_only || !options.secondary_dir.empty());
     if (options.seek_prefix_length > 0) {
         o.prefix_extractor.reset(rocksdb::NewCappedPrefixTransform(options.seek_prefix_length));
         o.memtable_prefix_bloom_size_ratio = 0.02;

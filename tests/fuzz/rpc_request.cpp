@@ -108,7 +108,9 @@ void get(std::string_view target) {
             rest.remove_prefix(std::min(rest.size(), item.size() + 1));
             if (item.empty()) continue;  // "?&height=1": as the server reads it
             const auto eq = item.find('=');
-            query.emplace_back(item.substr(0, eq), eq == std::string_view::npos ? "" : std::string(item.substr(eq + 1)));
+            query.emplace_back(item.substr(0, eq), eq == std::string_view::npos
+                                                       ? ""
+                                                       : std::string(item.substr(eq + 1)));
         }
     }
     const tools::HttpAnswer a = api().rpc.get(path, query);

@@ -1,4 +1,6 @@
 // The `stateroot` binary, run as a user would: exit codes, stdout, stderr.
+#include "cli.hpp"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -8,7 +10,6 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "cli.hpp"
 #include "files.hpp"
 #include "stateroot/engine/engine.hpp"
 #include "stateroot/engine/proof.hpp"
@@ -160,7 +161,8 @@ TEST_CASE("cli: proofs verify and tampered ones are invalid", "[cli][proof]") {
         const std::string real_root = proof["root"];
         proof["root"] = std::string(64, '1');
         const std::string renamed = cli.file("renamed.json", proof.dump());
-        for (const std::string& trusted : {fmt::format("--db {}", cli.db()), "--root " + real_root}) {
+        for (const std::string& trusted :
+             {fmt::format("--db {}", cli.db()), "--root " + real_root}) {
             const Run r = cli.run(fmt::format("verify --proof {} {}", renamed, trusted));
             CHECK(r.code == 1);
             CHECK(r.out.rfind("invalid: the proof's root field is 1111", 0) == 0);
@@ -285,15 +287,18 @@ TEST_CASE("cli: output that cannot be written is an error, not a silent success"
     Cli cli;
     const std::string err = cli.db() + ".err";
     auto run_to_full = [&](const std::string& args) {
-        const int status = std::system(fmt::format("{} {} >/dev/full 2>{}", test::shell_quoted(STATEROOT_BIN), args,
-                                                   test::shell_quoted(err))
-                                           .c_str());
+        const int status =
+            std::system(fmt::format("{} {} >/dev/full 2>{}", test::shell_quoted(STATEROOT_BIN),
+                                    args, test::shell_quoted(err))
+                            .c_str());
         return std::pair{WEXITSTATUS(status), test::slurp(err)};
     };
     // apply stops at the first line it cannot print, and says how far it committed.
-    const auto [apply_code, apply_err] = run_to_full(fmt::format("apply --db {} {}", cli.db(), kExample));
+    const auto [apply_code, apply_err] =
+        run_to_full(fmt::format("apply --db {} {}", cli.db(), kExample));
     CHECK(apply_code == 2);
-    CHECK(apply_err.starts_with("stateroot: cannot write to standard output: No space left on device"));
+    CHECK(apply_err.starts_with(
+        "stateroot: cannot write to standard output: No space left on device"));
     CHECK(cli.run(fmt::format("info --db {}", cli.db())).code == 0);
     const auto [root_code, root_err] = run_to_full(fmt::format("root --db {}", cli.db()));
     CHECK(root_code == 2);
@@ -307,8 +312,8 @@ TEST_CASE("cli: a second writer is refused in one line", "[cli]") {
     REQUIRE(writer);
     const Run second = cli.run(fmt::format("rollback --db {} --height 2", cli.db()));
     CHECK(second.code == 2);
-    CHECK(second.err.starts_with(fmt::format("stateroot: cannot open {}: the database is open in another process (",
-                                             cli.db())));
+    CHECK(second.err.starts_with(fmt::format(
+        "stateroot: cannot open {}: the database is open in another process (", cli.db())));
     CHECK(std::count(second.err.begin(), second.err.end(), '\n') == 1);
 }
 
@@ -357,13 +362,23 @@ TEST_CASE("cli: bad input to a write command creates no database", "[cli]") {
     cli.file("db-blocks/README", "not a block file");
     const std::vector<std::pair<std::string, std::string>> cases = {
         {fmt::format("apply --db {} {}", cli.db(), cli.db() + ".jsonl"), "cannot open"},
-        {fmt::format("apply --db {} {}", cli.db(), blocks), fmt::format("cannot read {}: Is a directory", blocks)},
-        {fmt::format("index --db {} --blocks {}", cli.db(), blocks), fmt::format("cannot read {}: Is a directory", blocks)},
+        {fmt::format("apply --db {} {}", cli.db(), blocks),
+         fmt::format("cannot read {}: Is a directory", blocks)},
+        {fmt::format("index --db {} --blocks {}", cli.db(), blocks),
+         fmt::format("cannot read {}: Is a directory", blocks)},
         {fmt::format("index --db {} --blocks {}", cli.db(), cli.db() + ".blk"), "cannot read"},
         {fmt::format("index --db {} --blocks-dir {}", cli.db(), blocks),
-         fmt::format("{} holds no blk?????.dat files (is it Bitcoin Core's blocks/ directory?)", blocks)},
+         fmt::format("{} holds no blk?????.dat files (is it Bitcoin Core's blocks/ directory?)",
+                     blocks)},
         {fmt::format("index --db {} --blocks {} --prune-keep 0", cli.db(), kBtcdBlocks),
          "--prune-keep must be at least 1"},
+        // Refused once the database is open: the one this run created is removed again.
+        {fmt::format("apply --db {} {}", cli.db(),
+                     cli.file("bad.jsonl", R"({"height": 0, "puts": [["zz", "01"]]})")),
+         "bad.jsonl:1: puts[0] key is not valid hex"},
+        {fmt::format("index --db {} --blocks {}", cli.db(),
+                     test::shell_quoted(test::block_fixture("btcd_reorg_blk_3A.dat"))),
+         "has an unknown parent"},
     };
     for (const auto& [args, message] : cases) {
         INFO(args);

@@ -311,7 +311,8 @@ TEST_CASE("http: malformed and oversize requests get their status and a closed c
         CHECK(status_of(raw.read_answer()) == 404);
     }
     REQUIRE(raw.send("GET /metrics HTTP/1.1\r\n\r\n"));
-    CHECK(raw.read_answer().find("stateroot_rpc_requests_total{method=\"http_405\",outcome=\"error\"} 4\n") !=
+    CHECK(raw.read_answer().find(
+              "stateroot_rpc_requests_total{method=\"http_405\",outcome=\"error\"} 4\n") !=
           std::string::npos);
     REQUIRE(raw.send(post_head(kHeight.size()) + kHeight));
     CHECK(status_of(raw.read_answer()) == 200);

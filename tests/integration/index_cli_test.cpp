@@ -257,28 +257,32 @@ TEST_CASE("index cli: a file of an obfuscated blocks directory given alone is re
     Bytes damaged = test::read_file(mainnet);
     damaged[3] ^= 1;
     test::write_file(dir.sub("blocks/damaged.blk"), damaged);
-    Child beside({"index", "--db", dir.sub("c"), "--blocks", dir.sub("blocks/damaged.blk")}, dir.sub("out"),
-                 dir.sub("err"));
+    Child beside({"index", "--db", dir.sub("c"), "--blocks", dir.sub("blocks/damaged.blk")},
+                 dir.sub("out"), dir.sub("err"));
     CHECK(beside.wait() == 2);
     // Its first bytes read as a header: their "bits" encode no target.
-    CHECK(slurp(dir.sub("err")) ==
-          fmt::format("stateroot: {}: offset 0: not a blk file of mainnet (it does not start with the magic f9beb4d9, "
-                      "not even through the xor.dat beside it), and read as one raw block it has no valid proof of "
-                      "work (its bits 4a5e1e4b encode no valid target)\n",
-                      dir.sub("blocks/damaged.blk")));
+    CHECK(slurp(dir.sub("err")) == fmt::format("stateroot: {}: offset 0: not a blk file of mainnet "
+                                               "(it does not start with the magic f9beb4d9, "
+                                               "not even through the xor.dat beside it), and read "
+                                               "as one raw block it has no valid proof of "
+                                               "work (its bits 4a5e1e4b encode no valid target)\n",
+                                               dir.sub("blocks/damaged.blk")));
     std::filesystem::remove(dir.sub("blocks/xor.dat"));
     test::write_file(dir.sub("damaged.blk"), damaged);
     for (const std::string& file : {dir.sub("blocks/blk00000.dat"), dir.sub("damaged.blk")}) {
         Child c({"index", "--db", dir.sub("c"), "--blocks", file}, dir.sub("out"), dir.sub("err"));
         CHECK(c.wait() == 2);
-        CHECK(slurp(dir.sub("err")).starts_with(
-            fmt::format("stateroot: {}: offset 0: not a blk file of mainnet (it does not start with the magic "
-                        "f9beb4d9; an obfuscated one needs the xor.dat of its directory beside it), and read as "
-                        "one raw block it has no valid proof of work (its ",
-                        file)));
+        CHECK(slurp(dir.sub("err"))
+                  .starts_with(fmt::format("stateroot: {}: offset 0: not a blk file of mainnet (it "
+                                           "does not start with the magic "
+                                           "f9beb4d9; an obfuscated one needs the xor.dat of its "
+                                           "directory beside it), and read as "
+                                           "one raw block it has no valid proof of work (its ",
+                                           file)));
     }
     // An empty file holds no blocks, as a file of zeros.
     test::write_file(dir.sub("empty.blk"), Bytes{});
-    CHECK(tip_line(dir, {"index", "--db", dir.sub("b"), "--blocks", mainnet, dir.sub("empty.blk")}) == plain);
+    CHECK(tip_line(dir, {"index", "--db", dir.sub("b"), "--blocks", mainnet,
+                         dir.sub("empty.blk")}) == plain);
 }
 

@@ -185,8 +185,10 @@ TEST_CASE("server: every error has its exact JSON", "[server]") {
     CHECK(post(s, R"({"jsonrpc": "2.0", "method": "stateroot_height", "id": 18446744073709551615})")
               .ends_with(R"("id":18446744073709551615,"jsonrpc":"2.0","result":589})"));
     CHECK(post(s, R"({"jsonrpc": "2.0", "method": "eth_call", "id": "a"})") == err(-32601, "method not found: eth_call", "\"a\""));
-    CHECK(call(s, "stateroot_getroot", {999}).dump() == err(-32001, "height 999 not found (heights 0..589 exist)"));
-    CHECK(call(s, "metashrew_stateroot", {"600"}).dump() == err(-32001, "height 600 not found (heights 0..589 exist)"));
+    CHECK(call(s, "stateroot_getroot", {999}).dump() ==
+          err(-32001, "height 999 not found (heights 0..589 exist)"));
+    CHECK(call(s, "metashrew_stateroot", {"600"}).dump() ==
+          err(-32001, "height 600 not found (heights 0..589 exist)"));
     CHECK(call(s, "stateroot_getroot", {-1}).dump() ==
           err(-32602, "invalid params: params[0] (height) must be a non-negative integer, a decimal string or \"latest\""));
     CHECK(call(s, "stateroot_getroot", {"tip"}).dump() ==
@@ -198,12 +200,17 @@ TEST_CASE("server: every error has its exact JSON", "[server]") {
           err(-32602, fmt::format("invalid params: params[0] (key): key {}... (4097 bytes) is longer than the 4096-byte limit",
                                   std::string(64, 'a'))));
     CHECK(call(s, "stateroot_height", {1}).dump() == err(-32602, "invalid params: stateroot_height takes at most 0 params, got 1"));
-    CHECK(post(s, R"({"jsonrpc": "2.0", "method": "stateroot_height", "params": {"a": 1}, "id": 1})") ==
-          err(-32602, "invalid params: params by name are not supported, give an array"));
+    CHECK(
+        post(s,
+             R"({"jsonrpc": "2.0", "method": "stateroot_height", "params": {"a": 1}, "id": 1})") ==
+        err(-32602, "invalid params: params by name are not supported, give an array"));
     // A NUL byte would end nlohmann's reading, the rest of the body unread.
     using namespace std::string_literals;
-    CHECK(post(s, "{\"jsonrpc\": \"2.0\", \"method\": \"stateroot_height\", \"id\": 1}\0garbage"s) ==
-          err(-32700, "parse error at byte 58: a NUL byte (JSON allows one only escaped, in a string)", "null"));
+    CHECK(
+        post(s, "{\"jsonrpc\": \"2.0\", \"method\": \"stateroot_height\", \"id\": 1}\0garbage"s) ==
+        err(-32700,
+            "parse error at byte 58: a NUL byte (JSON allows one only escaped, in a string)",
+            "null"));
     // Params neither by position nor by name make the request invalid, a notification's too.
     CHECK(post(s, R"({"jsonrpc": "2.0", "method": "stateroot_height", "params": "x", "id": 1})") ==
           err(-32600, "invalid request: \"params\" must be an array or an object"));
@@ -254,7 +261,8 @@ TEST_CASE("server: a height without a block hash answers null", "[server]") {
     Served s(**e);
     CHECK(result(s, "stateroot_getblockhash", {3}).is_null());
     CHECK(result(s, "metashrew_getblockhash", {3}).is_null());
-    CHECK(call(s, "stateroot_getroot", {2}).dump() == err(-32001, "height 2 not found (only height 3 exists)"));
+    CHECK(call(s, "stateroot_getroot", {2}).dump() ==
+          err(-32001, "height 2 not found (only height 3 exists)"));
 }
 
 TEST_CASE("server: a pruned height answers -32001 naming the kept heights", "[server][prune]") {
@@ -316,7 +324,12 @@ TEST_CASE("server: the REST routes mirror the methods", "[server]") {
     CHECK(status["uptime_s"].get<double>() >= 0);
     CHECK(status["indexer"] == json{{"state", "none"}});
 
-    CHECK(get(s, "/root/600") == std::pair{404, std::string(R"x({"error":{"code":-32001,"message":"height 600 not found (heights 0..589 exist)"}})x")});
+    CHECK(
+        get(s, "/root/600") ==
+        std::pair{
+            404,
+            std::string(
+                R"x({"error":{"code":-32001,"message":"height 600 not found (heights 0..589 exist)"}})x")});
     CHECK(get(s, "/value/zz").first == 400);
     // A REST error names where the route took the parameter from, not a method's params.
     const auto message = [&](const std::string& path) {
@@ -346,9 +359,12 @@ TEST_CASE("server: the REST routes mirror the methods", "[server]") {
     // A misspelt or repeated query parameter is refused, not answered for the tip or for
     // one of its values.
     CHECK(get(s, "/value/00?hieght=5").first == 400);
-    CHECK(message("/value/00?hieght=5") == "invalid params: unknown query parameter \"hieght\" (this route takes height)");
-    CHECK(message("/proof/00?height=5&height=6") == "invalid params: query parameter height given twice");
-    CHECK(message("/root/5?height=6") == "invalid params: unknown query parameter \"height\" (this route takes none)");
+    CHECK(message("/value/00?hieght=5") ==
+          "invalid params: unknown query parameter \"hieght\" (this route takes height)");
+    CHECK(message("/proof/00?height=5&height=6") ==
+          "invalid params: query parameter height given twice");
+    CHECK(message("/root/5?height=6") ==
+          "invalid params: unknown query parameter \"height\" (this route takes none)");
     for (const char* path : {"/height?x", "/status?verbose=1", "/blockhash/5?height=5"}) {
         INFO(path);
         CHECK(get(s, path).first == 400);

@@ -121,7 +121,8 @@ Bytes make_chain(const ChainSpec& spec) {
         for (std::uint32_t nonce = 0;; ++nonce) {
             for (int i = 0; i < 4; ++i) block[76 + i] = static_cast<std::uint8_t>(nonce >> (8 * i));
             if (indexer::meets_target(indexer::parse_header(ByteView(block).first(80)).value(),
-                                      indexer::Network::kRegtest)) break;
+                                      indexer::Network::kRegtest))
+                break;
         }
         prev = indexer::double_sha256(ByteView(block).first(80));
         compact(block, txs.size());

@@ -983,8 +983,9 @@ TEST_CASE("engine: directories that are not stateroot databases are refused unto
     auto o = Engine::open(older.str());
     REQUIRE_FALSE(o);
     CHECK(o.error().message ==
-          fmt::format("{}: database format version 2 is not supported (this build reads versions {} to {})",
-                      older.str(), schema::kOldestFormatVersion, schema::kFormatVersion));
+          fmt::format(
+              "{}: database format version 2 is not supported (this build reads versions {} to {})",
+              older.str(), schema::kOldestFormatVersion, schema::kFormatVersion));
 
     // Another format version.
     test::TempDir future;
@@ -999,14 +1000,18 @@ TEST_CASE("engine: directories that are not stateroot databases are refused unto
     }
     auto g = Engine::open(future.str());
     REQUIRE_FALSE(g);
-    CHECK(g.error().message ==
-          fmt::format("{}: database format version {} is not supported (this build reads versions {} to {})",
-                      future.str(), schema::kFormatVersion + 1, schema::kOldestFormatVersion,
-                      schema::kFormatVersion));
+    CHECK(
+        g.error().message ==
+        fmt::format(
+            "{}: database format version {} is not supported (this build reads versions {} to {})",
+            future.str(), schema::kFormatVersion + 1, schema::kOldestFormatVersion,
+            schema::kFormatVersion));
 }
 
-TEST_CASE("engine: a database of the oldest readable format is read, and a writer moves it to the current one",
-          "[engine][identity]") {
+TEST_CASE(
+    "engine: a database of the oldest readable format is read, and a writer moves it to the "
+    "current one",
+    "[engine][identity]") {
     test::TempDir dir;
     Hash root;
     {

@@ -1,12 +1,11 @@
 // Pruning, checked against a twin database that was never pruned.
-#include <catch2/catch.hpp>
+#include <fmt/format.h>
 
+#include <catch2/catch.hpp>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
-
-#include <fmt/format.h>
 
 #include "stateroot/engine/engine.hpp"
 #include "temp_dir.hpp"
@@ -157,7 +156,8 @@ TEST_CASE("prune: a pruned database reopens with its pruned height", "[engine][p
     t.compare();
 }
 
-TEST_CASE("prune: heights near the top of the 64-bit range are cleaned without wrapping", "[engine][prune]") {
+TEST_CASE("prune: heights near the top of the 64-bit range are cleaned without wrapping",
+          "[engine][prune]") {
     Twins t;
     t.height = std::numeric_limits<std::uint64_t>::max() - 100;
     t.advance(90);

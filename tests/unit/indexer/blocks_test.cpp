@@ -254,8 +254,9 @@ TEST_CASE("blocks: a flipped byte in a transaction fails the merkle check", "[in
     CHECK(r.error().message.rfind("merkle root mismatch: header has ", 0) == 0);
 }
 
-TEST_CASE("blocks: a block with its last transaction repeated (same merkle root) is refused as mutated",
-          "[indexer][blocks]") {
+TEST_CASE(
+    "blocks: a block with its last transaction repeated (same merkle root) is refused as mutated",
+    "[indexer][blocks]") {
     const auto found = scan("mainnet_0-589.blk");
     Bytes bytes = read_block(found[586].location).value();  // three transactions
     auto block = parse_block(bytes);
@@ -264,17 +265,18 @@ TEST_CASE("blocks: a block with its last transaction repeated (same merkle root)
     REQUIRE(bytes[80] == 3);
     // The last transaction runs to the end of the block: find where its txid starts.
     std::size_t start = bytes.size();
-    while (start > 81 && double_sha256(ByteView(bytes).subspan(start)) != block->txs[2].txid) --start;
+    while (start > 81 && double_sha256(ByteView(bytes).subspan(start)) != block->txs[2].txid)
+        --start;
     REQUIRE(start > 81);
     const Bytes last(bytes.begin() + static_cast<std::ptrdiff_t>(start), bytes.end());
     bytes.insert(bytes.end(), last.begin(), last.end());
     bytes[80] = 4;
     auto r = parse_block(bytes);
     REQUIRE_FALSE(r);
-    CHECK(r.error().message ==
-          fmt::format("mutated: the merkle root {} matches, but only with transactions repeated (a copy of the "
-                      "block with duplicates appended)",
-                      display_hex(block->header.merkle_root)));
+    CHECK(r.error().message == fmt::format("mutated: the merkle root {} matches, but only with "
+                                           "transactions repeated (a copy of the "
+                                           "block with duplicates appended)",
+                                           display_hex(block->header.merkle_root)));
 }
 
 TEST_CASE("blocks: a malformed transaction is reported with its index and byte offset",
@@ -392,7 +394,8 @@ TEST_CASE("chain: work follows the compact target", "[indexer][chain]") {
     CHECK(Work::from_bits(0x207fffff) == Work{{2, 0, 0, 0}});
 }
 
-TEST_CASE("chain: proof of work is checked against the header's target and the network's limit", "[indexer][chain]") {
+TEST_CASE("chain: proof of work is checked against the header's target and the network's limit",
+          "[indexer][chain]") {
     BlockHeader h;  // its hash all zeros: below any valid target
     const auto why = [&](Network n) {
         const Status s = check_work(h, n);
@@ -401,11 +404,13 @@ TEST_CASE("chain: proof of work is checked against the header's target and the n
     h.bits = 0x1d00ffff;  // mainnet's limit itself
     CHECK(why(Network::kMainnet).empty());
     h.bits = 0x1d010000;  // just easier
-    CHECK(why(Network::kMainnet) == "its target (bits 1d010000) is easier than mainnet's limit (bits 1d00ffff)");
+    CHECK(why(Network::kMainnet) ==
+          "its target (bits 1d010000) is easier than mainnet's limit (bits 1d00ffff)");
     CHECK(why(Network::kSignet).empty());
     h.bits = 0x207fffff;
     CHECK(why(Network::kRegtest).empty());
-    CHECK(why(Network::kTestnet4) == "its target (bits 207fffff) is easier than testnet4's limit (bits 1d00ffff)");
+    CHECK(why(Network::kTestnet4) ==
+          "its target (bits 207fffff) is easier than testnet4's limit (bits 1d00ffff)");
     h.bits = 0;
     CHECK(why(Network::kRegtest) == "its bits 00000000 encode no valid target");
     h.bits = 0x1d00ffff;  // target 0xffff * 2^208 (little-endian bytes 26 and 27): 2^224 is above

@@ -84,8 +84,9 @@ TEST_CASE("change file: each bad line gets its own message", "[indexer][changes]
           "field \"height\" given twice");
     // The JSON reader would stop at a NUL byte and drop the rest of the line unread.
     using namespace std::string_literals;
-    CHECK(parse_error("{\"height\": 1}\0, \"puts\": [[\"bb\", \"02\"]]}"s) ==
-          "bad JSON: parse error at byte 14: a NUL byte (JSON allows one only escaped, in a string)");
+    CHECK(
+        parse_error("{\"height\": 1}\0, \"puts\": [[\"bb\", \"02\"]]}"s) ==
+        "bad JSON: parse error at byte 14: a NUL byte (JSON allows one only escaped, in a string)");
 }
 
 TEST_CASE(

@@ -10,9 +10,9 @@
 #include <random>
 #include <tuple>
 
-#include "stateroot/indexer/change_file.hpp"
 #include "chain_gen.hpp"
 #include "files.hpp"
+#include "stateroot/indexer/change_file.hpp"
 #include "temp_dir.hpp"
 
 using namespace stateroot;
@@ -330,8 +330,9 @@ TEST_CASE("loop: a reorg to a branch whose body is missing changes nothing",
     const auto before = db.roots();
     auto r = db.index({k4A, k5A});
     REQUIRE_FALSE(r);
-    CHECK(r.error().message.find("(height 3): its body is needed but is neither in the input nor kept in the "
-                                 "database; the reorg to") != std::string::npos);
+    CHECK(r.error().message.find(
+              "(height 3): its body is needed but is neither in the input nor kept in the "
+              "database; the reorg to") != std::string::npos);
     CHECK(db.roots() == before);
     auto r2 = db.index({k3A, k4A, k5A});  // the body given: the reorg is made
     INFO((r2 ? "" : r2.error().message));
@@ -454,8 +455,10 @@ TEST_CASE("loop: an unlimited reorg depth keeps the bodies a reorg needs", "[ind
     CHECK(r->tip == 5u);
 }
 
-TEST_CASE("loop: a record without proof of work is passed over, and a block that needs it as parent is an error",
-          "[indexer][loop]") {
+TEST_CASE(
+    "loop: a record without proof of work is passed over, and a block that needs it as parent is "
+    "an error",
+    "[indexer][loop]") {
     test::TempDir tmp;
     auto recs = records(kMainnet);
     recs[5][8 + 76] ^= 1;  // the nonce: the hash no longer meets the target
@@ -469,11 +472,13 @@ TEST_CASE("loop: a record without proof of work is passed over, and a block that
     auto r = db.index({path}, o);
     REQUIRE_FALSE(r);
     REQUIRE(passed.size() == 1);
-    CHECK(passed[0] == fmt::format("{}: offset {}: block {}: its hash is above the target its bits 1d00ffff "
-                                   "encode (no valid proof of work)",
-                                   path, found[5].location.offset, display_hex(found[5].header.hash)));
+    CHECK(passed[0] ==
+          fmt::format("{}: offset {}: block {}: its hash is above the target its bits 1d00ffff "
+                      "encode (no valid proof of work)",
+                      path, found[5].location.offset, display_hex(found[5].header.hash)));
     CHECK(r.error().message ==
-          fmt::format("{}: offset {}: block {} has an unknown parent {} (1 record(s) without valid proof of work "
+          fmt::format("{}: offset {}: block {} has an unknown parent {} (1 record(s) without valid "
+                      "proof of work "
                       "passed over, the first at {}: offset {}; one may be the parent, torn)",
                       path, found[6].location.offset, display_hex(found[6].header.hash),
                       display_hex(found[6].header.prev), path, found[5].location.offset));
@@ -512,8 +517,10 @@ TEST_CASE("loop: a header torn by a crash is passed over, for a good copy later 
     }
 }
 
-TEST_CASE("loop: a mid-chain input with a record without proof of work is refused unless BIP34 vouches for its start",
-          "[indexer][loop]") {
+TEST_CASE(
+    "loop: a mid-chain input with a record without proof of work is refused unless BIP34 vouches "
+    "for its start",
+    "[indexer][loop]") {
     // Its first block torn, the input's first whole block would take --start-height:
     // every height one too high, with nothing below BIP34 to tell.
     test::TempDir tmp;
@@ -529,10 +536,11 @@ TEST_CASE("loop: a mid-chain input with a record without proof of work is refuse
     auto r = db.index({path}, o);
     REQUIRE_FALSE(r);
     CHECK(r.error().message.starts_with(fmt::format("{}: offset 8: block ", path)));
-    CHECK(r.error().message.ends_with(fmt::format(": the input starts mid-chain and this record may be its first "
-                                                  "block, torn, which would leave the height of block {} unsure; "
-                                                  "nothing was stored",
-                                                  display_hex(scan_files({kMainnet})[101].header.hash))));
+    CHECK(r.error().message.ends_with(
+        fmt::format(": the input starts mid-chain and this record may be its first "
+                    "block, torn, which would leave the height of block {} unsure; "
+                    "nothing was stored",
+                    display_hex(scan_files({kMainnet})[101].header.hash))));
     CHECK_FALSE(db.engine->tip());
 
     // Where BIP34 is in force the coinbase gives the first block's height: the torn
@@ -553,8 +561,9 @@ TEST_CASE("loop: a mid-chain input with a record without proof of work is refuse
 TEST_CASE("loop: a target easier than the network's limit is no proof of work", "[indexer][loop]") {
     test::TempDir tmp;
     const auto found = regtest_chain(tmp.sub("regtest.blk"), 3);
-    for (const auto& [network, ok] : {std::pair{Network::kRegtest, true}, std::pair{Network::kMainnet, false},
-                                      std::pair{Network::kSignet, false}}) {
+    for (const auto& [network, ok] :
+         {std::pair{Network::kRegtest, true}, std::pair{Network::kMainnet, false},
+          std::pair{Network::kSignet, false}}) {
         INFO(network_name(network));
         Db db;
         UtxoIndexer utxo(false);
@@ -563,9 +572,9 @@ TEST_CASE("loop: a target easier than the network's limit is no proof of work", 
         auto r = run_index(*db.engine, utxo, found, o);
         CHECK(r.has_value() == ok);
         if (!ok) {
-            CHECK(r.error().message.find(fmt::format("its target (bits 207fffff) is easier than {}'s limit (bits {:08x})",
-                                                     network_name(network), pow_limit_bits(network))) !=
-                  std::string::npos);
+            CHECK(r.error().message.find(fmt::format(
+                      "its target (bits 207fffff) is easier than {}'s limit (bits {:08x})",
+                      network_name(network), pow_limit_bits(network))) != std::string::npos);
             CHECK_FALSE(db.engine->tip());
         }
     }
@@ -653,10 +662,11 @@ TEST_CASE("loop: a block whose parent is unknown is an error and nothing is appl
     o.network = Network::kRegtest;
     auto g = run_index(*db.engine, utxo, regtest, o);
     REQUIRE_FALSE(g);
-    CHECK(g.error().message ==
-          fmt::format("{}: offset 8: block {} is a genesis block, but this chain starts from block {}: blocks of "
-                      "another network or chain?",
-                      other, display_hex(regtest[0].header.hash), display_hex(found[0].header.hash)));
+    CHECK(g.error().message == fmt::format("{}: offset 8: block {} is a genesis block, but this "
+                                           "chain starts from block {}: blocks of "
+                                           "another network or chain?",
+                                           other, display_hex(regtest[0].header.hash),
+                                           display_hex(found[0].header.hash)));
     CHECK(db.engine->tip() == 4u);
 }
 
@@ -762,12 +772,14 @@ TEST_CASE("loop: a database written from change files is refused", "[indexer][lo
           "height 0 has no block hash: this database was not built from blocks");
     // With the genesis block's hash too: its changes are the file's, not the block's.
     Db hashed;
-    auto g = indexer::parse_change_line(fmt::format(R"({{"height": 0, "block_hash": "{}", "puts": [["01", "02"]]}})",
-                                                    display_hex(scan_files({kBtcd})[0].header.hash)));
+    auto g = indexer::parse_change_line(
+        fmt::format(R"({{"height": 0, "block_hash": "{}", "puts": [["01", "02"]]}})",
+                    display_hex(scan_files({kBtcd})[0].header.hash)));
     REQUIRE(hashed.engine->apply(*g));
     auto h = hashed.index({kBtcd});
     REQUIRE_FALSE(h);
-    CHECK(h.error().message == "height 0 was written from a change file: this database was not built from blocks");
+    CHECK(h.error().message ==
+          "height 0 was written from a change file: this database was not built from blocks");
 }
 
 TEST_CASE("loop: heights written from change files after the blocks are refused, not rolled back",
@@ -812,7 +824,8 @@ TEST_CASE("loop: a change-file height with a block hash is refused too, even the
         auto r = db.index({kMainnet});
         REQUIRE_FALSE(r);
         CHECK(r.error().message ==
-              "height 500 was written from a change file, not from blocks; roll it back first to index blocks "
+              "height 500 was written from a change file, not from blocks; roll it back first to "
+              "index blocks "
               "after it (stateroot rollback --height 499)");
         CHECK(db.engine->tip() == 500u);
         CHECK(db.engine->root() == root);

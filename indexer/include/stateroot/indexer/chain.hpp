@@ -33,7 +33,9 @@ struct Work {
 // saying which check failed ("its bits ... encode no valid target", "... easier than
 // mainnet's limit", "its hash is above the target ...").
 Status check_work(const BlockHeader& header, Network network);
-inline bool meets_target(const BlockHeader& header, Network network) { return check_work(header, network).has_value(); }
+inline bool meets_target(const BlockHeader& header, Network network) {
+    return check_work(header, network).has_value();
+}
 
 struct ChainEntry {
     BlockHeader header;
