@@ -1,7 +1,8 @@
 // The state commands: apply, root, get, prove, verify, rollback, info, check, blockhash.
 #include <fmt/format.h>
-#include <malloc.h>
 #include <spdlog/spdlog.h>
+
+#include <malloc.h>
 
 #include <filesystem>
 #include <fstream>
@@ -69,11 +70,7 @@ int cmd_apply(const Config& c, const std::string& file) {
     auto e = Engine::open(c.db, engine_options(c));
     if (!e) return fail(e.error());
     NewDatabase created(c.db, !existed, *e);
-    std::optional<std::uint64_t> last;
-    auto print = [&](const engine::CommitResult& r) {
-        last = r.height;
-        fmt::print("{} {}\n", r.height, r.root.hex());
-    };
+    auto print = [](const engine::CommitResult& r) { fmt::print("{} {}\n", r.height, r.root.hex()); };
     Status s;
     try {
         s = file == "-" ? indexer::apply_change_stream(**e, std::cin, "<stdin>", print)
@@ -81,7 +78,8 @@ int cmd_apply(const Config& c, const std::string& file) {
     } catch (const std::system_error& write_failed) {  // fmt::print's
         return fail(
             fmt::format("cannot write to standard output: {}; heights through {} are committed",
-                        write_failed.code().message(), last ? std::to_string(*last) : "none"));
+                        write_failed.code().message(),
+                        (*e)->tip() ? std::to_string(*(*e)->tip()) : "none"));
     }
     if (!s) return fail(s.error());
     created.keep();

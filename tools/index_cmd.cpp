@@ -71,12 +71,12 @@ Result<std::vector<indexer::FoundBlock>> scan_inputs(const IndexOptions& o,
         std::optional<indexer::XorKey> key;
         bool xor_beside = false;
         if (!framed && in.gcount() == 4) {
-            const std::string dir = std::filesystem::path(file).parent_path().string();
-            auto found_key = indexer::read_xor_key(dir.empty() ? "." : dir);
+            std::filesystem::path dir = std::filesystem::path(file).parent_path();
+            if (dir.empty()) dir = ".";
+            auto found_key = indexer::read_xor_key(dir.string());
             if (!found_key) return std::unexpected(found_key.error());
             std::error_code ec;
-            xor_beside = std::filesystem::exists(
-                std::filesystem::path(dir.empty() ? "." : dir) / "xor.dat", ec);
+            xor_beside = std::filesystem::exists(dir / "xor.dat", ec);
             if (*found_key) {
                 std::array<std::uint8_t, 4> plain{};
                 for (std::size_t i = 0; i < 4; ++i) plain[i] = head[i] ^ (**found_key)[i];
@@ -177,8 +177,7 @@ int cmd_index(const Config& c, const IndexOptions& o) {
         } else if (kept != *o.prune_keep) {
             spdlog::info(
                 "--prune-keep {}: keeping {} heights instead, --max-reorg-depth + 1, so that a "
-                "reorg can "
-                "always be rolled back",
+                "reorg can always be rolled back",
                 *o.prune_keep, kept);
         }
     }

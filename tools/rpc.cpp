@@ -469,7 +469,6 @@ HttpAnswer Rpc::get(const std::string& path, const QueryParams& query) {
     // The height a route is asked for: its one query parameter, given at most once, or
     // the tip. A misspelt or repeated parameter is refused rather than answered for the
     // tip or for one of its values.
-    constexpr bool kHeightQuery = true, kNoQuery = false;  // what a route takes
     const auto height_query = [&](bool takes_height) -> std::expected<json, RpcError> {
         json height = "latest";
         bool seen = false;
@@ -500,14 +499,16 @@ HttpAnswer Rpc::get(const std::string& path, const QueryParams& query) {
     auto lease = source_.lease();
     if (!lease) return finish("rest", internal(lease.error()));
     engine::View& v = lease->view;
+    // Only /value and /proof take a query (height); checked here for every route, under
+    // the route's own label ("rest_" and its first segment).
+    auto asked = height_query(segments("/value/") || segments("/proof/"));
+    if (!asked && is_route(path)) {
+        return finish("rest_" + path.substr(1, path.find('/', 1) - 1), std::unexpected(asked.error()));
+    }
     if (path == "/height") {
-        if (auto none = height_query(kNoQuery); !none)
-            return finish("rest_height", std::unexpected(none.error()));
         return finish("rest_height", json{{"height", *m_height(v, json::array(), kMaxAnswer)}});
     }
     if (path == "/status") {
-        if (auto none = height_query(kNoQuery); !none)
-            return finish("rest_status", std::unexpected(none.error()));
         json status{{"tip", v.tip() ? json(*v.tip()) : json(nullptr)},
                     {"root", nullptr},
                     {"block_hash", nullptr},
@@ -534,8 +535,6 @@ HttpAnswer Rpc::get(const std::string& path, const QueryParams& query) {
     constexpr std::string_view kPathHeight = "the height in the path", kQueryHeight = "query parameter height",
                                kPathKey = "the key in the path";
     if (auto h = segments("/root/")) {
-        if (auto none = height_query(kNoQuery); !none)
-            return finish("rest_root", std::unexpected(none.error()));
         auto height_value = height_at(v, json::array({*h}), 0, kPathHeight);
         if (!height_value) return finish("rest_root", std::unexpected(height_value.error()));
         auto root = m_getroot(v, json::array({*height_value}), kMaxAnswer);
@@ -543,8 +542,6 @@ HttpAnswer Rpc::get(const std::string& path, const QueryParams& query) {
         return finish("rest_root", json{{"height", *height_value}, {"root", *root}});
     }
     if (auto h = segments("/blockhash/")) {
-        if (auto none = height_query(kNoQuery); !none)
-            return finish("rest_blockhash", std::unexpected(none.error()));
         auto height_value = height_at(v, json::array({*h}), 0, kPathHeight);
         if (!height_value) return finish("rest_blockhash", std::unexpected(height_value.error()));
         auto hash = m_getblockhash(v, json::array({*height_value}), kMaxAnswer);
@@ -553,8 +550,6 @@ HttpAnswer Rpc::get(const std::string& path, const QueryParams& query) {
     }
     if (auto key = segments("/value/")) {
         if (auto k = key_param(json::array({*key}), 0, kPathKey); !k) return finish("rest_value", std::unexpected(k.error()));
-        auto asked = height_query(kHeightQuery);
-        if (!asked) return finish("rest_value", std::unexpected(asked.error()));
         auto height_value = height_at(v, json::array({*asked}), 0, kQueryHeight);
         if (!height_value) return finish("rest_value", std::unexpected(height_value.error()));
         auto value = m_get(v, json::array({*key, *height_value}), kMaxAnswer);
@@ -564,8 +559,6 @@ HttpAnswer Rpc::get(const std::string& path, const QueryParams& query) {
     }
     if (auto key = segments("/proof/")) {
         if (auto k = key_param(json::array({*key}), 0, kPathKey); !k) return finish("rest_proof", std::unexpected(k.error()));
-        auto asked = height_query(kHeightQuery);
-        if (!asked) return finish("rest_proof", std::unexpected(asked.error()));
         if (auto h = height_param(json::array({*asked}), 0, kQueryHeight); !h) {
             return finish("rest_proof", std::unexpected(h.error()));
         }

@@ -198,8 +198,7 @@ Result<LoopResult> run_index(engine::Engine& engine, BlockIndexer& indexer,
         if (passed_over.empty()) return {};
         return fmt::format(
             " ({} record(s) without valid proof of work passed over, the first at {}: offset {}; "
-            "one "
-            "may be the parent, torn)",
+            "one may be the parent, torn)",
             passed_over.size(), passed_over[0].record->location.file,
             passed_over[0].record->location.offset);
     };

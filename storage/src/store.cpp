@@ -1,6 +1,5 @@
 #include "stateroot/storage/store.hpp"
 
-#include <fcntl.h>
 #include <rocksdb/cache.h>
 #include <rocksdb/db.h>
 #include <rocksdb/filter_policy.h>
@@ -9,7 +8,6 @@
 #include <rocksdb/table.h>
 #include <rocksdb/utilities/checkpoint.h>
 #include <rocksdb/write_batch.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -21,6 +19,9 @@
 #include <filesystem>
 #include <system_error>
 #include <thread>
+
+#include <fcntl.h>
+#include <unistd.h>
 
 namespace stateroot::storage {
 namespace {

@@ -1,6 +1,4 @@
 // The `stateroot` binary, run as a user would: exit codes, stdout, stderr.
-#include "cli.hpp"
-
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -10,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "cli.hpp"
 #include "files.hpp"
 #include "stateroot/engine/engine.hpp"
 #include "stateroot/engine/proof.hpp"

@@ -1,11 +1,12 @@
 // Pruning, checked against a twin database that was never pruned.
-#include <fmt/format.h>
-
 #include <catch2/catch.hpp>
+
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
+
+#include <fmt/format.h>
 
 #include "stateroot/engine/engine.hpp"
 #include "temp_dir.hpp"
